@@ -1,0 +1,494 @@
+"""The ``convae`` command line: argparse sub-commands, progress bars and human/JSON output.
+
+``main(argv) -> int`` never lets a user's mistake become a traceback: bad input is printed as one
+line on stderr with a non-zero exit code.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+__all__ = ["main"]
+
+log = logging.getLogger("convae")
+
+EXIT_ERROR = 1
+EXIT_USAGE = 2
+
+
+class UsageError(Exception):
+    """A bad command line: printed as one line, exit code 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # one line instead of usage + message
+        raise UsageError(f"{self.prog}: {message} (see --help)")
+
+
+def _formatter(prog: str) -> argparse.HelpFormatter:
+    return argparse.RawDescriptionHelpFormatter(prog, max_help_position=32)
+
+
+def _add(sub, name: str, help: str, example: str, **kw) -> argparse.ArgumentParser:
+    return sub.add_parser(name, help=help, description=f"{help}\n\nexample:\n  {example}",
+                          formatter_class=_formatter, **kw)
+
+
+# ---------------------------------------------------------------------------------------------
+# Argument types
+
+
+def _positive_int(s: str) -> int:
+    try:
+        v = int(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{s!r} is not an integer") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"{s!r} must be at least 1")
+    return v
+
+
+def _int_list(s: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(v) for v in s.split(",") if v.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{s!r} is not a comma list of integers, e.g. 1,5,6") from None
+
+
+def _float_list(s: str) -> list[float]:
+    try:
+        return [float(v) for v in s.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{s!r} is not a comma list of numbers, e.g. -8,0") from None
+
+
+def _channels(s: str) -> int:
+    if s not in ("1", "3"):
+        raise argparse.ArgumentTypeError("must be 1 or 3")
+    return int(s)
+
+
+def add_data_args(p: argparse.ArgumentParser, default_spec: str | None = "mnist-sample") -> None:
+    """The data flags shared by every command that reads a dataset."""
+    g = p.add_argument_group("data")
+    g.add_argument("--data", default=default_spec, metavar="SPEC",
+                   help="mnist-sample (embedded, default), mnist, fashion-mnist, cifar10 or folder:PATH")
+    g.add_argument("--data-dir", metavar="DIR", help="folder holding already-downloaded dataset files")
+    g.add_argument("--classes", type=_int_list, metavar="1,5,6", help="keep only these labels")
+    g.add_argument("--channels", type=_channels, help="force 1 or 3 channels (folders)")
+    g.add_argument("--image-size", type=_positive_int, metavar="N", help="resize + centre-crop to N x N (folders)")
+    g.add_argument("--strict", action="store_true", default=None, help="unreadable images are an error, not skipped")
+
+
+def data_config_from_args(args: argparse.Namespace, base=None):
+    """A DataConfig: ``base`` (e.g. the run's own) overridden by whatever data flags were given."""
+    from .config import DataConfig
+
+    d = base or DataConfig()
+    over: dict[str, Any] = {}
+    if getattr(args, "data", None) is not None:
+        over["spec"] = args.data
+    for k in ("data_dir", "classes", "channels", "image_size", "strict"):
+        v = getattr(args, k, None)
+        if v is not None:
+            over[k] = v
+    if "spec" in over and over["spec"] != d.spec and "data_dir" not in over:
+        over["data_dir"] = None  # another dataset: the run's data dir does not apply
+    return replace(d, **over)
+
+
+def _setup_logging(verbose: int, quiet: bool) -> None:
+    level = logging.WARNING if quiet else (logging.DEBUG if verbose > 1 else logging.INFO)
+    logging.basicConfig(level=level, format="%(message)s", stream=sys.stderr, force=True)
+
+
+def _print_json(obj: Any) -> None:
+    print(json.dumps(obj, sort_keys=True, default=str))
+
+
+# ---------------------------------------------------------------------------------------------
+# train
+
+
+def _train_parser(sub) -> None:
+    from .config import PRESETS
+
+    p = _add(sub, "train", "train a convolutional autoencoder and write a run directory",
+             "convae train --data mnist-sample --arch seed-strided --latent-dim 12 --out runs/strided")
+    add_data_args(p, default_spec=None)
+    p.add_argument("--val-fraction", type=float, help="fraction of train used for validation (default 0.1)")
+    g = p.add_argument_group("model")
+    g.add_argument("--arch", help="architecture name (see `convae summary --list`); default convae")
+    g.add_argument("--latent-dim", type=_positive_int, metavar="L", help="bottleneck size")
+    g.add_argument("--width", type=_positive_int, help="base channel width (arch convae)")
+    g.add_argument("--decoder", choices=["upsample", "transpose"], help="decoder upsampling (arch convae)")
+    g.add_argument("--norm", choices=["batch", "none"], help="normalization layers (arch convae)")
+    g = p.add_argument_group("training")
+    g.add_argument("--preset", choices=sorted(PRESETS), help="task recipe; explicit flags override it")
+    g.add_argument("--epochs", type=_positive_int)
+    g.add_argument("--batch-size", type=_positive_int)
+    g.add_argument("--lr", type=float, help="peak learning rate")
+    g.add_argument("--optimizer", choices=["adam", "adamw"])
+    g.add_argument("--weight-decay", type=float)
+    g.add_argument("--schedule", choices=["onecycle", "cosine", "constant"])
+    g.add_argument("--loss", choices=["mse", "bce"])
+    g.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"])
+    g.add_argument("--patience", type=int, help="early stop after N epochs without val improvement (0 = off)")
+    g.add_argument("--seed", type=int)
+    g.add_argument("--noise", action="append", metavar="KIND:AMOUNT",
+                   help="corrupt inputs (denoising): gaussian:0.4, salt-pepper:P, speckle:S, mask:P; "
+                        "repeat or comma-separate to combine")
+    g = p.add_argument_group("run")
+    g.add_argument("--out", metavar="DIR", help="run directory (default runs/<time>-<arch>-<data>)")
+    g.add_argument("--resume", action="store_true", help="continue the stopped run in --out exactly")
+    g.add_argument("--device", default="auto", help="auto (cuda, mps, cpu), cpu, cuda or mps")
+    g.add_argument("--threads", type=_positive_int, help="CPU threads for torch (default: torch's choice)")
+    p.set_defaults(func=cmd_train)
+
+
+def build_run_config(args: argparse.Namespace):
+    """Defaults -> preset -> explicit flags."""
+    from .config import RunConfig, apply_preset
+
+    cfg = apply_preset(RunConfig(), args.preset)
+    m: dict[str, Any] = {}
+    for k in ("arch", "latent_dim", "width", "decoder", "norm"):
+        if getattr(args, k) is not None:
+            m[k] = getattr(args, k)
+    t: dict[str, Any] = {}
+    for k in ("epochs", "batch_size", "lr", "optimizer", "weight_decay", "schedule", "loss", "precision",
+              "patience", "seed"):
+        if getattr(args, k) is not None:
+            t[k] = getattr(args, k)
+    if args.noise:
+        t["noise"] = tuple(s.strip() for item in args.noise for s in item.split(",") if s.strip())
+    data = data_config_from_args(args, cfg.data)
+    if args.val_fraction is not None:
+        data = replace(data, val_fraction=args.val_fraction)
+    if "arch" in m and m["arch"] != cfg.model.arch and "latent_dim" not in m:
+        m["latent_dim"] = None  # the new architecture's own default
+    return replace(cfg, model=replace(cfg.model, **m), train=replace(cfg.train, **t), data=data)
+
+
+def _init_distributed():
+    """Start the process group under torchrun (WORLD_SIZE > 1); returns (rank, world, device or None)."""
+    import torch
+    import torch.distributed as dist
+
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return 0, 1, None
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    if torch.cuda.is_available():
+        torch.cuda.set_device(local)
+        dist.init_process_group("nccl")
+        return dist.get_rank(), world, torch.device("cuda", local)
+    dist.init_process_group("gloo")
+    return dist.get_rank(), world, torch.device("cpu")
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    import torch
+
+    from .train import train
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    rank, world, ddp_device = _init_distributed()
+    try:
+        if args.resume:
+            if not args.out:
+                raise ValueError("--resume needs --out RUN (the run directory to continue)")
+            cfg = None
+        else:
+            cfg = build_run_config(args)
+        if world > 1 and not args.resume and not args.out:
+            raise ValueError("under torchrun pass --out DIR so every process agrees on the run directory")
+        device = ddp_device if ddp_device is not None else args.device
+        bar = _ProgressBar(enabled=rank == 0 and not args.quiet and not args.json)
+        try:
+            out = train(cfg, args.out, resume=args.resume, device=device, progress=bar)
+        finally:
+            bar.close()
+    finally:
+        if world > 1:
+            import torch.distributed as dist
+
+            dist.destroy_process_group()
+    if rank != 0:
+        return 0
+    metrics = json.loads((Path(out) / "metrics.json").read_text())
+    if args.json:
+        _print_json({"run": str(out), **metrics})
+    else:
+        print(f"run directory: {out}")
+        print(f"test MSE {metrics['mse']:.5f}  PSNR {metrics['psnr']:.2f} dB  SSIM {metrics['ssim']:.4f}  "
+              f"latent {metrics['latent_dim']} ({metrics['compression_ratio']:.1f}:1)  "
+              f"trained {metrics['train_seconds']:.1f} s")
+        print(f"plots: {Path(out) / 'loss.png'}, {Path(out) / 'reconstructions.png'}")
+    return 0
+
+
+class _ProgressBar:
+    """tqdm bar over all steps of the run, with the live loss; the only progress UI in convae."""
+
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled
+        self.bar = None
+
+    def __call__(self, ev: dict[str, Any]) -> None:
+        if not self.enabled:
+            return
+        if self.bar is None:
+            from tqdm import tqdm
+
+            total = ev["steps"] * ev["epochs"] if ev["event"] == "step" else None
+            self.bar = tqdm(total=total, unit="step", dynamic_ncols=True, file=sys.stderr, leave=True)
+        if ev["event"] == "step":
+            done = (ev["epoch"] - 1) * ev["steps"] + ev["step"]
+            self.bar.update(max(0, done - self.bar.n))
+            self.bar.set_description(f"epoch {ev['epoch']}/{ev['epochs']}")
+            self.bar.set_postfix(loss=f"{ev['loss']:.4f}")
+        else:
+            val = ev.get("val_loss")
+            self.bar.write(
+                f"epoch {ev['epoch']:>3}/{ev['epochs']}  train {ev['train_loss']:.5f}"
+                + (f"  val {val:.5f}" if val is not None else "")
+                + f"  {ev['seconds']:.1f}s"
+            )
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+# ---------------------------------------------------------------------------------------------
+# eval, reconstruct, summary
+
+
+def _eval_parser(sub) -> None:
+    p = _add(sub, "eval", "test metrics of a trained run: MSE, PSNR, SSIM, compression ratio",
+             "convae eval runs/strided --split test --json")
+    p.add_argument("run", help="run directory")
+    add_data_args(p, default_spec=None)
+    p.add_argument("--split", default="test", choices=["train", "val", "test"])
+    p.add_argument("--device", default="cpu")
+    p.set_defaults(func=cmd_eval)
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from .data import load_split
+    from .train import evaluate, load
+
+    model = load(args.run, args.device)
+    data = data_config_from_args(args, model.run_config.data)
+    x, _ = load_split(data, args.split)
+    _check_images_fit(model, x, data.spec)
+    m = evaluate(model, x)
+    m.update({"split": args.split, "data": data.spec})
+    if args.json:
+        _print_json(m)
+    else:
+        print(f"{m['images']} images ({data.spec}, {args.split}): MSE {m['mse']:.5f}  PSNR {m['psnr']:.2f} dB  "
+              f"SSIM {m['ssim']:.4f}  latent {m['latent_dim']}  ratio {m['compression_ratio']:.1f}:1")
+    return 0
+
+
+def _check_images_fit(model, x, what: str) -> None:
+    want = tuple(model.input_shape)
+    if tuple(x.shape[1:]) != want:
+        raise ValueError(f"{what} images are {tuple(x.shape[1:])} but the model takes {want}; "
+                         "pass --channels/--image-size to convert them")
+
+
+def _reconstruct_parser(sub) -> None:
+    p = _add(sub, "reconstruct", "reconstruct image files or folders with a trained model",
+             "convae reconstruct runs/strided digits/ --out recon/")
+    p.add_argument("run", help="run directory")
+    p.add_argument("inputs", nargs="+", help="image files or folders")
+    p.add_argument("--out", required=True, metavar="DIR", help="folder for the reconstructed PNGs")
+    p.add_argument("--resize", action="store_true", help="resize + centre-crop inputs to the model's size")
+    p.add_argument("--device", default="cpu")
+    p.set_defaults(func=cmd_reconstruct)
+
+
+def output_names(paths: list[Path]) -> list[str]:
+    """PNG names for outputs: the input's stem, made unique when two inputs share one."""
+    names, seen = [], set()
+    for p in paths:
+        stem, k = p.stem, 1
+        name = f"{stem}.png"
+        while name in seen:
+            k += 1
+            name = f"{stem}-{k}.png"
+        seen.add(name)
+        names.append(name)
+    return names
+
+
+def cmd_reconstruct(args: argparse.Namespace) -> int:
+    from .data import read_image_files, write_png
+    from .train import load, reconstruct
+
+    model = load(args.run, args.device)
+    c, s = model.config.channels, model.config.image_size
+    x, paths = read_image_files(args.inputs, c, s, resize=args.resize)  # all read before any write
+    y = reconstruct(model, x)
+    out = Path(args.out)
+    for name, img in zip(output_names(paths), y, strict=True):
+        write_png(img, out / name)
+    if args.json:
+        _print_json({"out": str(out), "images": len(paths)})
+    else:
+        print(f"wrote {len(paths)} reconstruction(s) to {out}")
+    return 0
+
+
+def _summary_parser(sub) -> None:
+    p = _add(sub, "summary", "layer shapes, parameter counts, latent size and compression ratio",
+             "convae summary seed-strided --latent-dim 12   |   convae summary runs/strided")
+    p.add_argument("target", nargs="?", help="architecture name or run directory")
+    p.add_argument("--list", action="store_true", help="list the registered architectures")
+    p.add_argument("--latent-dim", type=_positive_int)
+    p.add_argument("--channels", type=_channels, default=1)
+    p.add_argument("--image-size", type=_positive_int, default=28)
+    p.add_argument("--width", type=_positive_int, help="base width (arch convae)")
+    p.add_argument("--decoder", choices=["upsample", "transpose"])
+    p.set_defaults(func=cmd_summary)
+
+
+def cmd_summary(args: argparse.Namespace) -> int:
+    from .config import ModelConfig
+    from .models import available, build_model, summary
+    from .train import load
+
+    if args.list or not args.target:
+        archs = available()
+        if args.json:
+            _print_json(archs)
+        else:
+            for k, v in archs.items():
+                print(f"{k:<15} {v}")
+        return 0
+    if Path(args.target).is_dir():
+        model = load(args.target)
+    else:
+        over: dict[str, Any] = {"arch": args.target, "channels": args.channels, "image_size": args.image_size,
+                                "latent_dim": args.latent_dim}
+        if args.width:
+            over["width"] = args.width
+        if args.decoder:
+            over["decoder"] = args.decoder
+        if args.target not in available() and ("/" in args.target or os.sep in args.target):
+            raise FileNotFoundError(f"{args.target}: no such run directory")
+        model = build_model(ModelConfig(**over))
+    s = summary(model)
+    if args.json:
+        _print_json(s)
+        return 0
+    print(f"{s['arch']}: input {s['input_shape']}, latent {s['latent_shape']} = {s['latent_dim']} values, "
+          f"compression {s['compression_ratio']:.1f}:1, {s['params']:,} parameters")
+    print(f"{'part':<8} {'#':>3} {'layer':<18} {'output shape':<22} {'params':>10}")
+    for r in s["layers"]:
+        shape = "[B, " + ", ".join(str(d) for d in r["shape"][1:]) + "]"
+        print(f"{r['part']:<8} {r['name']:>3} {r['kind']:<18} {shape:<22} {r['params']:>10,}")
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------
+# Task commands (latent, codec, denoise, anomaly) are added below by their own sections; each
+# section appends its parser builders to _COMMANDS (top level) or _BENCHES (`convae bench X`).
+
+_COMMANDS: list = [_train_parser, _eval_parser, _reconstruct_parser, _summary_parser]
+_BENCHES: list = []
+
+# === latent commands ===
+# === end latent commands ===
+
+# === codec commands ===
+# === end codec commands ===
+
+# === denoise commands ===
+# === end denoise commands ===
+
+# === anomaly commands ===
+# === end anomaly commands ===
+
+
+# ---------------------------------------------------------------------------------------------
+# main
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+
+    parser = _Parser(prog="convae", formatter_class=_formatter,
+                     description="Convolutional autoencoders on images: train, evaluate, explore the latent "
+                                 "space, compress, denoise and detect anomalies.\n\nexample:\n  convae train")
+    parser.add_argument("--version", action="version", version=f"convae {__version__}")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--json", action="store_true", help="print one JSON object as the last stdout line")
+    common.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors on stderr")
+    common.add_argument("-v", "--verbose", action="count", default=0)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sub.required = True
+    orig = sub.add_parser
+
+    def add_parser(name, **kw):  # every sub-command gets the common flags
+        kw.setdefault("parents", [common])
+        return orig(name, **kw)
+
+    sub.add_parser = add_parser  # type: ignore[method-assign]
+    for add in _COMMANDS:
+        add(sub)
+    bench = _add(sub, "bench", "benchmarks: codec, denoise, anomaly", "convae bench denoise --json")
+    bsub = bench.add_subparsers(dest="bench", metavar="BENCH", parser_class=_Parser)
+    bsub.required = True
+    borig = bsub.add_parser
+
+    def badd(name, **kw):
+        kw.setdefault("parents", [common])
+        return borig(name, **kw)
+
+    bsub.add_parser = badd  # type: ignore[method-assign]
+    for add in _BENCHES:
+        add(bsub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of ``convae`` and ``python -m convae``; returns the exit code."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except UsageError as e:
+        print(f"convae: error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    _setup_logging(getattr(args, "verbose", 0), getattr(args, "quiet", False) or getattr(args, "json", False))
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        print("convae: interrupted", file=sys.stderr)
+        return 130
+    except (ValueError, FileNotFoundError, FileExistsError, NotADirectoryError, IsADirectoryError,
+            PermissionError, ConnectionError, UsageError) as e:
+        print(f"convae: error: {e}", file=sys.stderr)
+        return EXIT_ERROR
+    except RuntimeError as e:
+        from .train import TrainingDiverged
+
+        if isinstance(e, TrainingDiverged):
+            print(f"convae: error: {e}", file=sys.stderr)
+            return EXIT_ERROR
+        raise
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

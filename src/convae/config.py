@@ -1,0 +1,131 @@
+"""Typed, frozen configuration for a run: model, data and training.
+
+The resolved :class:`RunConfig` is written as ``config.json`` next to every checkpoint, so a run
+directory alone is enough to rebuild the model and the data pipeline that trained it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field, fields, replace
+from typing import Any
+
+__all__ = [
+    "ModelConfig",
+    "DataConfig",
+    "TrainConfig",
+    "RunConfig",
+    "PRESETS",
+    "apply_preset",
+]
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    arch: str = "convae"  # registry name, see `convae.models.available()`
+    channels: int = 1  # 1 (grey) or 3 (RGB) input channels
+    image_size: int = 28  # square input side in pixels; must be divisible by 4
+    latent_dim: int | None = None  # bottleneck values per image; None = the architecture's default
+    width: int = 32  # base channel width (the `convae` arch; seed archs keep their own widths)
+    decoder: str = "upsample"  # "upsample" (nearest + conv) or "transpose" (ConvTranspose2d)
+    norm: str = "batch"  # "batch" or "none" (the `convae` arch)
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    spec: str = "mnist-sample"  # mnist-sample | mnist | fashion-mnist | cifar10 | folder:PATH
+    data_dir: str | None = None  # where the user's already-downloaded files are
+    classes: tuple[int, ...] | None = None  # keep only these labels
+    channels: int | None = None  # force 1 or 3 channels (folders); None = the dataset's own
+    image_size: int | None = None  # resize + centre-crop folders to this side
+    val_fraction: float = 0.1  # fraction of train carved out (stratified) for validation
+    strict: bool = False  # folders: unreadable files are an error instead of skipped
+    split_seed: int = 0  # seed of the deterministic train/val split
+    normalization: str = "unit"  # pixels enter the model as uint8 / 255, in [0, 1]
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: int = 12  # passes over the training split
+    batch_size: int = 128  # images per optimizer step (per process under DDP)
+    lr: float = 3e-3  # peak learning rate
+    optimizer: str = "adamw"  # "adam" or "adamw"
+    weight_decay: float = 1e-4  # AdamW decoupled weight decay (ignored by adam)
+    schedule: str = "onecycle"  # "onecycle", "cosine" or "constant"
+    warmup: float = 0.15  # fraction of steps spent warming up (onecycle/cosine)
+    loss: str = "mse"  # "mse" or "bce"
+    precision: str = "auto"  # "auto", "fp32", "bf16" or "fp16"
+    channels_last: bool | None = None  # None = decided per device
+    patience: int = 0  # early stop after this many epochs without val improvement; 0 = off
+    seed: int = 0  # one seed: init, shuffling, noise
+    noise: tuple[str, ...] = ()  # input corruptions for denoising, e.g. ("gaussian:0.4",)
+    eval_every: int = 1  # validate every N epochs (always on the last)
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    preset: str | None = None  # the --preset the run was made with, for the record
+    version: str = ""  # convae version that wrote it
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> RunConfig:
+        """Rebuild from a dict; unknown keys (from newer versions) are ignored, missing ones default."""
+        if not isinstance(d, dict):
+            raise ValueError("config must be a JSON object")
+
+        def build(kind: type, sub: Any) -> Any:
+            sub = sub or {}
+            known = {f.name: f for f in fields(kind)}
+            kwargs = {}
+            for k, v in sub.items():
+                if k not in known:
+                    continue
+                if isinstance(v, list):  # JSON has no tuples
+                    v = tuple(v)
+                kwargs[k] = v
+            return kind(**kwargs)
+
+        return cls(
+            model=build(ModelConfig, d.get("model")),
+            data=build(DataConfig, d.get("data")),
+            train=build(TrainConfig, d.get("train")),
+            preset=d.get("preset"),
+            version=d.get("version", ""),
+        )
+
+    @classmethod
+    def from_json(cls, text: str) -> RunConfig:
+        return cls.from_dict(json.loads(text))
+
+
+# Presets: named overrides of the defaults for a task. A user's explicit flags win over a preset.
+# Each entry maps a section ("model" / "train") to field overrides.
+PRESETS: dict[str, dict[str, dict[str, Any]]] = {
+    "default": {},
+}
+
+
+def apply_preset(cfg: RunConfig, name: str | None) -> RunConfig:
+    """Return ``cfg`` with the preset's overrides applied (the CLI applies user flags afterwards)."""
+    if name is None:
+        return cfg
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}; choose one of: {', '.join(sorted(PRESETS))}")
+    p = PRESETS[name]
+    return replace(
+        cfg,
+        model=replace(cfg.model, **p.get("model", {})),
+        data=replace(cfg.data, **p.get("data", {})),
+        train=replace(cfg.train, **p.get("train", {})),
+        preset=name,
+    )

@@ -1,0 +1,354 @@
+"""Architectures, the registry that names them, and a layer-by-layer summary.
+
+Model contract (every registered architecture): ``encode(x) -> z`` with ``x`` a float batch
+``[B, C, H, W]`` in [0, 1] and ``z`` a flat code ``[B, L]``; ``decode(z) -> x_hat``;
+``forward(x) = decode(encode(x))``. Models know nothing of files, optimizers, devices or datasets.
+
+Adding an architecture is one function decorated with ``@register("name")`` that takes a
+:class:`~convae.config.ModelConfig` and returns an :class:`AutoEncoder`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from .config import ModelConfig
+
+__all__ = [
+    "AutoEncoder",
+    "register",
+    "available",
+    "build_model",
+    "default_latent_dim",
+    "summary",
+    "LayerRow",
+]
+
+Builder = Callable[[ModelConfig], "AutoEncoder"]
+_REGISTRY: dict[str, Builder] = {}
+_DEFAULT_LATENT: dict[str, Callable[[ModelConfig], int]] = {}
+_DESCRIPTIONS: dict[str, str] = {}
+
+
+def register(name: str, default_latent: Callable[[ModelConfig], int], description: str = ""):
+    """Decorator adding an architecture builder under ``name`` (duplicate names raise)."""
+
+    def deco(fn: Builder) -> Builder:
+        if name in _REGISTRY:
+            raise ValueError(f"architecture {name!r} is already registered")
+        _REGISTRY[name] = fn
+        _DEFAULT_LATENT[name] = default_latent
+        _DESCRIPTIONS[name] = description or (fn.__doc__ or "").strip().splitlines()[0]
+        return fn
+
+    return deco
+
+
+def available() -> dict[str, str]:
+    """Registered architecture names -> one-line descriptions."""
+    return dict(_DESCRIPTIONS)
+
+
+def default_latent_dim(cfg: ModelConfig) -> int:
+    _check_arch(cfg.arch)
+    return _DEFAULT_LATENT[cfg.arch](cfg)
+
+
+def _check_arch(name: str) -> None:
+    if name not in _REGISTRY:
+        raise ValueError(f"unknown architecture {name!r}; choose one of: {', '.join(_REGISTRY)}")
+
+
+def build_model(cfg: ModelConfig) -> AutoEncoder:
+    """The only constructor: validate the config and build the registered architecture."""
+    _check_arch(cfg.arch)
+    if cfg.channels not in (1, 3):
+        raise ValueError(f"channels must be 1 or 3, not {cfg.channels}")
+    if cfg.image_size < 8 or cfg.image_size % 4:
+        raise ValueError(f"image size must be a multiple of 4 and at least 8, not {cfg.image_size}")
+    if cfg.latent_dim is not None and cfg.latent_dim < 1:
+        raise ValueError(f"latent dim must be positive, not {cfg.latent_dim}")
+    if cfg.decoder not in ("upsample", "transpose"):
+        raise ValueError(f"decoder must be 'upsample' or 'transpose', not {cfg.decoder!r}")
+    if cfg.norm not in ("batch", "none"):
+        raise ValueError(f"norm must be 'batch' or 'none', not {cfg.norm!r}")
+    if cfg.width < 1:
+        raise ValueError(f"width must be positive, not {cfg.width}")
+    return _REGISTRY[cfg.arch](cfg)
+
+
+class AutoEncoder(nn.Module):
+    """An encoder/decoder pair with a flat latent code of ``latent_dim`` values."""
+
+    def __init__(
+        self,
+        encoder: nn.Module,
+        decoder: nn.Module,
+        latent_shape: tuple[int, ...],
+        config: ModelConfig,
+        sigmoid_output: bool = True,
+    ) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.decoder = decoder
+        self.latent_shape = tuple(latent_shape)  # native shape of z inside the network
+        self.latent_dim = math.prod(latent_shape)
+        self.config = config
+        self.sigmoid_output = sigmoid_output  # False: linear output, clamp to [0, 1] when displayed
+
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        return (self.config.channels, self.config.image_size, self.config.image_size)
+
+    def encode(self, x: Tensor) -> Tensor:
+        """[B, C, H, W] in [0, 1] -> [B, L]."""
+        return self.encoder(x).reshape(x.shape[0], -1)
+
+    def decode(self, z: Tensor) -> Tensor:
+        """[B, L] -> [B, C, H, W]."""
+        return self.decoder(z.reshape(z.shape[0], *self.latent_shape))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.decode(self.encode(x))
+
+
+# ---------------------------------------------------------------------------------------------
+# Seed architectures: the tutorials' models, faithful to their layer lists, sized to the input.
+
+
+def _seed_latent_strided(cfg: ModelConfig) -> int:
+    return 12
+
+
+@register("seed-strided", _seed_latent_strided, "strided convs to a 1x1 code, ConvTranspose decoder (seeds 000/002)")
+def seed_strided(cfg: ModelConfig) -> AutoEncoder:
+    c, s = cfg.channels, cfg.image_size
+    L = cfg.latent_dim or 12
+    k = s // 4  # remaining spatial size after two stride-2 convs: 7 at 28 px
+    enc = nn.Sequential(
+        nn.Conv2d(c, 16, 3, stride=2, padding=1),  # [B, 16, s/2, s/2]
+        nn.ReLU(inplace=True),
+        nn.Conv2d(16, 32, 3, stride=2, padding=1),  # [B, 32, s/4, s/4]
+        nn.ReLU(inplace=True),
+        nn.Conv2d(32, L, k),  # [B, L, 1, 1]
+    )
+    dec = nn.Sequential(
+        nn.ConvTranspose2d(L, 32, k),  # [B, 32, s/4, s/4]
+        nn.ReLU(inplace=True),
+        nn.ConvTranspose2d(32, 16, 3, stride=2, padding=1, output_padding=1),  # [B, 16, s/2, s/2]
+        nn.ReLU(inplace=True),
+        nn.ConvTranspose2d(16, c, 3, stride=2, padding=1, output_padding=1),  # [B, C, s, s]
+        nn.Sigmoid(),
+    )
+    return AutoEncoder(enc, dec, (L, 1, 1), cfg)
+
+
+def _pool_latent(cfg: ModelConfig) -> int:
+    return 4 * (cfg.image_size // 4) ** 2
+
+
+def _pool_code_channels(cfg: ModelConfig) -> int:
+    cells = (cfg.image_size // 4) ** 2
+    L = cfg.latent_dim or 4 * cells
+    if L % cells:
+        raise ValueError(
+            f"{cfg.arch} keeps a {cfg.image_size // 4}x{cfg.image_size // 4} code map, so its latent dim "
+            f"must be a multiple of {cells} (e.g. {4 * cells}), not {L}"
+        )
+    return L // cells
+
+
+def _pool_encoder(c: int, code: int) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Conv2d(c, 16, 3, padding=1),  # [B, 16, s, s]
+        nn.ReLU(inplace=True),
+        nn.MaxPool2d(2, 2),  # [B, 16, s/2, s/2]
+        nn.Conv2d(16, code, 3, padding=1),  # [B, code, s/2, s/2]
+        nn.ReLU(inplace=True),
+        nn.MaxPool2d(2, 2),  # [B, code, s/4, s/4]
+    )
+
+
+@register("seed-pool", _pool_latent, "conv + max-pool encoder to a 4x7x7 map, ConvTranspose(k2,s2) decoder (seed 001)")
+def seed_pool(cfg: ModelConfig) -> AutoEncoder:
+    c, s = cfg.channels, cfg.image_size
+    code = _pool_code_channels(cfg)
+    dec = nn.Sequential(
+        nn.ConvTranspose2d(code, 16, 2, stride=2),  # [B, 16, s/2, s/2]
+        nn.ReLU(inplace=True),
+        nn.ConvTranspose2d(16, c, 2, stride=2),  # [B, C, s, s]
+        nn.Sigmoid(),
+    )
+    return AutoEncoder(_pool_encoder(c, code), dec, (code, s // 4, s // 4), cfg)
+
+
+@register("seed-upsample", _pool_latent, "seed-pool's encoder, nearest/bilinear upsample + conv decoder (no checkerboard)")
+def seed_upsample(cfg: ModelConfig) -> AutoEncoder:
+    c, s = cfg.channels, cfg.image_size
+    code = _pool_code_channels(cfg)
+    dec = nn.Sequential(
+        nn.Upsample(scale_factor=2, mode="nearest"),  # [B, code, s/2, s/2]
+        nn.Conv2d(code, 16, 3, padding=1),  # [B, 16, s/2, s/2]
+        nn.ReLU(inplace=True),
+        nn.Upsample(scale_factor=2, mode="nearest"),  # [B, 16, s, s]
+        nn.Conv2d(16, c, 3, padding=1),  # [B, C, s, s]
+        nn.Sigmoid(),
+    )
+    return AutoEncoder(_pool_encoder(c, code), dec, (code, s // 4, s // 4), cfg)
+
+
+@register("seed-dense", lambda cfg: 200, "convs to 64 maps at 1/4 size, dense bottleneck (200), ConvTranspose decoder (seed 003)")
+def seed_dense(cfg: ModelConfig) -> AutoEncoder:
+    c, s = cfg.channels, cfg.image_size
+    L = cfg.latent_dim or 200
+    q = s // 4
+    flat = 64 * q * q  # 4,096 at 32 px
+    enc = nn.Sequential(
+        nn.Conv2d(c, 32, 3, padding=1),  # [B, 32, s, s]
+        nn.ReLU(inplace=True),
+        nn.Conv2d(32, 64, 3, stride=2, padding=1),  # [B, 64, s/2, s/2]
+        nn.ReLU(inplace=True),
+        nn.Conv2d(64, 64, 3, stride=2, padding=1),  # [B, 64, s/4, s/4]
+        nn.ReLU(inplace=True),
+        nn.Flatten(),  # [B, 64 * s/4 * s/4]
+        nn.Linear(flat, L),  # [B, L]
+    )
+    dec = nn.Sequential(
+        nn.Linear(L, flat),  # [B, 64 * s/4 * s/4]
+        nn.ReLU(inplace=True),
+        nn.Unflatten(1, (64, q, q)),  # [B, 64, s/4, s/4]
+        nn.ConvTranspose2d(64, 64, 3, stride=2, padding=1, output_padding=1),  # [B, 64, s/2, s/2]
+        nn.ReLU(inplace=True),
+        nn.ConvTranspose2d(64, 32, 3, stride=2, padding=1, output_padding=1),  # [B, 32, s, s]
+        nn.ReLU(inplace=True),
+        nn.ConvTranspose2d(32, c, 3, padding=1),  # [B, C, s, s]
+        nn.Sigmoid(),
+    )
+    return AutoEncoder(enc, dec, (L,), cfg)
+
+
+@register("seed-keras2d", lambda cfg: 2, "Keras 2-D latent model: strided convs to a 1x1 code, linear output (seed 004)")
+def seed_keras2d(cfg: ModelConfig) -> AutoEncoder:
+    c, s = cfg.channels, cfg.image_size
+    L = cfg.latent_dim or 2
+    k = s // 4
+    enc = nn.Sequential(
+        nn.Conv2d(c, 32, 3, stride=2, padding=1),  # "same": [B, 32, s/2, s/2]
+        nn.ReLU(inplace=True),
+        nn.Conv2d(32, 64, 3, stride=2, padding=1),  # "same": [B, 64, s/4, s/4]
+        nn.ReLU(inplace=True),
+        nn.Conv2d(64, L, k),  # "valid": [B, L, 1, 1]
+    )
+    dec = nn.Sequential(
+        nn.ConvTranspose2d(L, 64, k),  # "valid": [B, 64, s/4, s/4]
+        nn.ReLU(inplace=True),
+        nn.ConvTranspose2d(64, 32, 3, stride=2, padding=1, output_padding=1),  # "same": [B, 32, s/2, s/2]
+        nn.ReLU(inplace=True),
+        nn.ConvTranspose2d(32, c, 7, stride=2, padding=3, output_padding=1),  # "same": [B, C, s, s]
+    )
+    return AutoEncoder(enc, dec, (L, 1, 1), cfg, sigmoid_output=False)
+
+
+# ---------------------------------------------------------------------------------------------
+# Our default: a small conv pyramid with BatchNorm, a dense bottleneck and an upsample+conv decoder.
+
+
+def _block(cin: int, cout: int, stride: int, norm: bool) -> list[nn.Module]:
+    return [
+        nn.Conv2d(cin, cout, 3, stride=stride, padding=1, bias=not norm),
+        *([nn.BatchNorm2d(cout)] if norm else []),
+        nn.ReLU(inplace=True),
+    ]
+
+
+def _up(cin: int, cout: int, kind: str, norm: bool) -> list[nn.Module]:
+    if kind == "transpose":
+        conv: list[nn.Module] = [
+            nn.ConvTranspose2d(cin, cout, 3, stride=2, padding=1, output_padding=1, bias=not norm)
+        ]
+    else:  # nearest-neighbour upsampling then a 3x3 conv: no checkerboard artifacts
+        conv = [nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv2d(cin, cout, 3, padding=1, bias=not norm)]
+    return [*conv, *([nn.BatchNorm2d(cout)] if norm else []), nn.ReLU(inplace=True)]
+
+
+@register("convae", lambda cfg: 16, "ours: BatchNorm conv pyramid, dense bottleneck, upsample+conv (or transposed) decoder")
+def convae_arch(cfg: ModelConfig) -> AutoEncoder:
+    """Best quality per latent value at CPU speed (see docs/benchmarks.md for the measurements)."""
+    c, s, w = cfg.channels, cfg.image_size, cfg.width
+    L = cfg.latent_dim or 16
+    q = s // 4
+    norm = cfg.norm == "batch"
+    flat = 2 * w * q * q
+    enc = nn.Sequential(
+        *_block(c, w, 2, norm),  # [B, w, s/2, s/2]
+        *_block(w, 2 * w, 2, norm),  # [B, 2w, s/4, s/4]
+        *_block(2 * w, 2 * w, 1, norm),  # [B, 2w, s/4, s/4]
+        nn.Flatten(),  # [B, 2w * s/4 * s/4]
+        nn.Linear(flat, L),  # [B, L]
+    )
+    dec = nn.Sequential(
+        nn.Linear(L, flat),  # [B, 2w * s/4 * s/4]
+        nn.ReLU(inplace=True),
+        nn.Unflatten(1, (2 * w, q, q)),  # [B, 2w, s/4, s/4]
+        *_block(2 * w, 2 * w, 1, norm),  # [B, 2w, s/4, s/4]
+        *_up(2 * w, w, cfg.decoder, norm),  # [B, w, s/2, s/2]
+        *_up(w, w, cfg.decoder, norm),  # [B, w, s, s]
+        nn.Conv2d(w, c, 3, padding=1),  # [B, C, s, s]
+        nn.Sigmoid(),
+    )
+    return AutoEncoder(enc, dec, (L,), cfg)
+
+
+# ---------------------------------------------------------------------------------------------
+# Summary
+
+
+@dataclass(frozen=True)
+class LayerRow:
+    part: str  # "encoder" or "decoder"
+    name: str  # index inside the part
+    kind: str  # module class name
+    shape: tuple[int, ...]  # output shape for one batch [B, ...]
+    params: int
+
+
+def summary(model: AutoEncoder, batch: int = 1) -> dict:
+    """Per-layer output shapes and parameter counts, latent size and compression ratio."""
+    rows: list[LayerRow] = []
+    hooks = []
+    for part_name, part in (("encoder", model.encoder), ("decoder", model.decoder)):
+        for name, mod in part.named_children():
+
+            def hook(m, inp, out, part_name=part_name, name=name):
+                rows.append(
+                    LayerRow(part_name, name, type(m).__name__, tuple(out.shape), sum(p.numel() for p in m.parameters()))
+                )
+
+            hooks.append(mod.register_forward_hook(hook))
+    was_training = model.training
+    model.eval()
+    try:
+        dev = next(model.parameters()).device
+        with torch.inference_mode():
+            model(torch.zeros(batch, *model.input_shape, device=dev))
+    finally:
+        model.train(was_training)
+        for h in hooks:
+            h.remove()
+    n_in = math.prod(model.input_shape)
+    return {
+        "arch": model.config.arch,
+        "input_shape": list(model.input_shape),
+        "latent_shape": list(model.latent_shape),
+        "latent_dim": model.latent_dim,
+        "compression_ratio": n_in / model.latent_dim,
+        "params": sum(p.numel() for p in model.parameters()),
+        "encoder_params": sum(p.numel() for p in model.encoder.parameters()),
+        "decoder_params": sum(p.numel() for p in model.decoder.parameters()),
+        "layers": [r.__dict__ for r in rows],
+    }

@@ -1,0 +1,520 @@
+"""Training: the loop (`fit`), evaluation, and the one-call `train()` that makes a run directory.
+
+The loop is written to be read top to bottom. The data stays as uint8 in memory (on the device) and
+each batch is sliced, converted and normalized on the fly; the shuffle is a permutation seeded by
+(seed, epoch), so resuming at epoch k replays exactly what an uninterrupted run would do. Losses
+are accumulated on the device and only read back at log points, not every step.
+
+Under torchrun (``WORLD_SIZE`` > 1) the same loop runs with DistributedDataParallel: every rank
+takes a disjoint shard of the same epoch permutation and only rank 0 writes files.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import os
+import time
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import Tensor
+
+from . import __version__
+from .checkpoint import (
+    check_run_dir,
+    load_trainer_state,
+    load_weights,
+    read_json,
+    save_trainer_state,
+    save_weights,
+    write_json,
+)
+from .config import RunConfig, TrainConfig
+from .data import load_split
+from .metrics import summarize
+from .models import AutoEncoder, build_model, default_latent_dim
+from .noise import corrupt, parse_noise
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "fit",
+    "train",
+    "load",
+    "evaluate",
+    "reconstruct",
+    "resolve_device",
+    "TrainingDiverged",
+    "to_float",
+]
+
+Progress = Callable[[dict[str, Any]], None]
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or infinite; the best checkpoint on disk is left untouched."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Devices and precision
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    """``auto`` -> cuda, then mps, then cpu; an explicit device that is missing is an error."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda", torch.cuda.current_device())
+        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if name not in ("cpu", "cuda", "mps") and not name.startswith("cuda:"):
+        raise ValueError(f"device must be auto, cpu, cuda or mps, not {name!r}")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError("--device cuda requested but no CUDA GPU is available; use --device auto or cpu")
+    if name == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise ValueError("--device mps requested but MPS is not available; use --device auto or cpu")
+    return torch.device(name)
+
+
+def _cpu_has_bf16() -> bool:
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = f.read()
+        return "avx512_bf16" in flags or "amx_bf16" in flags
+    except OSError:
+        return False
+
+
+def resolve_precision(precision: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype (None = fp32). ``auto`` picks bf16 where measured faster (docs/benchmarks.md)."""
+    if precision not in ("auto", "fp32", "bf16", "fp16"):
+        raise ValueError(f"precision must be auto, fp32, bf16 or fp16, not {precision!r}")
+    if precision == "fp32":
+        return None
+    if precision == "bf16":
+        return torch.bfloat16
+    if precision == "fp16":
+        if device.type == "cpu":
+            raise ValueError("--precision fp16 needs a GPU; use bf16 or fp32 on CPU")
+        return torch.float16
+    # auto
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if device.type == "cpu" and _cpu_has_bf16():
+        return torch.bfloat16
+    return None
+
+
+def _autocast(device: torch.device, dtype: torch.dtype | None):
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def to_float(x: Tensor, device: torch.device | None = None) -> Tensor:
+    """uint8 [B, C, H, W] -> float32 in [0, 1] on ``device`` (the one normalization convae uses)."""
+    if device is not None:
+        x = x.to(device, non_blocking=True)
+    return x.float().div_(255.0)
+
+
+# ---------------------------------------------------------------------------------------------
+# Learning-rate schedule: a pure function of the step, so resuming needs no scheduler state.
+
+
+def lr_at(step: int, total: int, cfg: TrainConfig) -> float:
+    if cfg.schedule == "constant" or total <= 1:
+        return cfg.lr
+    warm = max(1, int(cfg.warmup * total))
+    if step < warm:  # linear warm-up from lr/25 (one-cycle) or 0 (cosine)
+        start = cfg.lr / 25 if cfg.schedule == "onecycle" else 0.0
+        return start + (cfg.lr - start) * step / warm
+    t = (step - warm) / max(1, total - warm)
+    floor = cfg.lr / 1e4 if cfg.schedule == "onecycle" else 0.0
+    return floor + (cfg.lr - floor) * 0.5 * (1 + math.cos(math.pi * min(1.0, t)))
+
+
+def _loss_fn(name: str, sigmoid_output: bool) -> Callable[[Tensor, Tensor], Tensor]:
+    if name == "mse":
+        return F.mse_loss
+    if name == "bce":
+        if not sigmoid_output:
+            raise ValueError("--loss bce needs an architecture with a sigmoid output (not seed-keras2d)")
+        return lambda y, x: F.binary_cross_entropy(y.float().clamp(1e-6, 1 - 1e-6), x)
+    raise ValueError(f"loss must be mse or bce, not {name!r}")
+
+
+def _validate_train_cfg(cfg: TrainConfig) -> None:
+    if cfg.epochs < 1:
+        raise ValueError(f"epochs must be at least 1, not {cfg.epochs}")
+    if cfg.batch_size < 1:
+        raise ValueError(f"batch size must be at least 1, not {cfg.batch_size}")
+    if not (cfg.lr > 0):
+        raise ValueError(f"learning rate must be positive, not {cfg.lr}")
+    if cfg.optimizer not in ("adam", "adamw"):
+        raise ValueError(f"optimizer must be adam or adamw, not {cfg.optimizer!r}")
+    if cfg.schedule not in ("onecycle", "cosine", "constant"):
+        raise ValueError(f"schedule must be onecycle, cosine or constant, not {cfg.schedule!r}")
+    if cfg.patience < 0:
+        raise ValueError(f"patience must be >= 0, not {cfg.patience}")
+    for spec in cfg.noise:
+        parse_noise(spec)
+
+
+def _world() -> tuple[int, int]:
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def _epoch_generator(seed: int, epoch: int, stream: int, device: torch.device) -> torch.Generator:
+    g = torch.Generator(device=device if device.type == "cuda" else "cpu")
+    g.manual_seed((seed * 1_000_003 + epoch * 7_919 + stream) % (2**63))
+    return g
+
+
+# ---------------------------------------------------------------------------------------------
+# The loop
+
+
+@torch.inference_mode()
+def _mean_loss(model, x_u8: Tensor, cfg: TrainConfig, loss_fn, amp, batch: int = 1024) -> float:
+    """Validation loss (eval mode, no grad) on clean or - when training with noise - corrupted inputs."""
+    model.eval()
+    total = torch.zeros((), dtype=torch.float64, device=x_u8.device)
+    g = _epoch_generator(cfg.seed, -1, 2, x_u8.device)  # fixed noise: comparable across epochs
+    for i in range(0, len(x_u8), batch):
+        x = to_float(x_u8[i : i + batch])
+        inp = corrupt(x, cfg.noise, g) if cfg.noise else x
+        with amp():
+            y = model(inp)
+        total += loss_fn(y.float(), x).double() * len(x)
+    model.train()
+    return float(total) / max(1, len(x_u8))  # host sync: once per validation
+
+
+def fit(
+    model: AutoEncoder,
+    train_x: Tensor,
+    val_x: Tensor | None,
+    cfg: TrainConfig,
+    *,
+    run_dir: str | os.PathLike | None = None,
+    run_config: RunConfig | None = None,
+    resume: bool = False,
+    progress: Progress | None = None,
+    log_every: int = 10,
+) -> list[dict[str, Any]]:
+    """Train ``model`` in place on uint8 images; return the per-epoch history.
+
+    With ``run_dir``, rank 0 writes ``model.safetensors`` (best validation loss), ``last.safetensors``
+    + trainer state (every epoch, for ``resume``) and ``history.jsonl``. ``progress`` receives
+    ``{"event": "step", ...}`` every ``log_every`` steps and ``{"event": "epoch", ...}`` per epoch.
+    """
+    _validate_train_cfg(cfg)
+    rank, world = _world()
+    device = next(model.parameters()).device
+    amp_dtype = resolve_precision(cfg.precision, device)
+    channels_last = cfg.channels_last if cfg.channels_last is not None else device.type == "cuda"
+    out = Path(run_dir) if run_dir is not None else None
+    writer = out is not None and rank == 0
+
+    if channels_last:
+        model.to(memory_format=torch.channels_last)
+    train_x = train_x.to(device)  # uint8, resident: 4,000 digits are 3 MB
+    val_x = val_x.to(device) if val_x is not None and len(val_x) else None
+    n = len(train_x)
+    if n == 0:
+        raise ValueError("the training split is empty (check --classes and the data)")
+    batch = min(cfg.batch_size, max(1, n // world))
+    steps_per_epoch = max(1, n // (batch * world))
+    total_steps = steps_per_epoch * cfg.epochs
+
+    params = [p for p in model.parameters() if p.requires_grad]
+    if cfg.optimizer == "adamw":
+        opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    else:
+        opt = torch.optim.Adam(params, lr=cfg.lr)
+    net: torch.nn.Module = model
+    if world > 1:
+        net = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None
+        )
+    loss_fn = _loss_fn(cfg.loss, model.sigmoid_output)
+    scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
+
+    def amp():
+        return _autocast(device, amp_dtype)
+
+    history: list[dict[str, Any]] = []
+    start_epoch, step, best, bad_epochs = 0, 0, math.inf, 0
+    if resume:
+        if out is None:
+            raise ValueError("resume needs a run directory")
+        if not (out / "trainer.json").is_file() or not (out / "last.safetensors").is_file():
+            raise FileNotFoundError(f"{out}: no trainer state to resume from (trainer.json, last.safetensors)")
+        model.load_state_dict(load_weights(out / "last.safetensors"))
+        info = load_trainer_state(out, opt)
+        start_epoch, step, best = info["epoch"], info["step"], info["best"]
+        bad_epochs, history = info.get("bad_epochs", 0), info.get("history", [])
+        if info.get("stopped_early") or start_epoch >= cfg.epochs:
+            log.info("run in %s already finished (%d epochs)", out, start_epoch)
+            return history
+        log.info("resuming %s at epoch %d", out, start_epoch + 1)
+
+    model.train()
+    for epoch in range(start_epoch, cfg.epochs):
+        t0 = time.perf_counter()
+        # Same permutation on every rank; each takes its own contiguous shard of it.
+        perm = torch.randperm(n, generator=_epoch_generator(cfg.seed, epoch, 0, torch.device("cpu")))
+        per_rank = steps_per_epoch * batch
+        perm = perm[rank * per_rank : (rank + 1) * per_rank].to(device)
+        noise_g = _epoch_generator(cfg.seed, epoch, 1 + rank * 10, device) if cfg.noise else None
+        loss_sum = torch.zeros((), device=device)  # accumulated on device: no per-step sync
+        window = torch.zeros((), device=device)
+        for i in range(steps_per_epoch):
+            idx = perm[i * batch : (i + 1) * batch]
+            x = to_float(train_x[idx])  # [B, C, H, W] float in [0, 1]
+            if channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            inp = corrupt(x, cfg.noise, noise_g) if noise_g is not None else x
+            for g in opt.param_groups:
+                g["lr"] = lr_at(step, total_steps, cfg)
+            with amp():
+                y = net(inp)
+            loss = loss_fn(y.float(), x)
+            opt.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.step(opt)
+            scaler.update()
+            step += 1
+            d = loss.detach()
+            loss_sum += d
+            window += d
+            if progress is not None and (i + 1) % log_every == 0:
+                live = float(window) / log_every  # host sync, once per log_every steps
+                window.zero_()
+                if not math.isfinite(live):
+                    raise TrainingDiverged(_diverged_msg(epoch, step, cfg))
+                progress({"event": "step", "epoch": epoch + 1, "epochs": cfg.epochs, "step": i + 1,
+                          "steps": steps_per_epoch, "loss": live})
+        if world > 1:
+            dist.all_reduce(loss_sum)
+            loss_sum /= world
+        train_loss = float(loss_sum) / steps_per_epoch  # host sync: once per epoch
+        if not math.isfinite(train_loss):
+            raise TrainingDiverged(_diverged_msg(epoch, step, cfg))
+        last = epoch + 1 == cfg.epochs
+        val_loss = None
+        if val_x is not None and (last or (epoch + 1) % cfg.eval_every == 0):
+            val_loss = _mean_loss(model, val_x, cfg, loss_fn, amp)
+            if not math.isfinite(val_loss):
+                raise TrainingDiverged(_diverged_msg(epoch, step, cfg))
+        seconds = time.perf_counter() - t0
+        row = {"epoch": epoch + 1, "step": step, "train_loss": train_loss, "val_loss": val_loss,
+               "lr": opt.param_groups[0]["lr"], "seconds": seconds}
+        history.append(row)
+        score = val_loss if val_loss is not None else (train_loss if val_x is None else None)
+        improved = score is not None and score < best
+        if improved:
+            best, bad_epochs = score, 0
+        elif score is not None:
+            bad_epochs += 1
+        stop = cfg.patience > 0 and bad_epochs >= cfg.patience
+        if writer:
+            assert out is not None
+            if improved:
+                save_weights(model, out / "model.safetensors")
+            save_weights(model, out / "last.safetensors")
+            save_trainer_state(out, opt, {"epoch": epoch + 1, "step": step, "best": best,
+                                          "bad_epochs": bad_epochs, "history": history,
+                                          "stopped_early": stop})
+            _write_history(out / "history.jsonl", history)
+        if progress is not None:
+            progress({"event": "epoch", **row, "epochs": cfg.epochs, "best": best})
+        if stop:
+            log.info("early stop after epoch %d: no improvement for %d epochs", epoch + 1, bad_epochs)
+            break
+    if channels_last:
+        model.to(memory_format=torch.contiguous_format)
+    model.eval()
+    return history
+
+
+def _diverged_msg(epoch: int, step: int, cfg: TrainConfig) -> str:
+    return (f"loss became NaN/inf at epoch {epoch + 1} (step {step}); lower --lr (now {cfg.lr}) or use "
+            "--precision fp32. The best checkpoint so far was kept.")
+
+
+def _write_history(path: Path, history: list[dict[str, Any]]) -> None:
+    import json
+
+    from .checkpoint import atomic_write
+
+    atomic_write(path, "".join(json.dumps(r) + "\n" for r in history))
+
+
+# ---------------------------------------------------------------------------------------------
+# Evaluation and loading
+
+
+@torch.inference_mode()
+def reconstruct(model: AutoEncoder, images_u8: Tensor, batch_size: int = 1024, noise: tuple[str, ...] = (),
+                generator: torch.Generator | None = None) -> Tensor:
+    """Reconstructions (float32 [N, C, H, W] in [0, 1], on CPU) of uint8 images, in fp32."""
+    model.eval()
+    device = next(model.parameters()).device
+    outs = []
+    for i in range(0, len(images_u8), batch_size):
+        x = to_float(images_u8[i : i + batch_size], device)
+        if noise:
+            x = corrupt(x, noise, generator)
+        outs.append(model(x).float().clamp_(0, 1).cpu())
+    if not outs:
+        c, s = model.config.channels, model.config.image_size
+        return torch.zeros(0, c, s, s)
+    return torch.cat(outs)
+
+
+def evaluate(model: AutoEncoder, images_u8: Tensor, ssim: bool = True) -> dict[str, float]:
+    """Test metrics of a model on uint8 images: MSE, PSNR, SSIM, latent size, compression ratio."""
+    if len(images_u8) == 0:
+        raise ValueError("no images to evaluate")
+    y = reconstruct(model, images_u8)
+    x = to_float(images_u8)
+    m = summarize(x, y, ssim=ssim)
+    n_in = math.prod(model.input_shape)
+    return {**m, "latent_dim": model.latent_dim, "compression_ratio": n_in / model.latent_dim,
+            "images": len(images_u8)}
+
+
+def load(run_dir: str | os.PathLike, device: str | torch.device = "cpu", which: str = "best") -> AutoEncoder:
+    """Load a trained model from a run directory (``which``: "best" or "last").
+
+    The returned model is in eval mode and carries ``run_config`` (the :class:`RunConfig`) and
+    ``run_dir`` attributes.
+    """
+    p = check_run_dir(run_dir)
+    cfg = RunConfig.from_dict(read_json(p / "config.json"))
+    model = build_model(cfg.model)
+    weights = p / ("model.safetensors" if which == "best" else "last.safetensors")
+    try:
+        model.load_state_dict(load_weights(weights))
+    except RuntimeError as e:
+        raise ValueError(f"{weights}: weights do not match the architecture in config.json ({e})") from e
+    model.run_config = cfg  # type: ignore[attr-defined]
+    model.run_dir = p  # type: ignore[attr-defined]
+    dev = resolve_device(device) if isinstance(device, str) else device
+    return model.to(dev).eval()
+
+
+# ---------------------------------------------------------------------------------------------
+# One call: data -> model -> fit -> metrics + plots in a run directory
+
+
+def default_run_dir(cfg: RunConfig, root: str | os.PathLike = "runs") -> Path:
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    data = cfg.data.spec.replace("folder:", "").replace(os.sep, "_").strip("_.")[-24:] or "data"
+    base = Path(root) / f"{stamp}-{cfg.model.arch}-{data}"
+    p, k = base, 1
+    while p.exists():
+        k += 1
+        p = Path(f"{base}-{k}")
+    return p
+
+
+def resolve_config(cfg: RunConfig) -> RunConfig:
+    """Fill in what depends on the data and the architecture (channels, size, latent dim, version)."""
+    m = cfg.model
+    if cfg.data.channels is not None:
+        m = replace(m, channels=cfg.data.channels)
+    if cfg.data.image_size is not None:
+        m = replace(m, image_size=cfg.data.image_size)
+    if m.latent_dim is None:
+        m = replace(m, latent_dim=default_latent_dim(m))
+    return replace(cfg, model=m, version=__version__)
+
+
+def train(
+    cfg: RunConfig | None = None,
+    out: str | os.PathLike | None = None,
+    *,
+    resume: bool = False,
+    device: str | torch.device = "auto",
+    progress: Progress | None = None,
+) -> Path:
+    """Train a model as ``convae train`` does and return its run directory.
+
+    Loads the data of ``cfg.data``, builds ``cfg.model``, fits, then (rank 0) writes test metrics,
+    ``loss.png`` and ``reconstructions.png``. With ``resume``, ``out`` must be an existing run and
+    its own ``config.json`` is used.
+    """
+    from .plots import loss_figure, reconstruction_figure, save_figure
+
+    rank, _ = _world()
+    dev = resolve_device(device) if isinstance(device, str) else device
+    if resume:
+        if out is None:
+            raise ValueError("--resume needs the run directory (--out RUN)")
+        out = Path(out)
+        if not (out / "config.json").is_file():
+            raise FileNotFoundError(f"{out}: not a run directory (no config.json) - nothing to resume")
+        cfg = RunConfig.from_dict(read_json(out / "config.json"))
+    else:
+        cfg = cfg or RunConfig()
+        out = Path(out) if out is not None else default_run_dir(cfg)
+        if (out / "model.safetensors").exists() or (out / "trainer.json").exists():
+            raise FileExistsError(f"{out} already holds a run; use --resume to continue it or choose another --out")
+
+    train_x, _ = load_split(cfg.data, "train")
+    val_x, _ = load_split(cfg.data, "val")
+    if not resume:
+        # The data decides channels and size unless the user forced them.
+        c, s = train_x.shape[1], train_x.shape[-1]
+        if train_x.shape[-2] != s:
+            raise ValueError(f"images are {train_x.shape[-1]}x{train_x.shape[-2]}; pass --image-size N for square inputs")
+        cfg = resolve_config(replace(cfg, model=replace(cfg.model, channels=c, image_size=s)))
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.train.seed)  # identical init on every rank and every run
+        model = build_model(cfg.model)
+    model.to(dev)
+    if rank == 0:
+        out.mkdir(parents=True, exist_ok=True)
+        if not resume:
+            write_json(out / "config.json", cfg.to_dict())
+    log.info("training %s (latent %d) on %d images, validating on %d, device %s",
+             cfg.model.arch, model.latent_dim, len(train_x), len(val_x), dev)
+    history = fit(model, train_x, val_x, cfg.train, run_dir=out, run_config=cfg, resume=resume,
+                  progress=progress)
+    if rank == 0:
+        best = load(out, dev)
+        test_x, _ = load_split(cfg.data, "test")
+        if len(test_x) == 0:
+            test_x = val_x
+        metrics = evaluate(best, test_x)
+        metrics["train_seconds"] = sum(r["seconds"] for r in history)
+        metrics["epochs"] = len(history)
+        write_json(out / "metrics.json", metrics)
+        save_figure(loss_figure(history), out / "loss.png")
+        k = min(10, len(test_x))
+        shown = test_x[_spread_indices(len(test_x), k)]
+        recon = reconstruct(best, shown, noise=cfg.train.noise, generator=torch.Generator().manual_seed(0))
+        inputs = to_float(shown)
+        if cfg.train.noise:
+            noisy = corrupt(inputs, cfg.train.noise, torch.Generator().manual_seed(0))
+            save_figure(reconstruction_figure(inputs, recon, noisy=noisy), out / "reconstructions.png")
+        else:
+            save_figure(reconstruction_figure(inputs, recon), out / "reconstructions.png")
+    return out
+
+
+def _spread_indices(n: int, k: int) -> Tensor:
+    """k indices spread over [0, n): shows every class when the split is sorted by label."""
+    return torch.linspace(0, n - 1, k).round().long() if k else torch.zeros(0, dtype=torch.long)

@@ -25,6 +25,7 @@ import tarfile
 import tempfile
 import urllib.error
 import urllib.request
+import zlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -211,7 +212,7 @@ def _read_maybe_gz(path: Path) -> bytes:
     if raw[:2] == b"\x1f\x8b":
         try:
             return gzip.decompress(raw)
-        except (OSError, EOFError, gzip.BadGzipFile) as e:
+        except (OSError, EOFError, zlib.error) as e:  # zlib.error: a damaged deflate stream
             raise ValueError(f"{path}: corrupt or truncated gzip data ({e})") from e
     return raw
 
@@ -267,8 +268,11 @@ def _cifar_members(source: Path) -> dict[str, bytes]:
                 if (d / w).is_file():
                     out[w] = (d / w).read_bytes()
     else:
+        # Decompress the whole gzip stream first: only reading it to the end checks its CRC, and
+        # tarfile stops at the end-of-archive marker, so a damaged byte would pass unnoticed.
+        raw = _read_maybe_gz(source)
         try:
-            with tarfile.open(source, "r:gz") as tar:
+            with tarfile.open(fileobj=io.BytesIO(raw), mode="r:") as tar:
                 for m in tar.getmembers():
                     base = os.path.basename(m.name)
                     if base in wanted and m.isfile():
@@ -437,9 +441,14 @@ def _sample_path() -> Path:
 
 @functools.lru_cache(maxsize=8)
 def _load_raw(
-    spec: str, data_dir: str | None, channels: int | None, image_size: int | None, strict: bool
+    spec: str, data_dir: str | None, channels: int | None, image_size: int | None, strict: bool,
+    cache: str = "",
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """(train_x, train_y, test_x, test_y) for a spec; the split into val happens later."""
+    """(train_x, train_y, test_x, test_y) for a spec; the split into val happens later.
+
+    ``cache`` is the cache directory, passed only as part of the memo key: files found (or not) in
+    one ``$CONVAE_CACHE`` must not be served from memory after it changes.
+    """
     if spec == "mnist-sample":
         p = _sample_path()
         cached = cache_dir() / "mnist-sample-v1.npy"
@@ -541,7 +550,7 @@ def load_dataset(
     if not 0.0 <= val_fraction < 1.0:
         raise ValueError(f"val fraction must be in [0, 1), not {val_fraction}")
     tx, ty, ex, ey = _load_raw(
-        spec, None if data_dir is None else str(data_dir), channels, image_size, strict
+        spec, None if data_dir is None else str(data_dir), channels, image_size, strict, str(cache_dir())
     )
     if split == "test":
         x, y = ex, ey
@@ -564,7 +573,8 @@ def load_dataset(
         x = _convert_channels(x, channels)
     if image_size is not None and x.shape[-1] != image_size and not spec.startswith("folder:"):
         x = _resize_batch(x, image_size)
-    return torch.from_numpy(np.ascontiguousarray(x)).clone(), torch.from_numpy(y.copy())
+    # np.array copies: a fresh, writable tensor (IDX arrays are read-only views of the file bytes)
+    return torch.from_numpy(np.array(x, order="C")), torch.from_numpy(y.copy())
 
 
 def load_split(cfg: DataConfig, split: str) -> tuple[torch.Tensor, torch.Tensor]:

@@ -41,9 +41,10 @@ def register(name: str, default_latent: Callable[[ModelConfig], int], descriptio
     def deco(fn: Builder) -> Builder:
         if name in _REGISTRY:
             raise ValueError(f"architecture {name!r} is already registered")
+        doc_lines = (fn.__doc__ or "").strip().splitlines()  # a builder may have no docstring
         _REGISTRY[name] = fn
         _DEFAULT_LATENT[name] = default_latent
-        _DESCRIPTIONS[name] = description or (fn.__doc__ or "").strip().splitlines()[0]
+        _DESCRIPTIONS[name] = description or (doc_lines[0] if doc_lines else name)
         return fn
 
     return deco

@@ -1,0 +1,215 @@
+"""Checkpoints: atomic writes, save -> load gives identical outputs, trainer state, run-dir checks."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from convae import checkpoint, load
+from convae.checkpoint import (
+    atomic_write,
+    check_run_dir,
+    fingerprint,
+    load_trainer_state,
+    load_weights,
+    read_json,
+    save_trainer_state,
+    save_weights,
+    write_json,
+)
+from convae.config import DataConfig, ModelConfig, RunConfig, TrainConfig
+from convae.models import available, build_model
+
+
+def _files(d: Path) -> list[str]:
+    return sorted(p.name for p in d.iterdir())
+
+
+def test_atomic_write_replaces_and_leaves_no_temp(tmp_path):
+    p = tmp_path / "sub" / "f.txt"
+    atomic_write(p, "one")
+    atomic_write(p, b"two")
+    assert p.read_bytes() == b"two"
+    assert _files(p.parent) == ["f.txt"]
+
+
+def test_atomic_write_failure_keeps_the_old_file(tmp_path, monkeypatch):
+    p = tmp_path / "model.safetensors"
+    atomic_write(p, b"good")
+
+    def boom(*a, **k):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(checkpoint.os, "replace", boom)
+    with pytest.raises(OSError, match="disk full"):
+        atomic_write(p, b"half-written")
+    assert p.read_bytes() == b"good"
+    assert _files(tmp_path) == ["model.safetensors"]  # the temp file was removed
+
+
+def test_json_roundtrip_and_errors(tmp_path):
+    write_json(tmp_path / "a.json", {"b": [1, 2], "a": 0.5})
+    assert read_json(tmp_path / "a.json") == {"a": 0.5, "b": [1, 2]}
+    (tmp_path / "bad.json").write_text("{not json")
+    with pytest.raises(ValueError, match="bad.json"):
+        read_json(tmp_path / "bad.json")
+
+
+def test_run_config_roundtrip():
+    cfg = RunConfig(
+        model=ModelConfig(arch="seed-strided", latent_dim=12),
+        data=DataConfig(classes=(1, 5, 6), spec="folder:/x"),
+        train=TrainConfig(noise=("gaussian:0.4",), epochs=3),
+        preset="default",
+        version="0.1.0",
+    )
+    assert RunConfig.from_json(cfg.to_json()) == cfg
+    d = cfg.to_dict()
+    d["model"]["from_the_future"] = 1  # newer versions may add fields: ignored
+    del d["train"]["lr"]  # older ones may lack fields: defaulted
+    back = RunConfig.from_dict(d)
+    assert back.model == cfg.model and back.train.lr == TrainConfig().lr
+    with pytest.raises(ValueError):
+        RunConfig.from_dict([1, 2])
+
+
+@pytest.mark.parametrize("arch", sorted(available()))
+def test_save_load_identical_outputs(tmp_path, arch):
+    torch.manual_seed(0)
+    cfg = ModelConfig(arch=arch, channels=3, image_size=16, width=4)
+    model = build_model(cfg)
+    # make BatchNorm running stats non-trivial so that buffers are tested too
+    model.train()
+    with torch.no_grad():
+        model(torch.rand(4, 3, 16, 16))
+    model.eval()
+    save_weights(model, tmp_path / "w.safetensors")
+    torch.manual_seed(1)  # a different init: only the file can make them equal
+    other = build_model(cfg).eval()
+    x = torch.rand(3, 3, 16, 16)
+    with torch.no_grad():
+        assert not torch.equal(model(x), other(x))
+        other.load_state_dict(load_weights(tmp_path / "w.safetensors"))
+        assert torch.equal(model(x), other(x))
+        assert torch.equal(model.encode(x), other.encode(x))
+    assert fingerprint(model.state_dict(), RunConfig(model=cfg)) == fingerprint(
+        other.state_dict(), RunConfig(model=cfg)
+    )
+
+
+def test_fingerprint(make_images):
+    cfg = RunConfig(model=ModelConfig(arch="seed-strided"))
+    model = build_model(cfg.model)
+    fp = fingerprint(model.state_dict(), cfg)
+    assert isinstance(fp, bytes) and len(fp) == 16
+    assert fingerprint(model.state_dict(), cfg) == fp  # stable
+    sd = {k: v.clone() for k, v in model.state_dict().items()}
+    sd["encoder.0.bias"][0] += 1e-6
+    assert fingerprint(sd, cfg) != fp  # any weight change
+    other = RunConfig(model=ModelConfig(arch="seed-strided", latent_dim=12, image_size=28, width=8))
+    assert fingerprint(model.state_dict(), other) != fp  # the model config is part of it
+    # the training config is not: the same weights are the same model
+    assert (
+        fingerprint(model.state_dict(), RunConfig(model=cfg.model, train=TrainConfig(lr=1.0))) == fp
+    )
+
+
+def test_load_weights_errors(tmp_path):
+    with pytest.raises(FileNotFoundError):
+        load_weights(tmp_path / "missing.safetensors")
+    (tmp_path / "junk.safetensors").write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{}garbage")
+    with pytest.raises(ValueError, match="junk.safetensors"):
+        load_weights(tmp_path / "junk.safetensors")
+    (tmp_path / "empty.safetensors").write_bytes(b"")
+    with pytest.raises(ValueError, match="empty.safetensors"):
+        load_weights(tmp_path / "empty.safetensors")
+
+
+def _stepped_optimizer(model: torch.nn.Module) -> torch.optim.Optimizer:
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=1e-4)
+    for _ in range(2):
+        opt.zero_grad()
+        model(torch.rand(2, 1, 16, 16)).square().mean().backward()
+        opt.step()
+    return opt
+
+
+def test_trainer_state_roundtrip(tmp_path):
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(arch="convae", image_size=16, width=4))
+    opt = _stepped_optimizer(model)
+    save_trainer_state(
+        tmp_path, opt, {"epoch": 3, "step": 7, "best": 0.25, "history": [{"epoch": 1}]}
+    )
+    opt2 = torch.optim.AdamW(model.parameters(), lr=5.0)
+    info = load_trainer_state(tmp_path, opt2)
+    assert info["epoch"] == 3 and info["step"] == 7 and info["best"] == 0.25
+    a, b = opt.state_dict(), opt2.state_dict()
+    assert a["param_groups"][0]["lr"] == b["param_groups"][0]["lr"] == 1e-2
+    assert a["state"].keys() == b["state"].keys()
+    for pid in a["state"]:
+        for k, v in a["state"][pid].items():
+            assert torch.equal(torch.as_tensor(v), torch.as_tensor(b["state"][pid][k])), (pid, k)
+
+
+def test_trainer_state_mismatch_and_corruption(tmp_path):
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(arch="seed-strided", image_size=16))
+    opt = _stepped_optimizer(model)
+    save_trainer_state(tmp_path, opt, {"epoch": 1})
+    stale = (tmp_path / "trainer.safetensors").read_bytes()
+    save_trainer_state(tmp_path, opt, {"epoch": 2})
+    (tmp_path / "trainer.safetensors").write_bytes(stale)  # a crash between the two writes
+    with pytest.raises(ValueError, match="do not match"):
+        load_trainer_state(tmp_path, opt)
+    (tmp_path / "trainer.safetensors").write_bytes(b"garbage")
+    with pytest.raises(ValueError, match="corrupt"):
+        load_trainer_state(tmp_path, opt)
+
+
+def test_check_run_dir(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no such run"):
+        check_run_dir(tmp_path / "missing")
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(ValueError, match="not a run directory"):
+        check_run_dir(tmp_path / "file")
+    with pytest.raises(FileNotFoundError, match="config.json"):
+        check_run_dir(tmp_path)
+
+
+def test_load_run_gives_the_trained_model(tiny_run):
+    model = load(tiny_run)
+    assert not model.training
+    assert model.run_dir == Path(tiny_run)
+    cfg = model.run_config
+    assert cfg.model.arch == "convae" and cfg.model.latent_dim == 8 and cfg.model.width == 4
+    assert model.latent_dim == 8
+    same = load(tiny_run)
+    x = torch.rand(4, 1, 28, 28)
+    with torch.no_grad():
+        assert torch.equal(model(x), same(x))
+    sd = load_weights(Path(tiny_run) / "model.safetensors")
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, sd[k]), k
+    last = load(tiny_run, which="last")  # 1 epoch: best == last
+    with torch.no_grad():
+        assert torch.equal(last(x), model(x))
+
+
+def test_load_mismatched_weights(tmp_path, tiny_run):
+    run = tmp_path / "run"
+    run.mkdir()
+    for name in ("config.json", "model.safetensors"):
+        (run / name).write_bytes((Path(tiny_run) / name).read_bytes())
+    cfg = json.loads((run / "config.json").read_text())
+    cfg["model"]["latent_dim"] = 9
+    (run / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(ValueError, match="do not match"):
+        load(run)
+    os.unlink(run / "model.safetensors")
+    with pytest.raises(FileNotFoundError, match="model.safetensors"):
+        load(run)

@@ -1,0 +1,211 @@
+"""Architectures and the registry: every registered model trains, has the promised shapes, and
+bad configurations are refused with a clear error."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from convae import models
+from convae.config import ModelConfig
+from convae.models import available, build_model, default_latent_dim, register, summary
+
+ARCHS = sorted(available())
+
+
+def _cfg(arch: str, channels: int = 1, size: int = 28, **kw) -> ModelConfig:
+    # width 4 keeps the configurable `convae` arch tiny; the seed archs ignore it
+    return ModelConfig(arch=arch, channels=channels, image_size=size, width=4, **kw)
+
+
+def test_registry_has_the_issue_architectures():
+    for name in (
+        "seed-strided",
+        "seed-pool",
+        "seed-upsample",
+        "seed-dense",
+        "seed-keras2d",
+        "convae",
+    ):
+        assert name in ARCHS
+        assert available()[name]  # every architecture has a one-line description
+    assert ModelConfig().arch == "convae"  # the default architecture
+
+
+@pytest.mark.parametrize("size", [28, 32])
+@pytest.mark.parametrize("channels", [1, 3])
+@pytest.mark.parametrize("arch", ARCHS)
+def test_forward_backward(arch, channels, size):
+    torch.manual_seed(0)
+    model = build_model(_cfg(arch, channels, size))
+    model.train()
+    x = torch.rand(2, channels, size, size)
+    z = model.encode(x)
+    assert z.shape == (2, model.latent_dim)
+    assert model.latent_dim == default_latent_dim(model.config)
+    y = model.decode(z)
+    assert y.shape == x.shape
+    assert torch.isfinite(y).all()
+    if model.sigmoid_output:
+        assert y.min() >= 0 and y.max() <= 1
+    torch.nn.functional.mse_loss(model(x), x).backward()
+    for name, p in model.named_parameters():
+        assert p.grad is not None, f"{arch}: {name} got no gradient"
+        assert torch.isfinite(p.grad).all(), f"{arch}: {name} has a non-finite gradient"
+    assert any(p.grad.abs().sum() > 0 for p in model.parameters())
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_eval_mode_is_deterministic_and_batch_independent(arch):
+    torch.manual_seed(0)
+    model = build_model(_cfg(arch)).eval()
+    x = torch.rand(3, 1, 28, 28)
+    with torch.no_grad():
+        full = model(x)
+        one = model(x[1:2])
+    torch.testing.assert_close(full[1:2], one, rtol=1e-5, atol=1e-6)
+    with torch.no_grad():
+        torch.testing.assert_close(model.forward(x), model.decode(model.encode(x)), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_explicit_latent_dim(arch):
+    # the pool archs keep a (s/4)^2 code map, so their latent dim is a multiple of 49 at 28 px
+    L = 2 * 49 if arch in ("seed-pool", "seed-upsample") else 7
+    model = build_model(_cfg(arch, latent_dim=L))
+    assert model.latent_dim == L
+    assert model.encode(torch.rand(2, 1, 28, 28)).shape == (2, L)
+
+
+def _layer_shapes(s: dict, part: str, kinds: tuple[str, ...]) -> list[list[int]]:
+    return [list(r["shape"]) for r in s["layers"] if r["part"] == part and r["kind"] in kinds]
+
+
+def test_summary_seed_strided_shapes():
+    s = summary(build_model(ModelConfig(arch="seed-strided", image_size=28)), batch=2)
+    assert _layer_shapes(s, "encoder", ("Conv2d",)) == [
+        [2, 16, 14, 14],
+        [2, 32, 7, 7],
+        [2, 12, 1, 1],
+    ]
+    assert _layer_shapes(s, "decoder", ("ConvTranspose2d",)) == [
+        [2, 32, 7, 7],
+        [2, 16, 14, 14],
+        [2, 1, 28, 28],
+    ]
+    assert s["layers"][-1]["kind"] == "Sigmoid"
+    assert s["latent_shape"] == [12, 1, 1]
+    assert s["latent_dim"] == 12
+    assert s["compression_ratio"] == pytest.approx(784 / 12)  # ~65:1
+    assert s["input_shape"] == [1, 28, 28]
+
+
+def test_summary_seed_pool_and_keras_and_dense_shapes():
+    s = summary(build_model(ModelConfig(arch="seed-pool")))
+    assert _layer_shapes(s, "encoder", ("MaxPool2d",)) == [[1, 16, 14, 14], [1, 4, 7, 7]]
+    assert s["latent_dim"] == 4 * 7 * 7
+    s = summary(build_model(ModelConfig(arch="seed-keras2d")))
+    assert _layer_shapes(s, "encoder", ("Conv2d",)) == [
+        [1, 32, 14, 14],
+        [1, 64, 7, 7],
+        [1, 2, 1, 1],
+    ]
+    assert list(s["layers"][-1]["shape"]) == [1, 1, 28, 28]
+    assert s["latent_dim"] == 2
+    s = summary(build_model(ModelConfig(arch="seed-dense", channels=3, image_size=32)))
+    assert _layer_shapes(s, "encoder", ("Flatten",)) == [[1, 4096]]  # 64 x 8 x 8
+    assert _layer_shapes(s, "encoder", ("Linear",)) == [[1, 200]]
+    assert s["compression_ratio"] == pytest.approx(3 * 32 * 32 / 200)
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_summary_counts_and_mode(arch):
+    model = build_model(_cfg(arch, 3, 32))
+    model.train()
+    s = summary(model)
+    assert model.training  # summary restores the mode it found
+    n = sum(p.numel() for p in model.parameters())
+    assert s["params"] == n == s["encoder_params"] + s["decoder_params"]
+    assert sum(r["params"] for r in s["layers"]) == n  # every parameter sits in a listed layer
+    assert tuple(s["layers"][-1]["shape"]) == (1, 3, 32, 32)
+    assert s["latent_dim"] == math.prod(s["latent_shape"])
+    assert s["compression_ratio"] == pytest.approx(3 * 32 * 32 / s["latent_dim"])
+
+
+@pytest.mark.parametrize(
+    "over, match",
+    [
+        ({"arch": "no-such-arch"}, "unknown architecture"),
+        ({"channels": 2}, "channels"),
+        ({"image_size": 30}, "multiple of 4"),
+        ({"image_size": 4}, "at least 8"),
+        ({"latent_dim": 0}, "latent dim"),
+        ({"decoder": "pixelshuffle"}, "decoder"),
+        ({"norm": "layer"}, "norm"),
+        ({"width": 0}, "width"),
+        ({"arch": "seed-pool", "latent_dim": 50}, "multiple of 49"),
+        ({"arch": "seed-upsample", "latent_dim": 10}, "multiple of 49"),
+    ],
+)
+def test_build_model_errors(over, match):
+    with pytest.raises(ValueError, match=match):
+        build_model(ModelConfig(**{"arch": "convae", **over}))
+
+
+def test_unknown_arch_error_lists_choices():
+    with pytest.raises(ValueError) as e:
+        build_model(ModelConfig(arch="nope"))
+    for name in ARCHS:
+        assert name in str(e.value)
+    with pytest.raises(ValueError, match="unknown architecture"):
+        default_latent_dim(ModelConfig(arch="nope"))
+
+
+def test_register_duplicate_raises():
+    with pytest.raises(ValueError, match="already registered"):
+
+        @register("seed-strided", lambda cfg: 12, "again")
+        def again(cfg):  # pragma: no cover - never built
+            raise AssertionError
+
+    assert "seed-strided" in available()
+
+
+@pytest.fixture
+def scratch_registry(monkeypatch):
+    """Registry dicts copied for the test, so a test architecture never leaks into the others."""
+    monkeypatch.setattr(models, "_REGISTRY", dict(models._REGISTRY))
+    monkeypatch.setattr(models, "_DEFAULT_LATENT", dict(models._DEFAULT_LATENT))
+    monkeypatch.setattr(models, "_DESCRIPTIONS", dict(models._DESCRIPTIONS))
+
+
+def test_register_new_architecture(scratch_registry):
+    @register("test-linear", lambda cfg: 5)
+    def linear_ae(cfg):
+        """A linear autoencoder for the registry test.
+
+        More text that is not part of the one-line description.
+        """
+        d = cfg.channels * cfg.image_size**2
+        enc = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(d, cfg.latent_dim or 5))
+        dec = torch.nn.Sequential(
+            torch.nn.Linear(cfg.latent_dim or 5, d),
+            torch.nn.Unflatten(1, (cfg.channels, cfg.image_size, cfg.image_size)),
+        )
+        return models.AutoEncoder(enc, dec, (cfg.latent_dim or 5,), cfg, sigmoid_output=False)
+
+    assert available()["test-linear"] == "A linear autoencoder for the registry test."
+    m = build_model(ModelConfig(arch="test-linear", image_size=16))
+    assert m.latent_dim == 5
+    assert m(torch.rand(2, 1, 16, 16)).shape == (2, 1, 16, 16)
+
+
+def test_register_without_description_or_docstring(scratch_registry):
+    @register("test-nodoc", lambda cfg: 12)
+    def nodoc(cfg):
+        return models.seed_strided(cfg)
+
+    assert "test-nodoc" in available()
+    assert build_model(ModelConfig(arch="test-nodoc")).latent_dim == 12

@@ -177,31 +177,49 @@ def build_run_config(args: argparse.Namespace):
     return replace(cfg, model=replace(cfg.model, **m), train=replace(cfg.train, **t), data=data)
 
 
-def _init_distributed():
-    """Start the process group under torchrun (WORLD_SIZE > 1); returns (rank, world, device or None)."""
+def _init_distributed(device: str = "auto"):
+    """Start the process group under torchrun (WORLD_SIZE > 1): nccl on CUDA, gloo on CPU.
+
+    Returns (rank, world, the device of this process or None when not distributed). Each process
+    takes the GPU of its LOCAL_RANK; ``--device cpu`` keeps a CUDA machine on gloo.
+    """
     import torch
     import torch.distributed as dist
 
-    world = int(os.environ.get("WORLD_SIZE", "1"))
+    world = dist.get_world_size() if dist.is_initialized() else int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
         return 0, 1, None
+    from .train import resolve_device
+
+    if resolve_device(device).type == "mps" and device != "auto":  # also rejects unknown/missing ones
+        raise ValueError("distributed training runs on cuda or cpu, not mps; pass --device cpu")
     local = int(os.environ.get("LOCAL_RANK", "0"))
-    if torch.cuda.is_available():
+    if device.startswith("cuda") or (device == "auto" and torch.cuda.is_available()):
+        gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if local >= gpus:
+            raise ValueError(f"process {local} of this node has no GPU ({gpus} found); start at most "
+                             f"--nproc_per_node={gpus} processes per node, or pass --device cpu")
         torch.cuda.set_device(local)
-        dist.init_process_group("nccl")
-        return dist.get_rank(), world, torch.device("cuda", local)
-    dist.init_process_group("gloo")
-    return dist.get_rank(), world, torch.device("cpu")
+        dev, backend = torch.device("cuda", local), "nccl"
+    else:
+        dev, backend = torch.device("cpu"), "gloo"
+    if not dist.is_initialized():  # else: the caller's own group (main() called from a DDP script)
+        dist.init_process_group(backend)
+    return dist.get_rank(), world, dev
 
 
 def cmd_train(args: argparse.Namespace) -> int:
     import torch
+    import torch.distributed as dist
 
     from .train import train
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    rank, world, ddp_device = _init_distributed()
+    owned = not dist.is_initialized()  # a group we start, we also end
+    rank, world, ddp_device = _init_distributed(args.device)
+    if rank != 0:  # one voice: the other ranks only warn
+        log.setLevel(logging.WARNING)
     try:
         if args.resume:
             if not args.out:
@@ -218,9 +236,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         finally:
             bar.close()
     finally:
-        if world > 1:
-            import torch.distributed as dist
-
+        if world > 1 and owned:
             dist.destroy_process_group()
     if rank != 0:
         return 0

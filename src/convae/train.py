@@ -244,8 +244,11 @@ def fit(
         opt = torch.optim.Adam(params, lr=cfg.lr)
     net: torch.nn.Module = model
     if world > 1:
+        # BatchNorm stays per rank (statistics of each rank's own B images; SyncBatchNorm has no CPU
+        # kernel). forward_sync_buffers=False: running stats are averaged over ranks once per epoch
+        # (_average_buffers) instead of rank 0's overwriting everyone's before every forward.
         net = torch.nn.parallel.DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None
+            model, device_ids=[device.index] if device.type == "cuda" else None, forward_sync_buffers=False
         )
     loss_fn = _loss_fn(cfg.loss, model.sigmoid_output)
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
@@ -267,15 +270,19 @@ def fit(
         if info.get("stopped_early") or start_epoch >= cfg.epochs:
             log.info("run in %s already finished (%d epochs)", out, start_epoch)
             return history
+        if info.get("world", 1) != world:  # the shards and the step count depend on it
+            raise ValueError(f"{out} was trained with {info.get('world', 1)} process(es); resume it with "
+                             f"the same number (torchrun --nnodes x --nproc_per_node), not {world}")
         log.info("resuming %s at epoch %d", out, start_epoch + 1)
 
     model.train()
     for epoch in range(start_epoch, cfg.epochs):
         t0 = time.perf_counter()
-        # Same permutation on every rank; each takes its own contiguous shard of it.
+        # Same permutation on every rank. Step i's global batch is perm[i*W*B : (i+1)*W*B] and rank r
+        # takes its r-th slice, so W processes x B images see exactly the batches of one process x W*B.
         perm = torch.randperm(n, generator=_epoch_generator(cfg.seed, epoch, 0, torch.device("cpu")))
-        per_rank = steps_per_epoch * batch
-        perm = perm[rank * per_rank : (rank + 1) * per_rank].to(device)
+        perm = perm[: steps_per_epoch * world * batch].view(steps_per_epoch, world, batch)[:, rank]
+        perm = perm.reshape(-1).to(device)
         noise_g = _epoch_generator(cfg.seed, epoch, 1 + rank * 10, device) if cfg.noise else None
         loss_sum = torch.zeros((), device=device)  # accumulated on device: no per-step sync
         window = torch.zeros((), device=device)
@@ -301,20 +308,28 @@ def fit(
             if progress is not None and (i + 1) % log_every == 0:
                 live = float(window) / log_every  # host sync, once per log_every steps
                 window.zero_()
-                if not math.isfinite(live):
+                if world == 1 and not math.isfinite(live):  # under DDP: the epoch check, all ranks agree
                     raise TrainingDiverged(_diverged_msg(epoch, step, cfg))
                 progress({"event": "step", "epoch": epoch + 1, "epochs": cfg.epochs, "step": i + 1,
                           "steps": steps_per_epoch, "loss": live})
         if world > 1:
             dist.all_reduce(loss_sum)
             loss_sum /= world
+            _average_buffers(model, world)  # identical BatchNorm stats before validating and saving
         train_loss = float(loss_sum) / steps_per_epoch  # host sync: once per epoch
         if not math.isfinite(train_loss):
             raise TrainingDiverged(_diverged_msg(epoch, step, cfg))
         last = epoch + 1 == cfg.epochs
         val_loss = None
         if val_x is not None and (last or (epoch + 1) % cfg.eval_every == 0):
-            val_loss = _mean_loss(model, val_x, cfg, loss_fn, amp)
+            if world > 1:  # each rank validates its own slice; the sum is the same on every rank
+                part = val_x[rank * len(val_x) // world : (rank + 1) * len(val_x) // world]
+                total = torch.tensor(_mean_loss(model, part, cfg, loss_fn, amp) * len(part),
+                                     dtype=torch.float64, device=device)
+                dist.all_reduce(total)
+                val_loss = float(total) / len(val_x)
+            else:
+                val_loss = _mean_loss(model, val_x, cfg, loss_fn, amp)
             if not math.isfinite(val_loss):
                 raise TrainingDiverged(_diverged_msg(epoch, step, cfg))
         seconds = time.perf_counter() - t0
@@ -335,7 +350,7 @@ def fit(
             save_weights(model, out / "last.safetensors")
             save_trainer_state(out, opt, {"epoch": epoch + 1, "step": step, "best": best,
                                           "bad_epochs": bad_epochs, "history": history,
-                                          "stopped_early": stop})
+                                          "stopped_early": stop, "world": world})
             _write_history(out / "history.jsonl", history)
         if progress is not None:
             progress({"event": "epoch", **row, "epochs": cfg.epochs, "best": best})
@@ -346,6 +361,16 @@ def fit(
         model.to(memory_format=torch.contiguous_format)
     model.eval()
     return history
+
+
+def _average_buffers(model: torch.nn.Module, world: int) -> None:
+    """Average floating buffers (BatchNorm running mean/var) over ranks, in place; a sync point."""
+    for b in model.buffers():
+        if b.is_floating_point():
+            dist.all_reduce(b)
+            b.div_(world)
+        else:  # num_batches_tracked: already equal, every rank took the same number of steps
+            dist.broadcast(b, src=0)
 
 
 def _diverged_msg(epoch: int, step: int, cfg: TrainConfig) -> str:
@@ -458,7 +483,7 @@ def train(
     """
     from .plots import loss_figure, reconstruction_figure, save_figure
 
-    rank, _ = _world()
+    rank, world = _world()
     dev = resolve_device(device) if isinstance(device, str) else device
     if resume:
         if out is None:
@@ -472,6 +497,10 @@ def train(
         out = Path(out) if out is not None else default_run_dir(cfg)
         if (out / "model.safetensors").exists() or (out / "trainer.json").exists():
             raise FileExistsError(f"{out} already holds a run; use --resume to continue it or choose another --out")
+    if world > 1:  # one run directory for all ranks: rank 0's (a default name carries the time)
+        name = [str(out)]
+        dist.broadcast_object_list(name, src=0)
+        out = Path(name[0])
 
     train_x, _ = load_split(cfg.data, "train")
     val_x, _ = load_split(cfg.data, "val")
@@ -512,6 +541,8 @@ def train(
             save_figure(reconstruction_figure(inputs, recon, noisy=noisy), out / "reconstructions.png")
         else:
             save_figure(reconstruction_figure(inputs, recon), out / "reconstructions.png")
+    if world > 1:
+        dist.barrier()  # every rank returns once rank 0 has finished the run directory
     return out
 
 

@@ -317,7 +317,10 @@ def fit(
             loss_sum /= world
             _average_buffers(model, world)  # identical BatchNorm stats before validating and saving
         train_loss = float(loss_sum) / steps_per_epoch  # host sync: once per epoch
-        if not math.isfinite(train_loss):
+        # Finite losses do not prove finite weights: the epoch's last step may have broken them, and
+        # without a validation split nothing else would notice before they are saved.
+        finite_weights = bool(torch.stack([p.detach().isfinite().all() for p in params]).all())
+        if not math.isfinite(train_loss) or not finite_weights:
             raise TrainingDiverged(_diverged_msg(epoch, step, cfg))
         last = epoch + 1 == cfg.epochs
         val_loss = None

@@ -1,0 +1,368 @@
+"""The training loop: it learns, it is deterministic, resume is exact, NaN stops it without touching
+the good checkpoint, and the trainer's small pure helpers behave."""
+
+from __future__ import annotations
+
+import importlib
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from convae.config import ModelConfig, RunConfig, TrainConfig
+from convae.models import build_model
+from convae.train import (
+    TrainingDiverged,
+    evaluate,
+    fit,
+    lr_at,
+    reconstruct,
+    resolve_device,
+    resolve_precision,
+    to_float,
+)
+
+# `convae.train` the attribute is the train() function (the public API); this is the module
+train_mod = importlib.import_module("convae.train")
+
+
+def _model(arch: str = "convae", size: int = 16, seed: int = 0, **kw):
+    torch.manual_seed(seed)
+    return build_model(ModelConfig(arch=arch, image_size=size, width=4, **kw))
+
+
+def _cfg(**kw) -> TrainConfig:
+    return TrainConfig(**{"epochs": 2, "batch_size": 16, "seed": 0, **kw})
+
+
+class Interrupt(Exception):
+    """Stands in for Ctrl-C / a killed job after some epoch finished."""
+
+
+def _stop_after(epoch: int):
+    def progress(ev):
+        if ev["event"] == "epoch" and ev["epoch"] == epoch:
+            raise Interrupt
+
+    return progress
+
+
+def _strip(history):
+    return [{k: v for k, v in r.items() if k != "seconds"} for r in history]
+
+
+# ---------------------------------------------------------------------------------------------
+# Pure helpers
+
+
+def test_to_float_is_the_unit_normalization():
+    x = torch.tensor([[[[0, 51, 255]]]], dtype=torch.uint8)
+    y = to_float(x)
+    assert y.dtype == torch.float32
+    assert y.flatten().tolist() == pytest.approx([0.0, 0.2, 1.0])
+    assert x.dtype == torch.uint8  # the input is untouched
+
+
+def test_lr_schedule_is_a_pure_function_of_the_step():
+    cfg = TrainConfig(lr=1e-2, schedule="onecycle", warmup=0.2)
+    lrs = [lr_at(s, 100, cfg) for s in range(100)]
+    assert lrs[0] == pytest.approx(1e-2 / 25)  # one-cycle starts at lr/25
+    assert max(lrs) == pytest.approx(1e-2) and lrs.index(max(lrs)) == 20
+    assert all(a <= b for a, b in zip(lrs[:20], lrs[1:21], strict=True))  # warm-up rises
+    assert all(a >= b for a, b in zip(lrs[20:], lrs[21:], strict=False))  # then anneals
+    assert lrs[-1] < 1e-2 / 50
+    assert lrs == [lr_at(s, 100, cfg) for s in range(100)]
+    cos = TrainConfig(lr=1e-2, schedule="cosine", warmup=0.1)
+    assert lr_at(0, 100, cos) == 0.0
+    assert lr_at(100, 100, cos) == pytest.approx(0.0, abs=1e-12)
+    const = TrainConfig(lr=3e-3, schedule="constant")
+    assert {lr_at(s, 100, const) for s in range(100)} == {3e-3}
+
+
+def test_resolve_device_and_precision():
+    assert resolve_device("cpu") == torch.device("cpu")
+    assert resolve_device("auto").type in ("cpu", "cuda", "mps")
+    with pytest.raises(ValueError, match="device"):
+        resolve_device("tpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="no CUDA"):
+            resolve_device("cuda")
+    cpu = torch.device("cpu")
+    assert resolve_precision("fp32", cpu) is None
+    assert resolve_precision("bf16", cpu) == torch.bfloat16
+    assert resolve_precision("auto", cpu) in (None, torch.bfloat16)
+    with pytest.raises(ValueError, match="fp16"):
+        resolve_precision("fp16", cpu)
+    with pytest.raises(ValueError, match="precision"):
+        resolve_precision("fp8", cpu)
+
+
+@pytest.mark.parametrize(
+    "over, match",
+    [
+        ({"epochs": 0}, "epochs"),
+        ({"batch_size": 0}, "batch size"),
+        ({"lr": 0.0}, "learning rate"),
+        ({"lr": float("nan")}, "learning rate"),
+        ({"optimizer": "sgd"}, "optimizer"),
+        ({"schedule": "step"}, "schedule"),
+        ({"loss": "l1"}, "loss"),
+        ({"patience": -1}, "patience"),
+        ({"noise": ("blur:2",)}, "noise"),
+        ({"precision": "fp64"}, "precision"),
+    ],
+)
+def test_fit_rejects_bad_config(make_images, over, match):
+    with pytest.raises(ValueError, match=match):
+        fit(_model(), make_images(8), None, _cfg(**over))
+
+
+def test_bce_needs_a_sigmoid_output(make_images):
+    with pytest.raises(ValueError, match="sigmoid"):
+        fit(_model("seed-keras2d"), make_images(8), None, _cfg(loss="bce"))
+
+
+def test_empty_training_split(make_images):
+    with pytest.raises(ValueError, match="empty"):
+        fit(_model(), make_images(8)[:0], None, _cfg())
+
+
+# ---------------------------------------------------------------------------------------------
+# Learning
+
+
+@pytest.mark.parametrize(
+    "arch, loss, optimizer", [("convae", "mse", "adamw"), ("seed-strided", "bce", "adam")]
+)
+def test_overfitting_one_batch_lowers_the_loss(make_images, arch, loss, optimizer):
+    x = make_images(8, 1, 16, seed=3)
+    model = _model(arch)
+    cfg = _cfg(epochs=60, batch_size=8, lr=1e-2, loss=loss, optimizer=optimizer, precision="fp32")
+    hist = fit(model, x, None, cfg)  # one step per epoch on the same 8 images
+    losses = [r["train_loss"] for r in hist]
+    assert len(losses) == 60 and all(math.isfinite(v) for v in losses)
+    # BCE has a floor (the targets' own entropy), so the halving is checked on the MSE below
+    assert losses[-1] < losses[0] - 0.05 and min(losses[-10:]) < min(losses[:10]), losses[::10]
+    assert not model.training  # fit leaves the model in eval mode
+    with torch.no_grad():
+        after = torch.nn.functional.mse_loss(model(to_float(x)), to_float(x)).item()
+    before_model = _model(arch).eval()
+    with torch.no_grad():
+        before = torch.nn.functional.mse_loss(before_model(to_float(x)), to_float(x)).item()
+    assert after < 0.5 * before, (before, after)
+
+
+def test_fit_is_deterministic(make_images):
+    x, v = make_images(48, 1, 16, seed=1), make_images(16, 1, 16, seed=2)
+    m1, m2 = _model(), _model()
+    h1 = fit(m1, x, v, _cfg(noise=("gaussian:0.2",)))
+    h2 = fit(m2, x, v, _cfg(noise=("gaussian:0.2",)))
+    assert _strip(h1) == _strip(h2)
+    for (k, a), b in zip(m1.state_dict().items(), m2.state_dict().values(), strict=True):
+        assert torch.equal(a, b), k
+
+
+def test_history_rows_and_eval_every(make_images):
+    x, v = make_images(32, 1, 16, seed=1), make_images(8, 1, 16, seed=2)
+    hist = fit(_model(), x, v, _cfg(epochs=3, eval_every=2))
+    assert [r["epoch"] for r in hist] == [1, 2, 3]
+    assert [r["step"] for r in hist] == [2, 4, 6]  # 32 images / batch 16
+    assert hist[0]["val_loss"] is None and hist[1]["val_loss"] is not None
+    assert hist[2]["val_loss"] is not None  # always validated on the last epoch
+    for r in hist:
+        assert set(r) >= {"epoch", "step", "train_loss", "val_loss", "lr", "seconds"}
+        assert r["seconds"] >= 0
+
+
+def test_batch_larger_than_the_data(make_images):
+    hist = fit(_model(), make_images(5), None, _cfg(epochs=1, batch_size=64))
+    assert hist[0]["step"] == 1
+
+
+# ---------------------------------------------------------------------------------------------
+# Run directory, resume, early stop
+
+
+def _files(run: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in run.iterdir()}
+
+
+@pytest.mark.parametrize(
+    "arch, noise",
+    [("convae", ()), ("convae", ("gaussian:0.3", "mask:0.2")), ("seed-strided", ())],
+)
+def test_resume_equals_an_uninterrupted_run(tmp_path, make_images, arch, noise):
+    x, v = make_images(48, 1, 16, seed=1), make_images(16, 1, 16, seed=2)
+    cfg = _cfg(epochs=3, noise=noise)  # 3 steps per epoch, onecycle schedule over all 9 steps
+    full = fit(_model(arch), x, v, cfg, run_dir=tmp_path / "full")
+
+    with pytest.raises(Interrupt):
+        fit(_model(arch), x, v, cfg, run_dir=tmp_path / "cut", progress=_stop_after(1))
+    assert len((tmp_path / "cut" / "history.jsonl").read_text().splitlines()) == 1
+    resumed_model = _model(arch, seed=123)  # the init does not matter: the weights come from disk
+    resumed = fit(resumed_model, x, v, cfg, run_dir=tmp_path / "cut", resume=True)
+
+    assert _strip(resumed) == _strip(full)  # bitwise-equal losses and learning rates
+    a, b = _files(tmp_path / "full"), _files(tmp_path / "cut")
+    assert a["model.safetensors"] == b["model.safetensors"]
+    assert a["last.safetensors"] == b["last.safetensors"]
+    ta, tb = (
+        load_file(tmp_path / "full" / "trainer.safetensors"),
+        load_file(tmp_path / "cut" / "trainer.safetensors"),
+    )
+    assert ta.keys() == tb.keys() and all(torch.equal(ta[k], tb[k]) for k in ta)
+    hist_lines = [json.loads(s) for s in b["history.jsonl"].decode().splitlines()]
+    assert _strip(hist_lines) == _strip(full)
+
+
+def test_resume_a_finished_run_is_a_no_op(tmp_path, make_images):
+    x = make_images(16)
+    hist = fit(_model(), x, None, _cfg(epochs=1), run_dir=tmp_path)
+    before = _files(tmp_path)
+    again = fit(_model(), x, None, _cfg(epochs=1), run_dir=tmp_path, resume=True)
+    assert _strip(again) == _strip(hist)
+    assert _files(tmp_path) == before
+
+
+def test_resume_without_state(tmp_path, make_images):
+    with pytest.raises(FileNotFoundError, match="no trainer state"):
+        fit(_model(), make_images(8), None, _cfg(), run_dir=tmp_path, resume=True)
+    with pytest.raises(ValueError, match="run directory"):
+        fit(_model(), make_images(8), None, _cfg(), resume=True)
+
+
+def test_early_stopping(tmp_path, make_images, monkeypatch):
+    val_losses = iter([1.0, 0.5, 0.7, 0.9, 1.1, 1.3])
+    monkeypatch.setattr(train_mod, "_mean_loss", lambda *a, **k: next(val_losses))
+    x, v = make_images(16), make_images(4, seed=5)
+    hist = fit(_model(), x, v, _cfg(epochs=6, patience=2), run_dir=tmp_path)
+    assert [r["val_loss"] for r in hist] == [1.0, 0.5, 0.7, 0.9]  # 2 epochs without improvement
+    info = json.loads((tmp_path / "trainer.json").read_text())
+    assert info["stopped_early"] and info["best"] == 0.5
+    # the best checkpoint is epoch 2's, not the last one
+    assert (tmp_path / "model.safetensors").read_bytes() != (
+        tmp_path / "last.safetensors"
+    ).read_bytes()
+    assert len(fit(_model(), x, v, _cfg(epochs=6, patience=2), run_dir=tmp_path, resume=True)) == 4
+
+
+def _poison_after(model, epoch: int):
+    """A progress callback that turns the weights to NaN after ``epoch`` finished (and was saved)."""
+
+    def progress(ev):
+        if ev["event"] == "epoch" and ev["epoch"] == epoch:
+            with torch.no_grad():
+                for p in model.parameters():
+                    p.fill_(float("nan"))
+
+    return progress
+
+
+@pytest.mark.parametrize("with_val", [True, False])
+def test_nan_stops_training_and_keeps_the_good_checkpoint(tmp_path, make_images, with_val):
+    x, v = make_images(32), make_images(8, seed=4) if with_val else None
+    model = _model()
+    good: dict[str, bytes] = {}
+
+    def progress(ev):
+        if ev["event"] == "epoch" and ev["epoch"] == 1:
+            good.update(_files(tmp_path))
+        _poison_after(model, 1)(ev)
+
+    with pytest.raises(TrainingDiverged, match="NaN") as e:
+        fit(model, x, v, _cfg(epochs=3), run_dir=tmp_path, progress=progress)
+    assert "epoch 2" in str(e.value) and "--lr" in str(e.value)
+    after = _files(tmp_path)
+    for name in ("model.safetensors", "last.safetensors", "trainer.json", "history.jsonl"):
+        assert after[name] == good[name], f"{name} was overwritten after the loss became NaN"
+    w = load_file(tmp_path / "model.safetensors")
+    assert all(torch.isfinite(t).all() for t in w.values() if t.is_floating_point())
+
+
+def test_nan_is_caught_at_the_live_loss(make_images):
+    model = _model()
+    seen = []
+
+    def progress(ev):
+        seen.append(ev["event"])
+        if len(seen) == 2:
+            with torch.no_grad():
+                for p in model.parameters():
+                    p.fill_(float("inf"))
+
+    with pytest.raises(TrainingDiverged):
+        fit(model, make_images(64), None, _cfg(epochs=1), progress=progress, log_every=1)
+    assert seen == ["step", "step"]  # stopped at the next step, not at the end of the epoch
+
+
+# ---------------------------------------------------------------------------------------------
+# Evaluation helpers
+
+
+def test_reconstruct_and_evaluate(make_images):
+    model = _model().eval()
+    x = make_images(5, 1, 16)
+    y = reconstruct(model, x, batch_size=2)
+    assert y.shape == (5, 1, 16, 16) and y.dtype == torch.float32 and y.device.type == "cpu"
+    assert y.min() >= 0 and y.max() <= 1
+    with torch.no_grad():
+        torch.testing.assert_close(y, model(to_float(x)).clamp(0, 1))
+    noisy = reconstruct(
+        model, x, noise=("gaussian:0.5",), generator=torch.Generator().manual_seed(0)
+    )
+    assert not torch.equal(noisy, y)
+    assert reconstruct(model, x[:0]).shape == (0, 1, 16, 16)
+    m = evaluate(model, x)
+    assert set(m) >= {"mse", "psnr", "ssim", "latent_dim", "compression_ratio", "images"}
+    assert m["images"] == 5 and m["latent_dim"] == 16 and m["compression_ratio"] == 256 / 16
+    assert m["mse"] == pytest.approx(((y - to_float(x)) ** 2).mean().item(), rel=1e-5)
+    assert m["psnr"] > 0 and -1 <= m["ssim"] <= 1
+    with pytest.raises(ValueError, match="no images"):
+        evaluate(model, x[:0])
+
+
+# ---------------------------------------------------------------------------------------------
+# train(): the one-call API
+
+
+def test_train_refuses_to_overwrite_a_run(tiny_run):
+    with pytest.raises(FileExistsError, match="--resume"):
+        train_mod.train(RunConfig(), tiny_run, device="cpu")
+
+
+def test_train_resume_needs_a_run(tmp_path):
+    with pytest.raises(FileNotFoundError, match="not a run directory"):
+        train_mod.train(None, tmp_path, resume=True, device="cpu")
+    with pytest.raises(ValueError, match="--out"):
+        train_mod.train(None, None, resume=True, device="cpu")
+
+
+def test_weights_broken_by_the_last_step_of_an_epoch_are_not_saved(tmp_path, make_images):
+    """The epoch's losses were all finite, but its last optimizer step left NaN weights: without a
+    validation split nothing else would notice, and the NaN model must not replace the good one."""
+    model = _model()
+    good: dict[str, bytes] = {}
+
+    def progress(ev):
+        if ev["event"] == "epoch" and ev["epoch"] == 1:
+            good.update(_files(tmp_path))
+        if ev["event"] == "step" and ev["epoch"] == 2 and ev["step"] == ev["steps"]:
+            with torch.no_grad():
+                next(model.parameters()).fill_(float("nan"))
+
+    with pytest.raises(TrainingDiverged, match="epoch 2"):
+        fit(
+            model,
+            make_images(32),
+            None,
+            _cfg(epochs=3),
+            run_dir=tmp_path,
+            progress=progress,
+            log_every=1,
+        )
+    after = _files(tmp_path)
+    for name in ("model.safetensors", "last.safetensors", "trainer.json", "history.jsonl"):
+        assert after[name] == good[name], f"{name} was overwritten with NaN weights"

@@ -13,6 +13,7 @@ Keep this small and generic; task-specific fixtures live in their own test files
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 
@@ -26,6 +27,19 @@ def pytest_configure(config):
     # on a busy 2-core machine spinning OpenMP threads made a tiny training ~6x slower (measured:
     # 27 s vs 4.7 s of CPU). CONVAE_TEST_THREADS=N overrides.
     torch.set_num_threads(int(os.environ.get("CONVAE_TEST_THREADS", "1")))
+
+
+@pytest.fixture(autouse=True)
+def _restore_root_logging():
+    """``convae.cli.main`` reconfigures the root logger onto the (captured) stderr of its test; put it
+    back afterwards so later tests never log into a closed capture stream."""
+    root = logging.getLogger()
+    before, level = set(root.handlers), root.level
+    yield
+    for h in root.handlers[:]:
+        if h not in before and type(h) is logging.StreamHandler:  # what logging.basicConfig adds
+            root.removeHandler(h)
+    root.setLevel(level)
 
 
 def _blobs(n: int, channels: int, size: int, seed: int) -> np.ndarray:

@@ -99,8 +99,10 @@ def data_config_from_args(args: argparse.Namespace, base=None):
         v = getattr(args, k, None)
         if v is not None:
             over[k] = v
-    if "spec" in over and over["spec"] != d.spec and "data_dir" not in over:
-        over["data_dir"] = None  # another dataset: the run's data dir does not apply
+    if "spec" in over and over["spec"] != d.spec:
+        # another dataset: the run's data dir does not apply, nor its --classes (other labels)
+        over.setdefault("data_dir", None)
+        over.setdefault("classes", None)
     return replace(d, **over)
 
 

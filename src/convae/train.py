@@ -516,6 +516,10 @@ def train(
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.train.seed)  # identical init on every rank and every run
         model = build_model(cfg.model)
+    # The user's mistakes in the training flags surface before anything is logged or written.
+    _validate_train_cfg(cfg.train)
+    resolve_precision(cfg.train.precision, dev)
+    _loss_fn(cfg.train.loss, model.sigmoid_output)
     model.to(dev)
     if rank == 0:
         out.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,457 @@
+"""The command line end to end through ``main([...])`` on tiny runs in temporary folders: train, eval,
+reconstruct, summary, --help, resume, NaN, and user mistakes (one line on stderr, no traceback)."""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import io
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import load_file
+
+import convae
+from convae import cli
+
+train_mod = importlib.import_module("convae.train")  # `convae.train` itself is the train() function
+
+# A tiny but real run: two digits, the default architecture at width 4, one epoch.
+TINY = ["--classes", "1,7", "--arch", "convae", "--width", "4", "--latent-dim", "8", "--epochs", "1",
+        "--batch-size", "32", "--seed", "0"]  # fmt: skip
+
+
+def run_cli(*args) -> tuple[int, str, str]:
+    """``main(args)`` -> (exit code, stdout, stderr); ``--help`` exits through SystemExit(0)."""
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            rc = cli.main([str(a) for a in args])
+        except SystemExit as e:  # argparse's --help / --version
+            rc = e.code if isinstance(e.code, int) else 1
+    return rc, out.getvalue(), err.getvalue()
+
+
+def last_json(stdout: str):
+    return json.loads(stdout.strip().splitlines()[-1])
+
+
+def assert_one_line_error(rc: int, out: str, err: str) -> str:
+    assert rc != 0
+    assert "Traceback" not in err and "Traceback" not in out
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith("convae: error:"), lines[0]
+    return lines[0]
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory) -> tuple[Path, dict]:
+    """`convae train ... --json` once for the module: (run directory, its JSON line)."""
+    d = tmp_path_factory.mktemp("cli") / "run"
+    rc, out, err = run_cli(
+        "train", *TINY, "--preset", "default", "--out", d, "--json", "--device", "cpu"
+    )
+    assert rc == 0, err
+    return d, last_json(out)
+
+
+def _png_ok(path: Path) -> tuple[int, int]:
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    with Image.open(path) as im:
+        im.verify()
+    with Image.open(path) as im:
+        return im.size
+
+
+# ---------------------------------------------------------------------------------------------
+# train and the run directory
+
+
+def test_train_json_line(run):
+    d, res = run
+    assert Path(res["run"]) == d
+    for k in (
+        "mse",
+        "psnr",
+        "ssim",
+        "compression_ratio",
+        "latent_dim",
+        "images",
+        "train_seconds",
+        "epochs",
+    ):
+        assert k in res, k
+    assert res["latent_dim"] == 8 and res["compression_ratio"] == pytest.approx(784 / 8)
+    assert res["images"] == 200 and res["epochs"] == 1  # test split: 100 per digit
+    assert 0 < res["mse"] < 0.3
+
+
+def test_run_directory_contents(run):
+    d, res = run
+    names = {p.name for p in d.iterdir()}
+    assert {"config.json", "model.safetensors", "last.safetensors", "history.jsonl", "metrics.json",
+            "loss.png", "reconstructions.png", "trainer.json", "trainer.safetensors"} <= names  # fmt: skip
+    assert not [n for n in names if n.startswith(".")]  # no temp files left by atomic writes
+
+    cfg = json.loads((d / "config.json").read_text())
+    assert cfg["version"] == convae.__version__
+    assert cfg["preset"] == "default"
+    assert cfg["model"] == {**cfg["model"], "arch": "convae", "width": 4, "latent_dim": 8, "channels": 1,
+                            "image_size": 28}  # fmt: skip
+    assert cfg["data"]["spec"] == "mnist-sample" and cfg["data"]["classes"] == [1, 7]
+    assert cfg["data"]["normalization"] == "unit"
+    assert (
+        cfg["train"]["seed"] == 0
+        and cfg["train"]["epochs"] == 1
+        and cfg["train"]["batch_size"] == 32
+    )
+    assert convae.RunConfig.from_dict(cfg).model.arch == "convae"
+
+    hist = [json.loads(s) for s in (d / "history.jsonl").read_text().splitlines()]
+    assert len(hist) == 1
+    assert {"epoch", "train_loss", "val_loss", "seconds", "lr", "step"} <= set(hist[0])
+    assert hist[0]["val_loss"] is not None
+
+    metrics = json.loads((d / "metrics.json").read_text())
+    assert {k: metrics[k] for k in ("mse", "psnr", "ssim")} == {
+        k: res[k] for k in ("mse", "psnr", "ssim")
+    }
+
+    _png_ok(d / "loss.png")
+    w, h = _png_ok(d / "reconstructions.png")
+    assert w > 2 * h  # a row of 10 inputs above a row of 10 reconstructions
+
+    best, last = load_file(d / "model.safetensors"), load_file(d / "last.safetensors")
+    model = convae.load(d)
+    assert best.keys() == last.keys() == model.state_dict().keys()
+
+
+def test_train_into_an_existing_run_needs_resume(run):
+    d, _ = run
+    before = (d / "model.safetensors").read_bytes()
+    line = assert_one_line_error(*run_cli("train", *TINY, "--out", d))
+    assert "--resume" in line
+    assert (d / "model.safetensors").read_bytes() == before
+
+
+# ---------------------------------------------------------------------------------------------
+# eval
+
+
+def test_eval_json(run):
+    d, res = run
+    rc, out, err = run_cli("eval", d, "--json")
+    assert rc == 0, err
+    m = last_json(out)
+    for k in ("mse", "psnr", "ssim", "compression_ratio", "latent_dim", "images"):
+        assert k in m, k
+    assert m["images"] == 200 and m["latent_dim"] == 8 and m["split"] == "test"
+    assert m["mse"] == pytest.approx(res["mse"], rel=1e-9)  # the best model on the same test split
+
+
+def test_eval_split_and_classes(run):
+    d, _ = run
+    rc, out, err = run_cli("eval", d, "--split", "val", "--classes", "7", "--json")
+    assert rc == 0, err
+    assert last_json(out)["images"] == 40
+    rc, out, _ = run_cli("eval", d)  # human output
+    assert rc == 0 and "MSE" in out and "PSNR" in out
+
+
+def test_eval_on_images_the_model_cannot_take(run, tmp_path, make_images, write_image_folder):
+    d, _ = run
+    write_image_folder(tmp_path / "rgb", make_images(12, 3, 32), [0] * 12)
+    line = assert_one_line_error(*run_cli("eval", d, "--data", f"folder:{tmp_path / 'rgb'}"))
+    assert "--channels" in line or "--image-size" in line
+    rc, out, err = run_cli("eval", d, "--data", f"folder:{tmp_path / 'rgb'}", "--channels", "1",
+                           "--image-size", "28", "--split", "train", "--json")  # fmt: skip
+    assert rc == 0, err
+    assert last_json(out)["images"] > 0
+
+
+# ---------------------------------------------------------------------------------------------
+# reconstruct
+
+
+def _digits(tmp_path: Path, size: int = 28) -> Path:
+    x, _ = convae.load_dataset("mnist-sample", "test", classes=[1, 7])
+    d = tmp_path / f"in{size}"
+    for i, name in enumerate(["one.png", "sub/two.png", "sub/deeper/three.bmp"]):
+        p = d / name
+        p.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(x[i * 60, 0].numpy()).resize((size, size)).save(p)
+    return d
+
+
+def test_reconstruct_names_and_sizes(run, tmp_path):
+    d, _ = run
+    src = _digits(tmp_path)
+    rc, out, err = run_cli(
+        "reconstruct", d, src, src / "one.png", "--out", tmp_path / "out", "--json"
+    )
+    assert rc == 0, err
+    assert last_json(out)["images"] == 4
+    names = sorted(p.name for p in (tmp_path / "out").iterdir())
+    assert names == [
+        "one-2.png",
+        "one.png",
+        "three.png",
+        "two.png",
+    ]  # names kept, duplicates numbered
+    for n in names:
+        assert _png_ok(tmp_path / "out" / n) == (28, 28)
+    a = np.asarray(Image.open(tmp_path / "out" / "one.png"))
+    b = np.asarray(Image.open(tmp_path / "out" / "one-2.png"))
+    assert np.array_equal(a, b)  # the same input twice
+
+
+def test_reconstruct_size_mismatch_needs_resize(run, tmp_path):
+    d, _ = run
+    src = _digits(tmp_path, size=32)
+    line = assert_one_line_error(*run_cli("reconstruct", d, src, "--out", tmp_path / "out"))
+    assert "--resize" in line
+    assert not (tmp_path / "out").exists()  # everything is read before anything is written
+    rc, out, err = run_cli("reconstruct", d, src, "--out", tmp_path / "out", "--resize")
+    assert rc == 0, err
+    assert "3" in out
+    assert _png_ok(tmp_path / "out" / "two.png") == (28, 28)
+
+
+# ---------------------------------------------------------------------------------------------
+# summary
+
+
+def test_summary_arch():
+    rc, out, err = run_cli("summary", "seed-strided", "--json")
+    assert rc == 0, err
+    s = last_json(out)
+    convs = [
+        r["shape"][1:] for r in s["layers"] if r["part"] == "encoder" and r["kind"] == "Conv2d"
+    ]
+    assert convs == [[16, 14, 14], [32, 7, 7], [12, 1, 1]]
+    assert s["latent_dim"] == 12 and s["compression_ratio"] == pytest.approx(784 / 12)
+    rc, out, _ = run_cli("summary", "seed-strided")
+    assert rc == 0
+    assert "[B, 16, 14, 14]" in out and "[B, 32, 7, 7]" in out and "[B, 12, 1, 1]" in out
+    assert "65.3:1" in out
+    rc, out, _ = run_cli("summary", "seed-dense", "--channels", "3", "--image-size", "32", "--latent-dim", "100",
+                         "--json")  # fmt: skip
+    assert rc == 0 and last_json(out)["latent_dim"] == 100
+    assert last_json(out)["input_shape"] == [3, 32, 32]
+
+
+def test_summary_run_and_list(run):
+    d, _ = run
+    rc, out, err = run_cli("summary", d, "--json")
+    assert rc == 0, err
+    s = last_json(out)
+    assert s["arch"] == "convae" and s["latent_dim"] == 8
+    assert s["params"] == sum(v.numel() for v in convae.load(d).parameters())
+    rc, out, _ = run_cli("summary", "--list", "--json")
+    assert rc == 0 and set(last_json(out)) == set(convae.available())
+
+
+# ---------------------------------------------------------------------------------------------
+# help
+
+
+def _command_paths() -> list[list[str]]:
+    parser = cli.build_parser()
+    paths = []
+
+    def walk(p, prefix):
+        for action in p._actions:
+            if action.__class__.__name__ == "_SubParsersAction":
+                for name, sub in action.choices.items():
+                    paths.append([*prefix, name])
+                    walk(sub, [*prefix, name])
+
+    walk(parser, [])
+    return paths
+
+
+def test_every_help_has_an_example():
+    paths = _command_paths()
+    names = {p[0] for p in paths}
+    assert {"train", "eval", "reconstruct", "summary"} <= names
+    for path in [[], *paths]:
+        rc, out, err = run_cli(*path, "--help")
+        assert rc == 0, (path, err)
+        assert "example" in out.lower(), f"`convae {' '.join(path)} --help` shows no example"
+    rc, out, _ = run_cli("--version")
+    assert rc == 0 and convae.__version__ in out
+
+
+def test_python_m_convae_help():
+    r = subprocess.run(
+        [sys.executable, "-m", "convae", "--help"], capture_output=True, text=True, timeout=120
+    )
+    assert r.returncode == 0, r.stderr
+    assert "example" in r.stdout
+    for cmd in ("train", "eval", "reconstruct", "summary"):
+        assert cmd in r.stdout
+
+
+# ---------------------------------------------------------------------------------------------
+# user mistakes: one line on stderr, non-zero exit, no traceback
+
+
+@pytest.mark.parametrize(
+    "args, says",
+    [
+        (["eval", "{tmp}/no-such-run"], "no such run directory"),
+        (["eval", "{tmp}"], "config.json"),
+        (["summary", "{tmp}/no/such/run"], "no such run directory"),
+        (["summary", "no-such-arch"], "unknown architecture"),
+        (["train", "--epochs", "0"], "--epochs"),
+        (["train", "--epochs", "many"], "--epochs"),
+        (["train", "--classes", "1,x"], "--classes"),
+        (["train", "--channels", "2"], "--channels"),
+        (["train", "--decoder", "pixels"], "--decoder"),
+        (["train", "--arch", "no-such-arch", "--out", "{tmp}/r"], "unknown architecture"),
+        (["train", "--data", "imagenet", "--out", "{tmp}/r"], "unknown dataset"),
+        (["train", "--data", "folder:{tmp}/missing", "--out", "{tmp}/r"], "does not exist"),
+        (["train", "--classes", "42", "--out", "{tmp}/r"], "--classes"),
+        (["train", "--data", "mnist", "--data-dir", "{tmp}", "--out", "{tmp}/r"], "not found"),
+        (
+            ["train", "--lr", "-1", "--epochs", "1", "--classes", "1", "--out", "{tmp}/r"],
+            "learning rate",
+        ),
+        (
+            [
+                "train",
+                "--precision",
+                "fp16",
+                "--device",
+                "cpu",
+                "--classes",
+                "1",
+                "--out",
+                "{tmp}/r",
+            ],
+            "fp16",
+        ),
+        (
+            [
+                "train",
+                "--loss",
+                "bce",
+                "--arch",
+                "seed-keras2d",
+                "--classes",
+                "1",
+                "--out",
+                "{tmp}/r",
+            ],
+            "sigmoid",
+        ),
+        (["train", "--noise", "blur:3", "--classes", "1", "--out", "{tmp}/r"], "noise"),
+        (["train", "--resume"], "--out"),
+        (["train", "--resume", "--out", "{tmp}"], "nothing to resume"),
+        (["train", "--device", "tpu", "--out", "{tmp}/r"], "device"),
+        (
+            ["reconstruct", "{tmp}/no-such-run", "x.png", "--out", "{tmp}/o"],
+            "no such run directory",
+        ),
+        (["eval"], "run"),
+        (["frobnicate"], "frobnicate"),
+    ],
+)
+def test_user_mistakes(tmp_path, args, says):
+    rc, out, err = run_cli(*[a.replace("{tmp}", str(tmp_path)) for a in args])
+    line = assert_one_line_error(rc, out, err)
+    assert says in line
+    assert not (tmp_path / "r").exists() or not any((tmp_path / "r").iterdir())  # no half-made run
+
+
+def test_reconstruct_mistakes(run, tmp_path):
+    d, _ = run
+    line = assert_one_line_error(
+        *run_cli("reconstruct", d, tmp_path / "missing.png", "--out", tmp_path / "o")
+    )
+    assert "missing.png" in line
+    (tmp_path / "broken.png").write_bytes(b"not a png")
+    line = assert_one_line_error(
+        *run_cli("reconstruct", d, tmp_path / "broken.png", "--out", tmp_path / "o")
+    )
+    assert "broken.png" in line
+
+
+# ---------------------------------------------------------------------------------------------
+# resume and NaN through the CLI
+
+
+RESUMABLE = [
+    "--classes",
+    "1",
+    "--arch",
+    "seed-strided",
+    "--epochs",
+    "2",
+    "--batch-size",
+    "64",
+    "--seed",
+    "3",
+]
+
+
+def test_interrupted_run_resumes_exactly(tmp_path, monkeypatch):
+    rc, _, err = run_cli(
+        "train", *RESUMABLE, "--out", tmp_path / "full", "--json", "--device", "cpu"
+    )
+    assert rc == 0, err
+
+    def interrupt_after_epoch_1(self, ev):
+        if ev["event"] == "epoch" and ev["epoch"] == 1:
+            raise KeyboardInterrupt
+
+    with monkeypatch.context() as m:
+        m.setattr(cli._ProgressBar, "__call__", interrupt_after_epoch_1)
+        rc, out, err = run_cli("train", *RESUMABLE, "--out", tmp_path / "cut", "--device", "cpu")
+    assert rc == 130 and "interrupted" in err
+    assert not (tmp_path / "cut" / "metrics.json").exists()
+    rc, out, err = run_cli("train", "--resume", "--out", tmp_path / "cut", "--device", "cpu")
+    assert rc == 0, err
+    assert "run directory" in out
+    for name in ("model.safetensors", "last.safetensors"):
+        assert (tmp_path / "full" / name).read_bytes() == (tmp_path / "cut" / name).read_bytes(), (
+            name
+        )
+    strip = lambda p: [{k: v for k, v in json.loads(s).items() if k != "seconds"}  # noqa: E731
+                       for s in p.read_text().splitlines()]  # fmt: skip
+    assert strip(tmp_path / "full" / "history.jsonl") == strip(tmp_path / "cut" / "history.jsonl")
+    m_full = json.loads((tmp_path / "full" / "metrics.json").read_text())
+    m_cut = json.loads((tmp_path / "cut" / "metrics.json").read_text())
+    assert m_full["mse"] == m_cut["mse"] and m_cut["epochs"] == 2
+
+
+def test_nan_loss_stops_with_a_clear_error(tmp_path, monkeypatch):
+    saved = {}
+    real_save = train_mod.save_trainer_state
+    real_loss_fn = train_mod._loss_fn
+
+    def save_then_remember(run_dir, opt, info):  # after epoch 1 is safely on disk ...
+        real_save(run_dir, opt, info)
+        saved["model"] = (Path(run_dir) / "model.safetensors").read_bytes()
+
+    def loss_fn(name, sigmoid_output):  # ... every later loss is NaN
+        f = real_loss_fn(name, sigmoid_output)
+        return lambda y, x: f(y, x) * (float("nan") if saved else 1.0)
+
+    monkeypatch.setattr(train_mod, "save_trainer_state", save_then_remember)
+    monkeypatch.setattr(train_mod, "_loss_fn", loss_fn)
+    out_dir = tmp_path / "run"
+    line = assert_one_line_error(
+        *run_cli("train", *RESUMABLE, "--out", out_dir, "--device", "cpu", "-q")
+    )
+    assert "NaN" in line and "epoch 2" in line
+    assert (out_dir / "model.safetensors").read_bytes() == saved["model"]
+    assert not (out_dir / "metrics.json").exists()
+    assert torch.isfinite(convae.load(out_dir).encoder[0].weight).all()

@@ -1,0 +1,130 @@
+"""Do digits 1, 5 and 6 separate in a 2-D latent space? (issue 4's target)
+
+Trains ``seed-keras2d`` with a 2-D code on digits 1, 5 and 6 of ``mnist-sample`` with the default
+recipe (``convae train --arch seed-keras2d --classes 1,5,6``), encodes the test split and reports
+the silhouette score of the test codes grouped by label. Target: >= 0.4.
+
+    python benchmarks/latent_separation.py                       # the target: default recipe, seed 0
+    python benchmarks/latent_separation.py --seeds 0,1,2          # the spread over seeds
+    python benchmarks/latent_separation.py --batch-size 32 --epochs 30   # a recipe variant (labelled)
+
+Recipe flags (--epochs, --batch-size, --lr, --optimizer, --schedule, --precision) override the
+default recipe and are printed in the table, so a variant is never mistaken for the target. Runs
+and one latent map per run go to --out (git-ignored ``benchmarks/out/`` by default); with --json
+the last stdout line is a JSON list of rows.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+
+from convae.config import DataConfig, ModelConfig, RunConfig
+from convae.data import load_split
+from convae.latent import encode_images, latent_map_figure, silhouette
+from convae.plots import save_figure
+from convae.train import load, train
+
+TARGET = 0.4
+CLASSES = (1, 5, 6)
+RECIPE_FLAGS = ("epochs", "batch_size", "lr", "optimizer", "schedule", "precision")
+
+
+def run_one(cfg: RunConfig, run_dir: Path, device: str) -> dict:
+    """Train one model afresh in ``run_dir`` and measure its test codes."""
+    if run_dir.exists():
+        shutil.rmtree(run_dir)  # our own output from an earlier invocation
+    train(cfg, run_dir, device=device)
+    model = load(run_dir, "cpu")
+    x, y = load_split(model.run_config.data, "test")
+    z = encode_images(model, x)
+    sil = silhouette(z, y)
+    per_class = {}
+    for c in CLASSES:  # how tight each digit is, relative to the spread of all codes
+        zc = z[y == c]
+        per_class[str(c)] = float(zc.std(0).norm() / z.std(0).norm())
+    save_figure(
+        latent_map_figure(z.numpy(), y.numpy(), title=f"{run_dir.name}: silhouette {sil:.3f}"),
+        run_dir / "latent-map.png",
+    )
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    history = [json.loads(line) for line in (run_dir / "history.jsonl").read_text().splitlines()]
+    return {
+        "silhouette": sil,
+        "test_mse": metrics["mse"],
+        "train_seconds": metrics["train_seconds"],
+        "steps": history[-1]["step"],
+        "epochs": len(history),
+        "class_spread": per_class,
+        "map": str(run_dir / "latent-map.png"),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument("--seeds", default="0", help="comma list of training seeds (default 0)")
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--lr", type=float)
+    p.add_argument("--optimizer", choices=["adam", "adamw"])
+    p.add_argument("--schedule", choices=["onecycle", "cosine", "constant"])
+    p.add_argument("--precision", choices=["auto", "fp32", "bf16"])
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--out", default="benchmarks/out/latent_separation")
+    p.add_argument("--json", action="store_true")
+    args = p.parse_args(argv)
+
+    base = RunConfig(
+        model=ModelConfig(arch="seed-keras2d", latent_dim=2), data=DataConfig(classes=CLASSES)
+    )
+    over = {k: getattr(args, k) for k in RECIPE_FLAGS if getattr(args, k) is not None}
+    variant = " ".join(f"--{k.replace('_', '-')} {v}" for k, v in over.items()) or "default recipe"
+    tag = "-".join(f"{k}{v}" for k, v in over.items()) or "default"
+    rows = []
+    for seed in (int(s) for s in args.seeds.split(",") if s.strip()):
+        cfg = replace(base, train=replace(base.train, seed=seed, **over))
+        torch.manual_seed(seed)
+        r = run_one(cfg, Path(args.out) / f"{tag}-seed{seed}", args.device)
+        t = cfg.train
+        row = {
+            "variant": variant,
+            "seed": seed,
+            "batch_size": t.batch_size,
+            "lr": t.lr,
+            "optimizer": t.optimizer,
+            "schedule": t.schedule,
+            "precision": t.precision,
+            **r,
+            "target": TARGET,
+            "pass": r["silhouette"] is not None and r["silhouette"] >= TARGET,
+        }
+        rows.append(row)
+        print(
+            f"{variant:<40} seed {seed}: silhouette {r['silhouette']:.3f} "
+            f"({'meets' if row['pass'] else 'misses'} >= {TARGET})  test MSE {r['test_mse']:.5f}  "
+            f"{r['steps']} steps, {r['train_seconds']:.1f} s  map {r['map']}",
+            file=sys.stderr,
+            flush=True,
+        )
+    print("| recipe | seed | steps | test MSE | silhouette | >= 0.4 |")
+    print("|---|---:|---:|---:|---:|:---:|")
+    for r in rows:
+        print(
+            f"| {r['variant']} | {r['seed']} | {r['steps']} | {r['test_mse']:.4f} | {r['silhouette']:.3f} | "
+            f"{'yes' if r['pass'] else 'no'} |"
+        )
+    if args.json:
+        print(json.dumps(rows, sort_keys=True))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -455,3 +455,95 @@ def test_nan_loss_stops_with_a_clear_error(tmp_path, monkeypatch):
     assert (out_dir / "model.safetensors").read_bytes() == saved["model"]
     assert not (out_dir / "metrics.json").exists()
     assert torch.isfinite(convae.load(out_dir).encoder[0].weight).all()
+
+
+# ---------------------------------------------------------------------------------------------
+# other data sources end to end
+
+
+def _write_fake_mnist(d: Path) -> None:
+    """The four MNIST gzip IDX files (magic 0x0803 images / 0x0801 labels, big-endian dims)."""
+    import gzip
+    import struct
+
+    from convae.data import REMOTES
+
+    rng = np.random.default_rng(0)
+    arrays = {
+        "train-images": rng.integers(0, 256, (40, 28, 28), dtype=np.uint8),
+        "train-labels": (np.arange(40) % 4).astype(np.uint8),
+        "test-images": rng.integers(0, 256, (12, 28, 28), dtype=np.uint8),
+        "test-labels": (np.arange(12) % 4).astype(np.uint8),
+    }
+    d.mkdir(parents=True, exist_ok=True)
+    for key, r in REMOTES["mnist"].items():
+        a = arrays[key]
+        head = bytes([0, 0, 8, a.ndim]) + struct.pack(f">{a.ndim}I", *a.shape)
+        (d / r.name).write_bytes(gzip.compress(head + a.tobytes()))
+
+
+def test_train_and_eval_from_data_dir(tmp_path):
+    _write_fake_mnist(tmp_path / "dl")
+    args = [
+        "--data",
+        "mnist",
+        "--data-dir",
+        tmp_path / "dl",
+        "--arch",
+        "seed-strided",
+        "--epochs",
+        "1",
+    ]
+    rc, out, err = run_cli(
+        "train", *args, "--batch-size", "8", "--out", tmp_path / "r", "--json", "--device", "cpu"
+    )
+    assert rc == 0, err
+    assert last_json(out)["images"] == 12
+    cfg = json.loads((tmp_path / "r" / "config.json").read_text())
+    assert cfg["data"]["spec"] == "mnist" and cfg["data"]["data_dir"] == str(tmp_path / "dl")
+    rc, out, err = run_cli(
+        "eval", tmp_path / "r", "--classes", "0,1", "--json"
+    )  # the run's own data dir
+    assert rc == 0, err
+    assert last_json(out)["images"] == 6
+
+
+def test_offline_download_is_one_clear_error(tmp_path, monkeypatch):
+    import urllib.error
+    import urllib.request
+
+    def offline(*a, **k):
+        raise urllib.error.URLError("Temporary failure in name resolution")
+
+    monkeypatch.setattr(urllib.request, "urlopen", offline)
+    monkeypatch.setenv("CONVAE_CACHE", str(tmp_path / "cache"))
+    rc, out, err = run_cli("train", "--data", "fashion-mnist", "--out", tmp_path / "r")
+    # being offline is not the user's mistake: the attempted download is logged, then one error
+    *before, line = err.strip().splitlines()
+    assert rc == 1 and "Traceback" not in err
+    assert all(b.startswith("downloading ") for b in before) and len(before) <= 1, err
+    assert line.startswith("convae: error:")
+    assert "train-images-idx3-ubyte.gz" in line and "t10k-labels-idx1-ubyte.gz" in line
+    assert str(tmp_path / "cache" / "fashion-mnist") in line and "--data-dir" in line
+    assert "Traceback" not in assert_one_line_error(
+        *run_cli("train", "--data", "fashion-mnist", "--out", tmp_path / "r", "-q")
+    )  # -q: only the error
+    assert not (tmp_path / "r").exists()
+    assert not [p for p in (tmp_path / "cache").rglob("*") if p.is_file()]
+
+
+def test_train_on_an_rgb_folder(tmp_path, make_images, write_image_folder):
+    write_image_folder(
+        tmp_path / "imgs", make_images(24, 3, 20, seed=4), [i % 2 for i in range(24)], "jpg"
+    )
+    rc, out, err = run_cli("train", "--data", f"folder:{tmp_path / 'imgs'}", "--image-size", "16",
+                           "--arch", "seed-strided", "--epochs", "1", "--batch-size", "8",
+                           "--out", tmp_path / "r", "--json", "--device", "cpu")  # fmt: skip
+    assert rc == 0, err
+    cfg = json.loads((tmp_path / "r" / "config.json").read_text())
+    assert (cfg["model"]["channels"], cfg["model"]["image_size"]) == (3, 16)  # decided by the data
+    assert last_json(out)["compression_ratio"] == pytest.approx(3 * 16 * 16 / 12)
+    model = convae.load(tmp_path / "r")
+    assert model.input_shape == (3, 16, 16)
+    w, h = _png_ok(tmp_path / "r" / "reconstructions.png")
+    assert w > h

@@ -643,3 +643,20 @@ def test_write_png_roundtrip(tmp_path):
         assert im.mode == "L"
         assert np.asarray(im).tolist() == [[0, 128], [255, 255]]
     assert sorted(p.name for p in tmp_path.rglob("*") if p.is_file()) == ["grey.png", "rgb.png"]
+
+
+@pytest.mark.parametrize("fmt", ["png", "tiff"])
+def test_folder_16_bit_grey_is_scaled_not_clipped(tmp_path, fmt):
+    from PIL import Image
+
+    a16 = (np.arange(256, dtype=np.uint16).reshape(16, 16) * 257).astype(
+        np.uint16
+    )  # full 16-bit range
+    Image.fromarray(a16).save(tmp_path / f"deep.{fmt}")
+    with Image.open(tmp_path / f"deep.{fmt}") as im:
+        assert im.mode.startswith("I;16")  # really a 16-bit file
+    x, _, _ = read_folder(tmp_path)
+    assert x.shape == (1, 1, 16, 16)
+    np.testing.assert_array_equal(x[0, 0], np.arange(256).reshape(16, 16))  # the top 8 bits
+    x, _ = read_image_files([tmp_path / f"deep.{fmt}"], channels=3, image_size=16)
+    np.testing.assert_array_equal(x[0, 1].numpy(), np.arange(256).reshape(16, 16))

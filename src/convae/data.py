@@ -293,6 +293,8 @@ def _decode_image(data: bytes | Path, channels: int | None, size: int | None) ->
 
     with Image.open(data if isinstance(data, Path) else io.BytesIO(data)) as im:
         im = ImageOps.exif_transpose(im)
+        if im.mode.startswith("I;16"):  # 16-bit grey (PNG, TIFF): PIL's convert("L") would clip
+            im = Image.fromarray((np.asarray(im).astype(np.uint16) >> 8).astype(np.uint8), "L")
         if channels is None:
             channels = 1 if im.mode in ("1", "L", "I", "I;16", "F") else 3
         im = im.convert("L" if channels == 1 else "RGB")

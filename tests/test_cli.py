@@ -547,3 +547,17 @@ def test_train_on_an_rgb_folder(tmp_path, make_images, write_image_folder):
     assert model.input_shape == (3, 16, 16)
     w, h = _png_ok(tmp_path / "r" / "reconstructions.png")
     assert w > h
+
+
+def test_tiny_folder_without_test_or_val_split(tmp_path, make_images, write_image_folder):
+    """Under 10 images there is no test split; with --val-fraction 0 no val split either. The run
+    must still finish (metrics on the training images) instead of failing after training."""
+    write_image_folder(tmp_path / "imgs", make_images(6, 1, 16, seed=8))
+    rc, out, err = run_cli("train", "--data", f"folder:{tmp_path / 'imgs'}", "--val-fraction", "0",
+                           "--arch", "seed-strided", "--epochs", "1", "--out", tmp_path / "r", "--json",
+                           "--device", "cpu")  # fmt: skip
+    assert rc == 0, err
+    assert last_json(out)["images"] == 6
+    assert "no test images" in err
+    for name in ("metrics.json", "loss.png", "reconstructions.png"):
+        assert (tmp_path / "r" / name).is_file()

@@ -532,8 +532,10 @@ def train(
     if rank == 0:
         best = load(out, dev)
         test_x, _ = load_split(cfg.data, "test")
-        if len(test_x) == 0:
-            test_x = val_x
+        if len(test_x) == 0:  # a folder under 10 images has no test split: report on val, else train
+            test_x = val_x if len(val_x) else train_x
+            log.warning("no test images: metrics.json reports on the %s split",
+                        "validation" if len(val_x) else "training")
         metrics = evaluate(best, test_x)
         metrics["train_seconds"] = sum(r["seconds"] for r in history)
         metrics["epochs"] = len(history)

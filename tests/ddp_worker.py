@@ -10,7 +10,8 @@ reliably started twice in one process - and one launch for several jobs saves st
 Around :func:`convae.train.fit` the worker adds two things:
 
 * ``dump``: after training, every rank writes its final ``state_dict`` (weights *and* BatchNorm
-  buffers) to ``DIR/rank{R}.safetensors``, so the test can check that all ranks agree.
+  buffers) to ``DIR/rank{R}.safetensors`` and the history it saw (the losses its decisions were
+  taken on) to ``DIR/rank{R}.history.json``, so the test can check that all ranks agree.
 * ``stop_after``: every rank raises :class:`Interrupted` after epoch K's checkpoint is written -
   a crash that the next job recovers from with ``--resume``.
 
@@ -58,6 +59,8 @@ def _fit_and_dump(model, *args, **kwargs):
         state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
         Path(_job["dump"]).mkdir(parents=True, exist_ok=True)
         save_file(state, str(Path(_job["dump"]) / f"rank{rank}.safetensors"))
+        losses = [{k: v for k, v in row.items() if k != "seconds"} for row in history]
+        (Path(_job["dump"]) / f"rank{rank}.history.json").write_text(json.dumps(losses))
     return history
 
 

@@ -1,11 +1,13 @@
 """Distributed training: `convae train` under torchrun with 2 CPU processes (gloo).
 
-One torchrun launch (module fixture) runs four jobs through tests/ddp_worker.py, which is the real
-CLI with every rank's final state dumped to disk:
+One torchrun launch (module fixture) runs five jobs through tests/ddp_worker.py, which is the real
+CLI with every rank's final state and history dumped to disk:
 
 * ``bn``: the default ``convae`` architecture (BatchNorm), 2 processes x 16 images;
-* ``plain``: the same without normalization, to compare with one process exactly;
-* ``resumed``: ``bn`` again, crashed on purpose after epoch 1, then continued with ``--resume``.
+* ``plain``: ``seed-strided`` (no normalization), to compare with one process exactly;
+* ``resumed``: ``bn`` again, crashed on purpose after epoch 1, then continued with ``--resume``;
+* ``frozen``: a learning rate too small to move a float32 weight, so the validation loss cannot
+  improve and ``--patience 1`` must stop every rank after epoch 2 of 3.
 
 The single-process references (one process x 32 images: the same global batches) run in-process.
 """
@@ -32,7 +34,20 @@ from convae.train import evaluate
 WORKER = Path(__file__).with_name("ddp_worker.py")
 # 360 training digits (all ones), 11 steps of 2 x 16 images per epoch, a narrow model.
 DATA = ["--classes", "1", "--epochs", "2", "--width", "8", "--precision", "fp32", "-q", "--json"]
-PLAIN = ["--norm", "none", "--lr", "1e-3"]
+PLAIN = ["--arch", "seed-strided"]
+FROZEN = [
+    "--norm",
+    "none",
+    "--lr",
+    "1e-20",
+    "--schedule",
+    "constant",
+    "--patience",
+    "1",
+    "--epochs",
+    "3",
+]
+JOBS = ("bn", "plain", "resumed", "frozen")
 
 
 def _torchrun() -> list[str]:
@@ -56,6 +71,10 @@ def ddp(tmp_path_factory) -> Path:
         {
             "argv": ["train", "--resume", "--out", str(root / "resumed"), "-q", "--json"],
             "dump": str(root / "dump-resumed"),
+        },
+        {
+            "argv": ["train", "--out", str(root / "frozen"), *args, *FROZEN],
+            "dump": str(root / "dump-frozen"),
         },
     ]
     (root / "jobs.json").write_text(json.dumps(jobs))
@@ -100,19 +119,36 @@ def _max_diff(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
     return max((a[k].double() - b[k].double()).abs().max().item() for k in a if a[k].numel())
 
 
-@pytest.mark.parametrize("job", ["bn", "plain", "resumed"])
+@pytest.mark.parametrize("job", JOBS)
 def test_every_rank_holds_the_same_weights_and_buffers(ddp, job):
     r0 = load_file(ddp / f"dump-{job}" / "rank0.safetensors")
     r1 = load_file(ddp / f"dump-{job}" / "rank1.safetensors")
     saved = load_file(ddp / job / "last.safetensors")  # what rank 0 wrote
     assert r0.keys() == r1.keys() == saved.keys()
-    if job != "plain":  # BatchNorm running statistics are part of what must agree
+    if job in ("bn", "resumed"):  # BatchNorm running statistics are part of what must agree
         assert any(k.endswith("running_var") for k in r0)
     for k in r0:
         assert torch.equal(r0[k], r1[k]), f"{job}: ranks differ in {k}"
         assert torch.equal(r0[k], saved[k]), (
             f"{job}: last.safetensors differs from the ranks in {k}"
         )
+
+
+@pytest.mark.parametrize("job", JOBS)
+def test_every_rank_saw_the_same_losses(ddp, job):
+    # The early-stop and best-checkpoint decisions are taken on these numbers by every rank.
+    r0 = json.loads((ddp / f"dump-{job}" / "rank0.history.json").read_text())
+    r1 = json.loads((ddp / f"dump-{job}" / "rank1.history.json").read_text())
+    assert r0 == r1
+    assert [r["val_loss"] for r in r0] == [r["val_loss"] for r in _history(ddp / job)]
+
+
+def test_early_stop_stops_every_rank_together(ddp):
+    run = ddp / "frozen"
+    h = _history(run)
+    assert len(h) == 2 and h[0]["val_loss"] == h[1]["val_loss"]
+    assert json.loads((run / "trainer.json").read_text())["stopped_early"] is True
+    assert json.loads((run / "metrics.json").read_text())["epochs"] == 2
 
 
 def test_run_directory_is_ordinary_and_checkpoint_loads(ddp):

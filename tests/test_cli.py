@@ -561,3 +561,17 @@ def test_tiny_folder_without_test_or_val_split(tmp_path, make_images, write_imag
     assert "no test images" in err
     for name in ("metrics.json", "loss.png", "reconstructions.png"):
         assert (tmp_path / "r" / name).is_file()
+
+
+def test_unreadable_images_skipped_and_counted_or_strict(
+    run, tmp_path, make_images, write_image_folder
+):
+    d, _ = run
+    write_image_folder(tmp_path / "imgs", make_images(12, 1, 28, seed=9), [0] * 6 + [1] * 6)
+    (tmp_path / "imgs" / "1" / "broken.jpg").write_bytes(b"\xff\xd8\xff truncated jpeg")
+    data = ["--data", f"folder:{tmp_path / 'imgs'}", "--split", "train"]
+    rc, out, err = run_cli("eval", d, *data)
+    assert rc == 0, err
+    assert "skipped 1 unreadable file" in err
+    line = assert_one_line_error(*run_cli("eval", d, *data, "--strict"))
+    assert "broken.jpg" in line

@@ -112,6 +112,12 @@ class RunConfig:
 # Each entry maps a section ("model" / "train") to field overrides.
 PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     "default": {},
+    # Denoising (docs/denoise.md): a wide dense bottleneck - the code must carry the whole clean
+    # digit, not a compressed summary of it - and more, smaller steps. The noise comes from --noise.
+    "denoise": {
+        "model": {"arch": "convae", "width": 32, "latent_dim": 128},
+        "train": {"epochs": 10, "batch_size": 64},
+    },
 }
 
 

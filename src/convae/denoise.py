@@ -1,0 +1,439 @@
+"""Denoising: clean users' images with a trained run, and benchmark it against classical filters.
+
+A denoising model is an ordinary run trained with ``--noise`` (the input is corrupted per batch, the
+target is the clean image), normally with ``--preset denoise``. This module
+
+* applies such a run to images of any size (:func:`denoise_images`): images of the model's size go
+  straight through; others are cut into overlapping tiles or resized there and back;
+* measures it (:func:`benchmark`) against classical filters - median, Gaussian blur, total variation
+  and non-local means from SciPy / scikit-image - whose parameters are tuned on the validation split
+  at the same noise level, all scored by PSNR and SSIM on the same noisy test images.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from .config import DataConfig, RunConfig, apply_preset
+from .metrics import psnr_per_image, ssim_per_image
+from .models import AutoEncoder
+from .noise import corrupt, parse_noise
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "FILTERS",
+    "MODES",
+    "parse_levels",
+    "level_name",
+    "read_images",
+    "denoise_tensor",
+    "denoise_images",
+    "apply_filter",
+    "tune_filter",
+    "train_denoiser",
+    "benchmark",
+    "comparison_figure",
+]
+
+MODES = ("exact", "tile", "resize")
+
+# Seeds of the fixed noise drawn in the benchmark: tuning (validation) and scoring (test) never share it.
+_VAL_STREAM, _TEST_STREAM = 1, 2
+
+
+# ---------------------------------------------------------------------------------------------
+# Noise levels of the benchmark
+
+
+def parse_levels(text: str | Sequence[str]) -> list[tuple[str, ...]]:
+    """``"gaussian:0.2,0.4,0.6"`` -> ``[("gaussian:0.2",), ("gaussian:0.4",), ("gaussian:0.6",)]``.
+
+    Commas separate levels; a bare number reuses the previous item's kind; ``+`` combines
+    corruptions into one level (``gaussian:0.2+mask:0.25``). A list of strings is joined by commas.
+    """
+    if not isinstance(text, str):
+        text = ",".join(text)
+    levels: list[tuple[str, ...]] = []
+    kind = None
+    for item in (s.strip() for s in text.split(",")):
+        if not item:
+            continue
+        parts = []
+        for part in (p.strip() for p in item.split("+")):
+            if ":" not in part and kind is not None:
+                part = f"{kind}:{part}"
+            k, a = parse_noise(part)
+            kind = k
+            parts.append(f"{k}:{a:g}")
+        levels.append(tuple(parts))
+    if not levels:
+        raise ValueError("no noise level given; e.g. --noise gaussian:0.2,0.4,0.6")
+    return levels
+
+
+def level_name(level: Sequence[str]) -> str:
+    """``("gaussian:0.4",)`` -> ``"gaussian:0.4"``; combined corruptions are joined by ``+``."""
+    return "+".join(level)
+
+
+# ---------------------------------------------------------------------------------------------
+# Applying a model
+
+
+def read_images(
+    inputs: Sequence[str | os.PathLike], channels: int
+) -> tuple[list[Tensor], list[Path]]:
+    """Image files or folders -> (uint8 [C, H, W] each at its own size, paths), converted to
+    ``channels`` as :func:`convae.data.read_image_files` does; an unreadable file is an error."""
+    from .data import _decode_image, list_image_files
+
+    paths = list_image_files(inputs)
+    if not paths:
+        raise ValueError("no image files found in the given inputs")
+    images = []
+    for p in paths:
+        try:
+            images.append(torch.from_numpy(_decode_image(p, channels, None).copy()))
+        except (OSError, ValueError, SyntaxError) as e:
+            raise ValueError(f"{p}: cannot read image ({e})") from e
+    return images, paths
+
+
+@torch.inference_mode()
+def denoise_tensor(model: AutoEncoder, x: Tensor, batch_size: int = 512) -> Tensor:
+    """Denoise float images ``x`` [N, C, S, S] in [0, 1] of the model's size -> float32 on the CPU."""
+    model.eval()
+    device = next(model.parameters()).device
+    outs = [
+        model(x[i : i + batch_size].to(device, torch.float32)).float().clamp_(0, 1).cpu()
+        for i in range(0, len(x), batch_size)
+    ]
+    return torch.cat(outs) if outs else torch.zeros(0, *model.input_shape)
+
+
+def _starts(n: int, s: int) -> list[int]:
+    """Tile offsets along one axis of length ``n >= s``: half-overlapping, the last one flush."""
+    starts = list(range(0, n - s + 1, max(1, s // 2)))
+    if starts[-1] != n - s:
+        starts.append(n - s)
+    return starts
+
+
+def _window(s: int) -> Tensor:
+    """[S, S] blending weights: sin^2 in each axis (sums to ~1 at half overlap), never exactly 0."""
+    i = torch.arange(s, dtype=torch.float32) + 0.5
+    w = torch.sin(math.pi * i / s).pow(2) + 1e-3
+    return w[:, None] * w[None, :]
+
+
+def _denoise_tiled(model: AutoEncoder, img: Tensor, batch_size: int) -> Tensor:
+    """One float image [C, H, W] of any size: overlapping model-sized tiles, blended."""
+    s = model.config.image_size
+    c, h, w = img.shape
+    ph, pw = max(0, s - h), max(0, s - w)
+    x = img[None]
+    if ph or pw:  # smaller than a tile: pad (reflect when the image is big enough for it)
+        mode = "reflect" if ph < h and pw < w else "replicate"
+        x = F.pad(x, (pw // 2, pw - pw // 2, ph // 2, ph - ph // 2), mode=mode)
+    hh, ww = x.shape[-2:]
+    ys, xs = _starts(hh, s), _starts(ww, s)
+    tiles = torch.stack([x[0, :, y : y + s, q : q + s] for y in ys for q in xs])  # [T, C, S, S]
+    out_tiles = denoise_tensor(model, tiles, batch_size)
+    win = _window(s)
+    acc = torch.zeros(c, hh, ww)
+    norm = torch.zeros(1, hh, ww)
+    k = 0
+    for y in ys:
+        for q in xs:
+            acc[:, y : y + s, q : q + s] += out_tiles[k] * win
+            norm[:, y : y + s, q : q + s] += win
+            k += 1
+    out = acc / norm
+    return out[:, ph // 2 : ph // 2 + h, pw // 2 : pw // 2 + w]
+
+
+def _resize(x: Tensor, size: tuple[int, int]) -> Tensor:
+    if tuple(x.shape[-2:]) == size:
+        return x
+    return F.interpolate(x, size=size, mode="bilinear", antialias=True, align_corners=False).clamp_(
+        0, 1
+    )
+
+
+def denoise_images(
+    model: AutoEncoder, images: Sequence[Tensor], mode: str = "exact", batch_size: int = 512
+) -> list[Tensor]:
+    """Denoise float images [C, H, W] in [0, 1]; each output has its input's size.
+
+    ``mode``: "exact" - every image must have the model's size; "tile" - any size, denoised in
+    half-overlapping model-sized tiles blended with a smooth window (full resolution, for models
+    trained on patches or textures); "resize" - resized to the model's size and the result back
+    (for whole objects such as digits drawn at another size).
+    """
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {', '.join(MODES)}, not {mode!r}")
+    c, s = model.config.channels, model.config.image_size
+    for img in images:
+        if img.ndim != 3 or img.shape[0] != c:
+            raise ValueError(
+                f"images must be [C, H, W] with C = {c} (the model's), not {tuple(img.shape)}"
+            )
+    if mode == "tile":
+        return [_denoise_tiled(model, img.float(), batch_size) for img in images]
+    if mode == "resize":
+        small = (
+            torch.cat([_resize(img[None].float(), (s, s)) for img in images]) if images else None
+        )
+        out = denoise_tensor(model, small, batch_size) if small is not None else []
+        return [
+            _resize(o[None], tuple(img.shape[-2:]))[0] for o, img in zip(out, images, strict=True)
+        ]
+    for img in images:
+        if tuple(img.shape[-2:]) != (s, s):
+            raise ValueError(
+                f"an image is {img.shape[-1]}x{img.shape[-2]} but the model takes {s}x{s}; use tile mode "
+                "(overlapping tiles at full resolution) or resize mode (resized there and back)"
+            )
+    if not images:
+        return []
+    return list(denoise_tensor(model, torch.stack([img.float() for img in images]), batch_size))
+
+
+# ---------------------------------------------------------------------------------------------
+# Classical filters: float32 [N, C, H, W] in [0, 1] -> same, each with a parameter grid to tune.
+
+
+def _median(x: np.ndarray, size: int) -> np.ndarray:
+    from scipy import ndimage
+
+    return ndimage.median_filter(x, size=(1, 1, size, size), mode="reflect")
+
+
+def _gaussian(x: np.ndarray, sigma: float) -> np.ndarray:
+    from scipy import ndimage
+
+    return ndimage.gaussian_filter(x, sigma=(0, 0, sigma, sigma), mode="reflect")
+
+
+def _tv(x: np.ndarray, weight: float) -> np.ndarray:
+    from skimage.restoration import denoise_tv_chambolle
+
+    n, c, h, w = x.shape
+    # channel_axis makes scikit-image solve every (image, channel) plane on its own.
+    return denoise_tv_chambolle(x.reshape(n * c, h, w), weight=weight, channel_axis=0).reshape(
+        x.shape
+    )
+
+
+def _nlm(x: np.ndarray, h: float, patch_size: int, patch_distance: int) -> np.ndarray:
+    from skimage.restoration import denoise_nl_means
+
+    out = np.empty_like(x)
+    rgb = x.shape[1] == 3
+    for i, img in enumerate(x):  # patches are compared within one image: no batching possible
+        a = img.transpose(1, 2, 0) if rgb else img[0]
+        y = denoise_nl_means(
+            a,
+            patch_size=patch_size,
+            patch_distance=patch_distance,
+            h=h,
+            fast_mode=True,
+            channel_axis=-1 if rgb else None,
+        )
+        out[i] = y.transpose(2, 0, 1) if rgb else y[None]
+    return out
+
+
+@dataclass(frozen=True)
+class Filter:
+    """A classical denoiser: ``fn(x, **params)`` and the grid its parameters are tuned over."""
+
+    fn: Callable[..., np.ndarray]
+    grid: tuple[dict[str, Any], ...]
+    label: str
+
+
+FILTERS: dict[str, Filter] = {
+    "median": Filter(_median, tuple({"size": k} for k in (3, 5, 7)), "median (SciPy)"),
+    "gaussian": Filter(
+        _gaussian, tuple({"sigma": s} for s in (0.5, 0.75, 1.0, 1.5, 2.0)), "Gaussian blur (SciPy)"
+    ),
+    "tv": Filter(
+        _tv,
+        tuple({"weight": w} for w in (0.05, 0.1, 0.15, 0.2, 0.3, 0.5)),
+        "total variation, Chambolle (scikit-image)",
+    ),
+    "nlm": Filter(
+        _nlm,
+        tuple(
+            {"h": h, "patch_size": p, "patch_distance": 5}
+            for p in (3, 5)
+            for h in (0.05, 0.1, 0.15, 0.2, 0.3)
+        ),
+        "non-local means (scikit-image)",
+    ),
+}
+
+
+def apply_filter(name: str, x: Tensor, params: dict[str, Any]) -> Tensor:
+    """Run classical filter ``name`` on float images [N, C, H, W] in [0, 1] -> float32, clipped."""
+    if name not in FILTERS:
+        raise ValueError(f"unknown filter {name!r}; choose one of: {', '.join(FILTERS)}")
+    a = np.ascontiguousarray(x.detach().float().cpu().numpy())
+    y = FILTERS[name].fn(a, **params)
+    return torch.from_numpy(np.clip(y, 0.0, 1.0).astype(np.float32, copy=False))
+
+
+def tune_filter(name: str, clean: Tensor, noisy: Tensor) -> tuple[dict[str, Any], float]:
+    """The grid point of filter ``name`` with the best mean PSNR on (clean, noisy) -> (params, dB)."""
+    best: tuple[dict[str, Any], float] | None = None
+    for params in FILTERS[name].grid:
+        p = float(psnr_per_image(clean, apply_filter(name, noisy, params)).mean())
+        if best is None or p > best[1]:
+            best = (params, p)
+    assert best is not None
+    return best
+
+
+# ---------------------------------------------------------------------------------------------
+# The benchmark
+
+
+def train_denoiser(
+    data: DataConfig,
+    level: Sequence[str],
+    out: str | os.PathLike,
+    *,
+    epochs: int | None = None,
+    seed: int = 0,
+    device: str | torch.device = "auto",
+    progress=None,
+) -> Path:
+    """Train a ``--preset denoise`` run on ``data`` with input corruption ``level``; its directory."""
+    from .train import train
+
+    cfg = apply_preset(RunConfig(data=data), "denoise")
+    t = replace(cfg.train, noise=tuple(level), seed=seed)
+    if epochs is not None:
+        t = replace(t, epochs=epochs)
+    return train(replace(cfg, train=t), out, device=device, progress=progress)
+
+
+def _spread(n: int, k: int) -> Tensor:
+    """k indices spread evenly over [0, n) (every class when the split is sorted by label)."""
+    k = min(k, n)
+    return torch.linspace(0, n - 1, k).round().long() if k else torch.zeros(0, dtype=torch.long)
+
+
+def _noisy(x: Tensor, level: Sequence[str], seed: int, stream: int) -> Tensor:
+    g = torch.Generator().manual_seed(seed * 1_000_003 + stream)
+    return corrupt(x, level, g)
+
+
+def _score(clean: Tensor, out: Tensor) -> dict[str, float]:
+    return {
+        "psnr": float(psnr_per_image(clean, out).mean()),
+        "ssim": float(ssim_per_image(clean, out).mean()),
+    }
+
+
+def benchmark(
+    models: Sequence[AutoEncoder],
+    levels: Sequence[Sequence[str]],
+    val_u8: Tensor,
+    test_u8: Tensor,
+    *,
+    filters: Sequence[str] = tuple(FILTERS),
+    seed: int = 0,
+    tune_images: int = 200,
+    show: int = 10,
+    progress: Callable[[str], None] | None = None,
+) -> list[dict[str, Any]]:
+    """Score noisy input, each model and each tuned classical filter at every noise level.
+
+    ``models[i]`` denoises ``levels[i]``. The test images are corrupted once per level with a fixed
+    seed and every method sees exactly those; the filters' parameters are the grid points with the
+    best PSNR on ``tune_images`` validation images (spread over the split) under the same level with
+    other noise. Returns one dict per level: ``{"noise", "methods": [{"method", "psnr", "ssim",
+    "params", "ms_per_image"}...], "examples": {"clean" | "noisy" | method: [show, C, H, W]}}``.
+    """
+    from .train import to_float
+
+    if len(models) != len(levels):
+        raise ValueError(f"{len(models)} model(s) for {len(levels)} noise level(s)")
+    if len(test_u8) == 0:
+        raise ValueError("the test split is empty: nothing to score")
+    unknown = [f for f in filters if f not in FILTERS]
+    if unknown:
+        raise ValueError(
+            f"unknown filter(s) {', '.join(unknown)}; choose from {', '.join(FILTERS)}"
+        )
+    clean = to_float(test_u8)
+    tune_clean = to_float(val_u8[_spread(len(val_u8), tune_images)]) if len(val_u8) else clean[:0]
+    shown = _spread(len(clean), show)
+    say = progress or (lambda msg: None)
+    results = []
+    for model, level in zip(models, levels, strict=True):
+        name = level_name(level)
+        noisy = _noisy(clean, level, seed, _TEST_STREAM)
+        rows = [{"method": "noisy", **_score(clean, noisy), "params": {}, "ms_per_image": 0.0}]
+        examples = {"clean": clean[shown], "noisy": noisy[shown]}
+        t0 = time.perf_counter()
+        y = denoise_tensor(model, noisy)
+        ms = 1000 * (time.perf_counter() - t0) / len(clean)
+        rows.append(
+            {
+                "method": "convae",
+                **_score(clean, y),
+                "params": {"run": str(getattr(model, "run_dir", ""))},
+                "ms_per_image": ms,
+            }
+        )
+        examples["convae"] = y[shown]
+        say(f"{name}: noisy {rows[0]['psnr']:.2f} dB, convae {rows[1]['psnr']:.2f} dB")
+        tune_noisy = _noisy(tune_clean, level, seed, _VAL_STREAM)
+        for f in filters:
+            if len(tune_clean):
+                params, tuned = tune_filter(f, tune_clean, tune_noisy)
+            else:  # no validation split: the first grid point, untuned
+                params, tuned = FILTERS[f].grid[0], float("nan")
+            t0 = time.perf_counter()
+            y = apply_filter(f, noisy, params)
+            ms = 1000 * (time.perf_counter() - t0) / len(clean)
+            rows.append(
+                {
+                    "method": f,
+                    **_score(clean, y),
+                    "params": params,
+                    "ms_per_image": ms,
+                    "val_psnr": tuned,
+                }
+            )
+            examples[f] = y[shown]
+            say(f"{name}: {f} {params} -> {rows[-1]['psnr']:.2f} dB")
+        results.append({"noise": name, "images": len(clean), "methods": rows, "examples": examples})
+    return results
+
+
+def comparison_figure(examples: dict[str, Tensor], title: str | None = None):
+    """Rows clean, noisy, then each method's output, over the same test images."""
+    from .plots import image_grid_figure
+
+    labels = list(examples)
+    fig = image_grid_figure([examples[k] for k in labels], labels)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    return fig

@@ -9,6 +9,9 @@ Keep this small and generic; task-specific fixtures live in their own test files
 * ``tiny_run`` (session scope) -> the run directory of a ~1 s training of a tiny ``convae`` model
   (width 4, latent 8) on two digits of ``mnist-sample``; load it with ``convae.load(tiny_run)``.
   Treat it as read-only: it is shared by every test in the session.
+
+Session-wide: torch uses one intra-op thread (``CONVAE_TEST_THREADS`` overrides), ``$CONVAE_CACHE``
+points to a temp folder, and the root logger is cleaned after each test (``main()`` reconfigures it).
 """
 
 from __future__ import annotations
@@ -27,6 +30,15 @@ def pytest_configure(config):
     # on a busy 2-core machine spinning OpenMP threads made a tiny training ~6x slower (measured:
     # 27 s vs 4.7 s of CPU). CONVAE_TEST_THREADS=N overrides.
     torch.set_num_threads(int(os.environ.get("CONVAE_TEST_THREADS", "1")))
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _private_cache_dir(tmp_path_factory):
+    """$CONVAE_CACHE points to a session temp folder: tests never read or write the user's cache
+    (a test that needs another cache folder monkeypatches the variable itself)."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("CONVAE_CACHE", str(tmp_path_factory.mktemp("convae-cache")))
+        yield
 
 
 @pytest.fixture(autouse=True)

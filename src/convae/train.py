@@ -222,7 +222,8 @@ def fit(
     rank, world = _world()
     device = next(model.parameters()).device
     amp_dtype = resolve_precision(cfg.precision, device)
-    channels_last = cfg.channels_last if cfg.channels_last is not None else device.type == "cuda"
+    # channels_last measured faster for every registered arch on CPU (oneDNN) and CUDA; MPS is untested.
+    channels_last = cfg.channels_last if cfg.channels_last is not None else device.type in ("cpu", "cuda")
     out = Path(run_dir) if run_dir is not None else None
     writer = out is not None and rank == 0
 

@@ -1,0 +1,419 @@
+"""The .cae codec: container, entropy coding, fine-tune, determinism, bad files, CLI."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import struct
+import zlib
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from convae import codec as C
+from convae.cli import main
+from convae.data import load_split
+
+FIT = C.CodecFitConfig(epochs=1, lmbda=0.01, batch_size=64, steps=(2.0, 1.0, 0.5), default_level=1)
+
+
+@pytest.fixture(scope="module")
+def codec_run(tiny_run, tmp_path_factory) -> Path:
+    """A private copy of the shared tiny run (the codec writes into its run directory), fitted once."""
+    run = tmp_path_factory.mktemp("codec") / "run"
+    shutil.copytree(tiny_run, run)
+    from convae.train import load
+
+    model = load(run)
+    x, _ = load_split(model.run_config.data, "train")
+    C.save_codec(run, C.fit_codec(model, x[:256], FIT))  # codec.safetensors + codec.json
+    return run
+
+
+@pytest.fixture(scope="module")
+def codec(codec_run) -> C.Codec:
+    return C.load_codec(codec_run, fit_if_missing=False)
+
+
+@pytest.fixture(scope="module")
+def test_x(codec) -> torch.Tensor:
+    x, _ = load_split(codec.run_config.data, "test")
+    return x[:64]
+
+
+def _header(**kw) -> C.Header:
+    base = dict(
+        fingerprint=bytes(range(16)),
+        tables_hash=bytes(range(100, 108)),
+        channels=1,
+        height=28,
+        width=28,
+        latent_dim=8,
+        count=3,
+        level=1,
+        step=1.0,
+        coder="range",
+    )
+    return C.Header(**{**base, **kw})
+
+
+# ---------------------------------------------------------------------------------------------
+# Container
+
+
+def test_pack_unpack_roundtrip_with_and_without_names():
+    for kw in (
+        {},
+        {"names": ("a.png", "b.png", "ü.png")},
+        {"run": "/some/run"},
+        {"names": ("x.png", "y.png", "z.png"), "run": "r", "coder": "lzma", "level": 7},
+    ):
+        h = _header(**kw)
+        data = C.pack(h, b"\x01\x02\x03\x04")
+        h2, payload = C.unpack(data)
+        assert h2 == h and payload == b"\x01\x02\x03\x04"
+        assert C.verify(data) == h
+
+
+def test_header_layout_is_stable():
+    """Golden bytes of a v1 file: a change here breaks every file already written (docs/format.md)."""
+    data = C.pack(_header(), b"PAYL")
+    fixed = struct.pack(
+        "<4sBBBB16s8sBHHHfII",
+        b"\x89CAE",
+        1,
+        1,
+        1,
+        0,
+        bytes(range(16)),
+        bytes(range(100, 108)),
+        1,
+        28,
+        28,
+        8,
+        1.0,
+        3,
+        4,
+    )
+    assert data == fixed + b"PAYL" + struct.pack("<I", zlib.crc32(fixed + b"PAYL"))
+    assert len(data) == 51 + 4 + 4  # fixed header, payload, CRC-32
+
+
+def test_range_coder_bytes_are_stable():
+    """Golden bytes of the range coder with fixed tables: guards the format against library changes."""
+    lv = C.Level(
+        step=1.0,
+        offset=np.zeros(2, np.float32),
+        lo=np.array([-2, 0], np.int32),
+        size=np.array([5, 3], np.int32),
+        counts=np.array([[1, 3, 9, 3, 1], [5, 2, 1, 0, 0]], np.int32),
+    )
+    q = np.array([[0, 0], [1, 2], [-2, 1], [0, 0], [2, 0], [-1, 1]])
+    payload = C.encode_symbols(q, lv, "range")
+    assert payload.hex() == "ec26eaa4"
+    assert np.array_equal(C.decode_symbols(payload, lv, len(q), "range"), q)
+
+
+@pytest.mark.parametrize("coder", ["range", "zlib", "lzma"])
+def test_symbols_roundtrip_random_tables(coder):
+    rng = np.random.default_rng(3)
+    for _ in range(5):
+        L = int(rng.integers(1, 12))
+        size = rng.integers(1, 300, L).astype(np.int32)
+        lo = rng.integers(-150, 10, L).astype(np.int32)
+        counts = np.zeros((L, size.max()), np.int32)
+        for j in range(L):
+            counts[j, : size[j]] = rng.integers(1, 1000, size[j])
+        lv = C.Level(1.0, np.zeros(L, np.float32), lo, size, counts)
+        n = int(rng.integers(1, 200))
+        q = lo + (rng.random((n, L)) * size).astype(np.int64)
+        payload = C.encode_symbols(q, lv, coder)
+        assert np.array_equal(C.decode_symbols(payload, lv, n, coder), q)
+
+
+def test_range_coder_is_close_to_the_tables_entropy():
+    rng = np.random.default_rng(0)
+    L, n = 8, 2000
+    counts = np.tile(np.array([1, 10, 100, 400, 100, 10, 1], np.int32), (L, 1))
+    lv = C.Level(
+        1.0, np.zeros(L, np.float32), np.full(L, -3, np.int32), np.full(L, 7, np.int32), counts
+    )
+    p = counts[0] / counts[0].sum()
+    q = rng.choice(7, size=(n, L), p=p) - 3
+    bits = lv.entropy_bits(q)
+    got = 8 * len(C.encode_symbols(q, lv, "range"))
+    assert bits <= got <= bits * 1.01 + 64
+
+
+# ---------------------------------------------------------------------------------------------
+# Bad files: every defect is a CodecError (one line in the CLI), never garbage or a traceback
+
+
+def _mutations(data: bytes, rng: np.random.Generator):
+    yield "empty", b""
+    yield "foreign-png", b"\x89PNG\r\n\x1a\n" + bytes(60)
+    yield "text", b"hello, this is not an image file at all\n" * 3
+    yield "random", rng.bytes(len(data))
+    yield "magic-only", data[:4]
+    for _ in range(150):
+        cut = int(rng.integers(0, len(data)))
+        yield f"truncated@{cut}", data[:cut]
+    for _ in range(300):
+        b = bytearray(data)
+        for _ in range(int(rng.integers(1, 9))):
+            pos = int(rng.integers(0, len(b) * 8))
+            b[pos // 8] ^= 1 << (pos % 8)
+        yield "bitflip", bytes(b)
+    for _ in range(50):
+        b = bytearray(data)
+        pos = int(rng.integers(0, len(b)))
+        b[pos : pos + 4] = rng.bytes(4)
+        if bytes(b) != data:
+            yield f"overwrite@{pos}", bytes(b)
+    yield "appended", data + b"\x00"
+
+
+def test_corrupted_files_always_raise_codec_error(codec, test_x):
+    data = C.encode(codec, test_x[:10], names=[f"n{i}.png" for i in range(10)], run_hint="/r")
+    rng = np.random.default_rng(2024)
+    n = 0
+    for what, bad in _mutations(data, rng):
+        with pytest.raises(C.CodecError) as e:
+            C.decode(codec, bad)
+        assert "\n" not in str(e.value), what
+        n += 1
+    assert n > 500
+
+
+def test_newer_version_says_upgrade():
+    data = bytearray(C.pack(_header(), b"x"))
+    data[4] = 2
+    body = bytes(data[:-4])
+    data[-4:] = struct.pack("<I", zlib.crc32(body))
+    with pytest.raises(C.CodecError, match="newer.*upgrade"):
+        C.unpack(bytes(data))
+
+
+def test_wrong_model_is_a_clear_error(codec, test_x, tiny_run):
+    other = C.fit_codec(
+        codec.model, test_x, replace(FIT, seed=1, epochs=1), run_config=codec.run_config
+    )
+    data = C.encode(codec, test_x[:4])
+    with pytest.raises(C.CodecError, match="encoded with model"):
+        C.decode(other, data)
+
+
+def test_refitted_tables_are_detected(codec, test_x):
+    data = C.encode(codec, test_x[:4])
+    lv = codec.levels[codec.default_level]
+    changed = replace(lv, counts=lv.counts + (lv.counts > 0))
+    other = C.Codec(
+        codec.model,
+        [*codec.levels[: codec.default_level], changed, *codec.levels[codec.default_level + 1 :]],
+        codec.default_level,
+        codec.run_config,
+    )
+    with pytest.raises(C.CodecError, match="tables"):
+        C.decode(other, data)
+
+
+# ---------------------------------------------------------------------------------------------
+# Codec behaviour
+
+
+def test_encode_decode_deterministic_and_consistent(codec, test_x):
+    a = C.encode(codec, test_x)
+    b = C.encode(codec, test_x.clone())
+    assert a == b
+    y1, names = C.decode(codec, a)
+    y2, _ = C.decode(codec, a)
+    assert names is None
+    assert y1.dtype == torch.uint8 and y1.shape == test_x.shape
+    assert torch.equal(y1, y2)
+    q, _ = C.quantize(codec, test_x)
+    assert torch.equal(C.dequantize(codec, q), y1)
+    # a file of one image decodes to the same pixels as that image inside a bigger file
+    y_one, _ = C.decode(codec, C.encode(codec, test_x[5:6]))
+    assert torch.equal(y_one[0], y1[5])
+
+
+def test_levels_trade_bytes_for_quality(codec, test_x):
+    rows = C.codec_rd(codec, test_x, repeats=1, ssim=False)
+    assert [r["level"] for r in rows] == [0, 1, 2]
+    sizes = [r["bytes_per_image"] for r in rows]
+    assert sizes[0] <= sizes[1] <= sizes[2]
+    for r in rows:
+        assert r["payload_range"] <= min(r["payload_zlib"], r["payload_lzma"])
+        assert r["entropy_bytes"] <= r["payload_range"]
+        assert r["file_bytes"] == r["overhead_bytes"] + r["payload_range"]
+
+
+def test_fine_tune_lowers_the_rate_distortion_loss(codec_run, test_x):
+    from convae.train import load
+
+    model = load(codec_run)
+    x, _ = load_split(model.run_config.data, "train")
+    x = x[:256]
+    cfg = replace(FIT, epochs=2, lmbda=0.05, steps=(1.0,), default_level=0)
+    before = C.fit_codec(model, x, replace(cfg, epochs=1, lr=1e-12), run_config=model.run_config)
+    after = C.fit_codec(model, x, cfg, run_config=model.run_config)
+
+    def loss(c):
+        q, _ = C.quantize(c, x)
+        y = C.dequantize(c, q).float() / 255
+        mse = float(((y - x.float() / 255) ** 2).mean())
+        return mse + cfg.lmbda * c.levels[0].entropy_bits(q) / x[0].numel() / len(x)
+
+    assert loss(after) < loss(before)
+
+
+def test_codec_files_saved_and_reloaded(codec_run, codec, test_x):
+    info = json.loads((codec_run / "codec.json").read_text())
+    assert info["fingerprint"] == codec.fingerprint.hex()
+    assert [lv["step"] for lv in info["levels"]] == [2.0, 1.0, 0.5]
+    again = C.load_codec(codec_run, fit_if_missing=False)
+    assert again.fingerprint == codec.fingerprint
+    assert C.encode(again, test_x) == C.encode(codec, test_x)
+
+
+def test_load_codec_fits_once_when_missing(tiny_run, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    with pytest.raises(FileNotFoundError, match="convae encode"):
+        C.load_codec(run, fit_if_missing=False)
+    fitted = C.load_codec(run, cfg=FIT)
+    assert (run / "codec.safetensors").is_file() and (run / "codec.json").is_file()
+    assert C.load_codec(run, fit_if_missing=False).fingerprint == fitted.fingerprint
+
+
+def test_bytes_at_psnr_interpolates_the_pareto_front():
+    rows = [
+        {"psnr": 20.0, "bytes_per_image": 10.0},
+        {"psnr": 30.0, "bytes_per_image": 40.0},
+        {"psnr": 19.0, "bytes_per_image": 50.0},
+    ]  # dominated: ignored
+    assert C.bytes_at_psnr(rows, 20.0) == pytest.approx(10.0)
+    assert C.bytes_at_psnr(rows, 25.0) == pytest.approx(20.0)  # geometric mean of 10 and 40
+    assert C.bytes_at_psnr(rows, 31.0) is None
+    assert C.bytes_at_psnr(rows, 15.0) is None
+
+
+def test_baselines_measure_pillow_formats(make_images):
+    x = make_images(4, 1, 16)
+    rows = C.baseline_rd(
+        x, [("png", "lossless", "PNG", {}), ("jpeg", "q50", "JPEG", {"quality": 50})]
+    )
+    assert rows[0]["psnr"] == 100.0 and rows[0]["bytes_per_image"] > 0
+    assert 10 < rows[1]["psnr"] < 100
+    assert {"bpp", "ssim", "encode_per_s", "decode_per_s"} <= set(rows[1])
+
+
+# ---------------------------------------------------------------------------------------------
+# CLI
+
+
+def test_cli_encode_info_decode_files(
+    codec_run, codec, test_x, tmp_path, write_image_folder, capsys
+):
+    paths = write_image_folder(tmp_path / "in", test_x[:6])
+    out = tmp_path / "x.cae"
+    assert main(["encode", str(codec_run), str(tmp_path / "in"), "--out", str(out), "--json"]) == 0
+    res = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert res["images"] == 6 and res["bytes"] == out.stat().st_size
+    assert main(["info", str(out), "--json"]) == 0
+    info = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert info["names"] == [p.name for p in paths] and info["model"] == codec.fingerprint.hex()
+    assert main(["decode", str(out), "--out", str(tmp_path / "dec")]) == 0
+    assert sorted(p.name for p in (tmp_path / "dec").iterdir()) == sorted(p.name for p in paths)
+    from convae.data import read_image_files
+
+    got, _ = read_image_files([tmp_path / "dec"], 1, 28)
+    want, _ = C.decode(codec, C.encode(codec, test_x[:6]))
+    assert torch.equal(got, want)
+
+
+def test_cli_encode_dataset_names_by_index(codec_run, tmp_path, capsys):
+    out = tmp_path / "d.cae"
+    assert (
+        main(
+            [
+                "encode",
+                str(codec_run),
+                "--data",
+                "mnist-sample",
+                "--classes",
+                "0,1",
+                "--split",
+                "val",
+                "--out",
+                str(out),
+                "--quality",
+                "0",
+            ]
+        )
+        == 0
+    )
+    assert (
+        main(["decode", str(out), "--out", str(tmp_path / "dec"), "--model", str(codec_run)]) == 0
+    )
+    names = sorted(p.name for p in (tmp_path / "dec").iterdir())
+    assert names[0] == "00000.png" and len(names) == 80
+    assert "quality level 0" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "kind", ["empty", "truncated", "bitflip", "foreign", "wrong-model", "missing"]
+)
+def test_cli_bad_files_fail_cleanly(kind, codec_run, codec, test_x, tiny_run, tmp_path, capsys):
+    data = C.encode(codec, test_x[:3], run_hint=str(codec_run))
+    bad = {
+        "empty": b"",
+        "truncated": data[: len(data) // 2],
+        "foreign": b"GIF89a" + bytes(40),
+        "bitflip": data[:20] + bytes([data[20] ^ 4]) + data[21:],
+        "wrong-model": data,
+    }.get(kind)
+    f = tmp_path / "bad.cae"
+    if bad is not None:
+        f.write_bytes(bad)
+    args = ["decode", str(f), "--out", str(tmp_path / "out")]
+    if kind == "wrong-model":
+        other = tmp_path / "other"
+        shutil.copytree(tiny_run, other)
+        C.save_codec(
+            other,
+            C.fit_codec(codec.model, test_x, replace(FIT, seed=5), run_config=codec.run_config),
+        )
+        args += ["--model", str(other)]
+    assert main(args) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("convae: error:") and "\n" not in err and "Traceback" not in err
+    assert not (tmp_path / "out").exists()
+    if kind != "missing":
+        assert main(["info", str(f)]) == (0 if kind == "wrong-model" else 1)
+
+
+def test_cli_decode_without_recorded_run_needs_model(codec_run, test_x, tmp_path, capsys):
+    out = tmp_path / "x.cae"
+    assert (
+        main(
+            [
+                "encode",
+                str(codec_run),
+                "--data",
+                "mnist-sample",
+                "--classes",
+                "0,1",
+                "--out",
+                str(out),
+                "--no-run-path",
+            ]
+        )
+        == 0
+    )
+    assert main(["decode", str(out), "--out", str(tmp_path / "dec")]) == 1
+    assert "--model" in capsys.readouterr().err
+    assert not (tmp_path / "dec").exists()

@@ -210,6 +210,12 @@ def _init_distributed(device: str = "auto"):
     return dist.get_rank(), world, dev
 
 
+# Flags that define a run; with --resume the run's own config.json decides them.
+_RUN_FLAGS = ("data", "data_dir", "classes", "channels", "image_size", "strict", "val_fraction", "arch",
+              "latent_dim", "width", "decoder", "norm", "preset", "epochs", "batch_size", "lr", "optimizer",
+              "weight_decay", "schedule", "loss", "precision", "patience", "seed", "noise")
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     import torch
     import torch.distributed as dist
@@ -226,6 +232,10 @@ def cmd_train(args: argparse.Namespace) -> int:
         if args.resume:
             if not args.out:
                 raise ValueError("--resume needs --out RUN (the run directory to continue)")
+            given = [f"--{k.replace('_', '-')}" for k in _RUN_FLAGS if getattr(args, k, None) not in (None, False)]
+            if given:
+                raise ValueError(f"--resume continues the run with its own config.json; drop {' '.join(given)} "
+                                 "(to train longer or differently, start a new run)")
             cfg = None
         else:
             cfg = build_run_config(args)

@@ -306,8 +306,8 @@ def fit(
             d = loss.detach()
             loss_sum += d
             window += d
-            if progress is not None and (i + 1) % log_every == 0:
-                live = float(window) / log_every  # host sync, once per log_every steps
+            if progress is not None and ((i + 1) % log_every == 0 or i + 1 == steps_per_epoch):
+                live = float(window) / ((i % log_every) + 1)  # host sync, once per log_every steps
                 window.zero_()
                 if world == 1 and not math.isfinite(live):  # under DDP: the epoch check, all ranks agree
                     raise TrainingDiverged(_diverged_msg(epoch, step, cfg))

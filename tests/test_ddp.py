@@ -169,6 +169,7 @@ def test_run_directory_is_ordinary_and_checkpoint_loads(ddp):
     assert evaluate(model, val_x, ssim=False)["mse"] == pytest.approx(best, rel=1e-5)
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["images"] == 100 and metrics["epochs"] == 2
+    assert main(["eval", str(run), "--json", "-q"]) == 0  # any other command takes it as it is
 
 
 def test_loss_falls(ddp):

@@ -181,6 +181,7 @@ def run_one(row: dict, args, out: Path) -> dict:
         "val_loss": history[-1]["val_loss"],
         "test_mse": metrics["mse"],
         "precision": config["train"]["precision"],
+        "recipe": {k: config["train"][k] for k in ("optimizer", "lr", "schedule", "channels_last")},
         "load": load,
         "command": " ".join(_short(a) for a in argv),
     }
@@ -257,6 +258,8 @@ def main(argv: list[str] | None = None) -> int:
         f"{os.cpu_count()} CPU cores, device {args.device}, {args.epochs} epochs, global batch {args.batch_size}, "
         f"precision {rows[0]['precision']} ({_resolved(rows[0]['precision'], args.device)}), data {args.data}"
         + (f" classes {args.classes}" if args.classes else "")
+        + ", recipe "
+        + " ".join(f"{k}={v}" for k, v in rows[0]["recipe"].items())
     )
     print(table(rows))
     if args.json:

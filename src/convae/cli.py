@@ -856,8 +856,7 @@ def cmd_denoise(args: argparse.Namespace) -> int:
     import torch
 
     from .data import write_png
-    from .denoise import denoise_images, read_images
-    from .metrics import psnr_per_image
+    from .denoise import denoise_images, mean_psnr, read_images
     from .noise import corrupt
     from .train import load
 
@@ -889,8 +888,8 @@ def cmd_denoise(args: argparse.Namespace) -> int:
             write_png(noisy, out / "noisy" / name)
     res: dict[str, Any] = {"out": str(out), "images": len(paths), "mode": mode, "add_noise": list(specs) or None}
     if specs:
-        res["psnr_noisy"] = sum(float(psnr_per_image(x[None], n[None])) for x, n in zip(clean, inputs)) / len(clean)
-        res["psnr_denoised"] = sum(float(psnr_per_image(x[None], y[None])) for x, y in zip(clean, outputs)) / len(clean)
+        res["psnr_noisy"] = mean_psnr(clean, inputs)
+        res["psnr_denoised"] = mean_psnr(clean, outputs)
     if args.json:
         _print_json(res)
     else:

@@ -41,6 +41,7 @@ __all__ = [
     "read_images",
     "denoise_tensor",
     "denoise_images",
+    "mean_psnr",
     "apply_filter",
     "tune_filter",
     "train_denoiser",
@@ -210,6 +211,17 @@ def denoise_images(
     if not images:
         return []
     return list(denoise_tensor(model, torch.stack([img.float() for img in images]), batch_size))
+
+
+def mean_psnr(clean: Sequence[Tensor], images: Sequence[Tensor]) -> float:
+    """Mean over image pairs of different sizes of the PSNR (dB) of ``images[i]`` against ``clean[i]``."""
+    if len(clean) != len(images) or not clean:
+        raise ValueError(
+            f"mean_psnr needs as many images as references, at least one ({len(images)} vs {len(clean)})"
+        )
+    return sum(
+        float(psnr_per_image(c[None], y[None])[0]) for c, y in zip(clean, images, strict=True)
+    ) / len(clean)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -435,5 +447,6 @@ def comparison_figure(examples: dict[str, Tensor], title: str | None = None):
     labels = list(examples)
     fig = image_grid_figure([examples[k] for k in labels], labels)
     if title:
-        fig.suptitle(title, fontsize=10)
+        fig.suptitle(title, fontsize=10, y=0.995)
+        fig.subplots_adjust(top=0.95)
     return fig

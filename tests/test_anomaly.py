@@ -111,6 +111,19 @@ def test_ssim_heat_map_averages_to_the_ssim_score():
     assert (anomaly.score_images(None, torch.zeros(0, 1, 28, 28), "ssim") == np.zeros(0)).all()
 
 
+def test_combined_score_is_the_sum_of_parts_scaled_by_their_normal_medians(run):
+    model = convae.load(run)
+    normal = load_dataset("mnist-sample", "val", classes=[0])[0]
+    det = anomaly.calibrate(model, normal, score="mse+ssim")
+    mse, dssim = (anomaly.score_images(model, normal, k) for k in ("mse", "ssim"))
+    assert det.scales == pytest.approx({"mse": np.median(mse), "ssim": np.median(dssim)})
+    s = anomaly.score_images(model, normal, det)
+    assert s == pytest.approx(mse / det.scales["mse"] + dssim / det.scales["ssim"])
+    assert np.median(s) == pytest.approx(2.0, abs=0.5)  # "about 2 for a typical normal image"
+    with pytest.raises(ValueError, match="calibrated detector"):
+        anomaly.score_images(model, normal, "mse+ssim")
+
+
 def test_pca_baseline_scores_off_subspace_images_higher():
     x, _ = load_dataset("mnist-sample", "train", classes=[1])
     s = anomaly.pca_scores(x[:200], torch.cat([x[200:220], with_square(x[200:220])]), components=8)

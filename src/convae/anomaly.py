@@ -1,21 +1,27 @@
 """Anomaly detection: a model trained on "normal" images scores how badly it reconstructs the rest.
 
-Scores (higher = more anomalous), all per image:
+Scores (higher = more anomalous), all per image, from the input ``x`` and its reconstruction
+``x_hat`` (pixels in [0, 1]):
 
 ``mse``
-    Mean squared reconstruction error over pixels and channels, ``mean((x - x_hat)**2)`` with pixels
-    in [0, 1]. The default: the benchmark (docs/anomaly.md) found nothing that detects better on
-    digits, and it is the number a user can check by hand.
+    Mean squared reconstruction error over pixels and channels, ``mean((x - x_hat)**2)``: the
+    number a user can check by hand.
 ``ssim``
-    ``1 - SSIM(x, x_hat)`` (scikit-image, Gaussian window): structural dissimilarity, in [0, 2].
+    ``1 - SSIM(x, x_hat)`` (scikit-image, 11-px Gaussian window, as ``convae eval``): structural
+    dissimilarity. It weighs a wrong stroke (structure) over a slightly-off grey level, and detects
+    clearly better than ``mse`` on digits (docs/anomaly.md).
+``mse+ssim`` (the default)
+    ``mse / m_mse + ssim / m_ssim``, each term divided by its median over the normal calibration
+    images: about 2 for a typical normal image, 4 for one "twice as badly reconstructed". The two
+    errors fail on different anomalies, so their sum detects best on the benchmark.
 
 The threshold is calibrated on normal images only: the run's own validation split (the run was
-trained on normal data, so its validation split is normal data too). It is the score quantile at
-``1 - fpr`` with the unbiased plotting position ``k / (n + 1)``, so a new normal image lands above
-it with probability ``fpr`` (the target false-positive rate). The :class:`Detector` - score name,
-threshold, the statistics it needs and the fingerprint of the weights it was fitted to - is stored
-atomically as ``anomaly.json`` in the run directory; every command reads it from there, and it is
-refitted automatically when the weights change.
+trained on normal data, so its validation split is normal data too, and the model never trained on
+it). It is the score quantile at ``1 - fpr`` with the unbiased plotting position ``k / (n + 1)``,
+so a new normal image lands above it with probability ``fpr`` (the target false-positive rate).
+The :class:`Detector` - score name, scales, threshold and the fingerprint of the weights it was
+fitted to - is stored atomically as ``anomaly.json`` in the run directory; every command reads it
+from there, and it is refitted automatically when the weights change.
 """
 
 from __future__ import annotations
@@ -40,6 +46,7 @@ log = logging.getLogger(__name__)
 
 __all__ = [
     "SCORES",
+    "DEFAULT_SCORE",
     "Detector",
     "score_images",
     "error_maps",
@@ -59,11 +66,13 @@ __all__ = [
 SCORES = {
     "mse": "mean squared reconstruction error per image (pixels in [0, 1])",
     "ssim": "1 - SSIM(input, reconstruction): structural dissimilarity",
+    "mse+ssim": "mse and 1 - SSIM, each divided by its median on normal images, summed",
 }
-DEFAULT_SCORE = "mse"
+DEFAULT_SCORE = "mse+ssim"
 DEFAULT_FPR = 0.05
 DETECTOR_FILE = "anomaly.json"
 DETECTOR_VERSION = 1
+_PARTS = {"mse": ("mse",), "ssim": ("ssim",), "mse+ssim": ("mse", "ssim")}
 
 
 @dataclass(frozen=True)
@@ -74,11 +83,10 @@ class Detector:
     threshold: float  # flag an image when its score is strictly above this
     fpr: float  # target false-positive rate the threshold was set for
     fingerprint: str  # hex fingerprint of the weights + model config the detector was fitted to
-    n_calibration: int  # normal images the threshold came from
+    n_calibration: int  # normal images the threshold (and the scales) came from
+    scales: dict[str, float] = field(default_factory=dict)  # mse+ssim: median of each part on them
     calibration_data: dict[str, Any] = field(default_factory=dict)  # spec / split / classes used
-    calibration_quantiles: dict[str, float] = field(
-        default_factory=dict
-    )  # score distribution on them
+    calibration_quantiles: dict[str, float] = field(default_factory=dict)  # their score spread
     version: int = DETECTOR_VERSION
 
     def to_dict(self) -> dict[str, Any]:
@@ -88,6 +96,8 @@ class Detector:
     def from_dict(cls, d: dict[str, Any]) -> Detector:
         if not isinstance(d, dict) or "score" not in d or "threshold" not in d:
             raise ValueError("not an anomaly detector file (needs 'score' and 'threshold')")
+        if d["score"] not in SCORES:
+            raise ValueError(f"unknown score {d['score']!r}")
         known = set(cls.__dataclass_fields__)
         return cls(**{k: v for k, v in d.items() if k in known})
 
@@ -105,34 +115,63 @@ def _check_score(score: str) -> None:
         raise ValueError(f"unknown anomaly score {score!r}; choose one of: {', '.join(SCORES)}")
 
 
+def _part(x: Tensor, y: Tensor, name: str) -> np.ndarray:
+    """One raw per-image error [N]: "mse" or "ssim" (= 1 - SSIM)."""
+    if name == "mse":
+        return (x.double() - y.double()).pow(2).flatten(1).mean(1).numpy()
+    return 1.0 - ssim_per_image(x, y)
+
+
+def _combine(parts: dict[str, Any], score: str, scales: dict[str, float]) -> Any:
+    """The score from its raw parts (arrays or maps): one part as is, or the sum of scaled parts."""
+    if len(_PARTS[score]) == 1:
+        return parts[score]
+    missing = [p for p in _PARTS[score] if not scales.get(p)]
+    if missing:
+        raise ValueError(
+            f"the {score} score needs a calibrated detector (scales of {', '.join(missing)} "
+            "measured on normal images)"
+        )
+    return sum(parts[p] / scales[p] for p in _PARTS[score])
+
+
 def score_images(
-    model, images_u8: Tensor, detector: Detector | str = DEFAULT_SCORE, recon: Tensor | None = None
+    model, images_u8: Tensor, detector: Detector | str = "mse", recon: Tensor | None = None
 ) -> np.ndarray:
     """Anomaly scores [N] (float64, higher = more anomalous) of uint8 images [N, C, H, W].
 
-    ``detector`` is a :class:`Detector` or a score name. Pass ``recon`` to reuse reconstructions.
+    ``detector`` is a :class:`Detector`, or the name of a score that needs no calibration ("mse",
+    "ssim"). Pass ``recon`` (float [N, C, H, W]) to reuse reconstructions already made.
     """
-    score = detector if isinstance(detector, str) else detector.score
+    score, scales = (
+        (detector, {}) if isinstance(detector, str) else (detector.score, detector.scales)
+    )
     _check_score(score)
     if len(images_u8) == 0:
         return np.zeros(0)
     x = to_float(images_u8)
     y = reconstruct(model, images_u8) if recon is None else recon
-    if score == "mse":
-        return (x.double() - y.double()).pow(2).flatten(1).mean(1).numpy()
-    return 1.0 - ssim_per_image(x, y)  # "ssim"
+    return _combine({p: _part(x, y, p) for p in _PARTS[score]}, score, scales)
 
 
-def error_maps(x: Tensor, recon: Tensor, score: str = DEFAULT_SCORE) -> Tensor:
+def error_maps(x: Tensor, recon: Tensor, detector: Detector | str = "mse") -> Tensor:
     """Per-pixel picture of a score, averaged over channels: [N, C, H, W] x2 -> [N, H, W].
 
-    ``mse``: the squared error, whose mean is the score. ``ssim``: ``1 - `` the local SSIM, whose mean
+    ``mse``: the squared error, whose mean is the score. ``ssim``: ``1 -`` the local SSIM, whose mean
     over the interior (scikit-image leaves out a border of half a window, 5 px) is the score.
+    ``mse+ssim``: the two maps scaled as in the score and summed.
     """
+    score, scales = (
+        (detector, {}) if isinstance(detector, str) else (detector.score, detector.scales)
+    )
     _check_score(score)
-    if score == "ssim":
-        return torch.from_numpy(_dssim_maps(x, recon))
-    return (x.float() - recon.float()).pow(2).mean(1)
+    maps = {}
+    for p in _PARTS[score]:
+        if p == "ssim":
+            maps[p] = torch.from_numpy(_dssim_maps(x, recon))
+        else:
+            maps[p] = (x.float() - recon.float()).pow(2).mean(1)
+    return _combine(maps, score, scales)
 
 
 def _dssim_maps(x: Tensor, y: Tensor) -> np.ndarray:
@@ -198,12 +237,14 @@ def calibrate(
     score: str = DEFAULT_SCORE,
     fpr: float = DEFAULT_FPR,
     data: dict[str, Any] | None = None,
+    recon: Tensor | None = None,
 ) -> Detector:
     """Fit a :class:`Detector` on normal images only.
 
     ``normal_u8``: held-out normal images (the run's validation split, never seen in training); the
-    threshold is their score quantile at ``1 - fpr`` (:func:`threshold_at_fpr`). ``data`` is recorded
-    as where they came from. ``model`` needs ``run_config`` (as :func:`convae.load` gives it).
+    scales of ``mse+ssim`` are medians over them and the threshold is their score quantile at
+    ``1 - fpr`` (:func:`threshold_at_fpr`). ``data`` is recorded as where they came from. ``model``
+    needs ``run_config`` (as :func:`convae.load` gives it).
     """
     _check_score(score)
     if len(normal_u8) == 0:
@@ -211,7 +252,14 @@ def calibrate(
             "no normal validation images to calibrate the threshold on; "
             "train with --val-fraction > 0 on normal images only"
         )
-    s = score_images(model, normal_u8, score)
+    x = to_float(normal_u8)
+    y = reconstruct(model, normal_u8) if recon is None else recon
+    parts = {p: _part(x, y, p) for p in _PARTS[score]}
+    # A median of 0 (a perfect reconstruction of most normal images) would divide by zero.
+    scales = (
+        {p: max(float(np.median(v)), 1e-12) for p, v in parts.items()} if len(parts) > 1 else {}
+    )
+    s = _combine(parts, score, scales)
     qs = np.quantile(s, [0.0, 0.25, 0.5, 0.75, 0.95, 1.0])
     return Detector(
         score=score,
@@ -219,6 +267,7 @@ def calibrate(
         fpr=fpr,
         fingerprint=model_fingerprint(model),
         n_calibration=len(normal_u8),
+        scales=scales,
         calibration_data=dict(data or {}),
         calibration_quantiles=dict(
             zip(("min", "q25", "median", "q75", "q95", "max"), map(float, qs), strict=True)
@@ -273,7 +322,7 @@ def ensure_detector(
             reasons.append("--calibrate")
     if not reasons:
         return det, False  # type: ignore[return-value]
-    score = score or (det.score if det is not None else _preset_score(model))
+    score = score or (det.score if det is not None else DEFAULT_SCORE)
     fpr = fpr if fpr is not None else (det.fpr if det is not None else DEFAULT_FPR)
     cfg = model.run_config.data
     normal, _ = load_split(cfg, "val")
@@ -294,14 +343,6 @@ def ensure_detector(
         det.fpr,
     )
     return det, True
-
-
-def _preset_score(model) -> str:
-    """The score a run's recipe asks for (the anomaly preset may name one); else the default."""
-    from .config import PRESETS
-
-    name = getattr(model.run_config, "preset", None)
-    return PRESETS.get(name or "", {}).get("anomaly", {}).get("score", DEFAULT_SCORE)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -384,7 +425,7 @@ def heatmap_figure(
     recons: Tensor,
     scores: Sequence[float],
     labels: Sequence[str] | None = None,
-    score: str = DEFAULT_SCORE,
+    detector: Detector | str = "mse",
 ) -> Figure:
     """Columns of (input, reconstruction, per-pixel heat map of the score), one per image.
 
@@ -393,7 +434,8 @@ def heatmap_figure(
     from .plots import to_display
 
     k = len(inputs)
-    heat = error_maps(inputs, recons, score).numpy()
+    heat = error_maps(inputs, recons, detector).numpy()
+    score = detector if isinstance(detector, str) else detector.score
     vmax = float(heat.max()) if k and heat.max() > 0 else 1.0
     fig = Figure(figsize=(1.25 * max(k, 1) + 0.8, 4.2))
     axes = fig.subplots(3, max(k, 1), squeeze=False)
@@ -416,7 +458,7 @@ def heatmap_figure(
         if c < k:
             t = f"{scores[c]:.4g}" if labels is None else f"{labels[c]}\n{scores[c]:.4g}"
             axes[0][c].set_title(t, fontsize=7)
-    heat_name = "squared error" if score == "mse" else "1 - local SSIM"
+    heat_name = {"mse": "squared error", "ssim": "1 - local SSIM"}.get(score, score + " map")
     for r, name in enumerate(("input", "reconstruction", heat_name)):
         axes[r][0].set_ylabel(name, fontsize=8)
     if im is not None:
@@ -498,17 +540,17 @@ def one_class_benchmark(
         train_s = time.perf_counter() - t0
         is_anom = (test_y != c).numpy()
         recon = reconstruct(model, test_x)
+        val_recon = reconstruct(model, val_x)
         row: dict[str, Any] = {
             "class": int(c),
             "train_images": len(train_x),
             "val_images": len(val_x),
         }
+        x = to_float(test_x)
+        parts = {p: _part(x, recon, p) for p in {p for s in scores for p in _PARTS[s]}}  # SSIM once
         for s in scores:
-            det = calibrate(model, val_x, score=s, fpr=fpr)
-            m = detection_metrics(
-                score_images(model, test_x, det, recon=recon), is_anom, det.threshold
-            )
-            row[s] = m
+            det = calibrate(model, val_x, score=s, fpr=fpr, recon=val_recon)
+            row[s] = detection_metrics(_combine(parts, s, det.scales), is_anom, det.threshold)
         pca_val = pca_scores(train_x, val_x, pca_components, cfg.train.seed)
         row["pca"] = detection_metrics(
             pca_scores(train_x, test_x, pca_components, cfg.train.seed),

@@ -1106,7 +1106,7 @@ def _anomaly_outputs(model, det, x, names: list[str], args, out: Path):
         top = list(scores.argsort()[::-1][: args.top])
         fig = heatmap_figure(to_float(x[top]), recon[top], [float(scores[i]) for i in top],
                              [names[i] if len(names[i]) <= 14 else "..." + names[i][-11:] for i in top],
-                             score=det.score)
+                             detector=det)
         save_figure(fig, out / "heatmaps.png")
         files["heatmaps"] = str(out / "heatmaps.png")
     if args.csv:
@@ -1206,7 +1206,7 @@ def _bench_anomaly_parser(bsub) -> None:
 def cmd_bench_anomaly(args: argparse.Namespace) -> int:
     import torch
 
-    from .anomaly import SCORES, one_class_benchmark
+    from .anomaly import DEFAULT_SCORE, SCORES, one_class_benchmark
     from .checkpoint import write_json
     from .config import RunConfig, apply_preset
 
@@ -1222,11 +1222,13 @@ def cmd_bench_anomaly(args: argparse.Namespace) -> int:
     if not args.json:
         print(f"one-class benchmark on {data.spec}: AUROC (%) per normal class; threshold at target FPR "
               f"{args.fpr:g} from that class's validation images")
-        print(f"{'class':>5} " + " ".join(f"{c:>8}" for c in cols) + f" {'F1':>6} {'FPR':>6} {'seconds':>8}")
+        print(f"{'class':>5} " + " ".join(f"{c:>8}" for c in cols) + f" {'F1':>6} {'FPR':>6} {'seconds':>8}"
+              f"   (F1, FPR: {DEFAULT_SCORE} at the threshold)")
+
+    main_ = DEFAULT_SCORE  # F1 and FPR columns: the default score at its calibrated threshold
 
     def show(r):
         if not args.json:
-            main_ = scores[0]
             print(f"{r['class']:>5} " + " ".join(f"{100 * r[c]['auroc']:>8.2f}" for c in cols)
                   + f" {r[main_]['f1']:>6.3f} {r[main_]['fpr']:>6.3f} {r['seconds']:>8.1f}", flush=True)
 
@@ -1240,7 +1242,6 @@ def cmd_bench_anomaly(args: argparse.Namespace) -> int:
         _print_json(res)
         return 0
     mean = res["mean"]
-    main_ = scores[0]
     print(f"{'mean':>5} " + " ".join(f"{100 * mean[c]['auroc']:>8.2f}" for c in cols)
           + f" {mean[main_]['f1']:>6.3f} {mean[main_]['fpr']:>6.3f} {res['seconds']:>8.1f}")
     n = len(res["classes"])

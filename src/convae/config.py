@@ -118,12 +118,11 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
         "model": {"arch": "convae", "width": 32, "latent_dim": 128},
         "train": {"epochs": 10, "batch_size": 64},
     },
-    # One-class anomaly detection (docs/anomaly.md): a narrow model trained to convergence on few
-    # normal images; "anomaly" names the score `convae anomaly` calibrates by default.
+    # One-class anomaly detection (docs/anomaly.md): a narrow model (width 16, 16 latent values)
+    # trained long on few normal images; pinned here so the default recipe can change freely.
     "anomaly": {
-        "model": {"arch": "convae", "width": 16, "latent_dim": 16},
-        "train": {"epochs": 30, "batch_size": 32},
-        "anomaly": {"score": "mse"},
+        "model": {"arch": "convae", "width": 16, "latent_dim": 16, "decoder": "upsample", "norm": "batch"},
+        "train": {"epochs": 30, "batch_size": 32, "lr": 3e-3, "schedule": "onecycle", "loss": "mse"},
     },
 }
 

@@ -827,6 +827,83 @@ def cmd_info(args: argparse.Namespace) -> int:
 _COMMANDS.append(_encode_parser)
 _COMMANDS.append(_decode_parser)
 _COMMANDS.append(_info_parser)
+
+def _bench_codec_parser(bsub) -> None:
+    p = _add(bsub, "codec", "rate-distortion of the codec against PNG, WebP and JPEG on a test split",
+             "flock /tmp/convae-bench.lock convae bench codec --data mnist-sample --out benchmarks/out/codec")
+    add_data_args(p)
+    p.add_argument("--runs", nargs="+", metavar="RUN",
+                   help="codec runs to measure (default: train the codec preset once under --work)")
+    p.add_argument("--work", default="runs/bench-codec", metavar="DIR",
+                   help="where the default codec run is trained and kept (reused when present)")
+    p.add_argument("--out", default="benchmarks/out/codec", metavar="DIR", help="results: rd.json, rd.md, rd.png")
+    p.add_argument("--split", default="test", choices=["train", "val", "test"])
+    p.add_argument("--limit", type=_positive_int, metavar="N", help="only the first N images")
+    p.add_argument("--repeats", type=_positive_int, default=3, help="timing repeats (best is kept)")
+    p.add_argument("--threads", type=_positive_int, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--no-ssim", action="store_true", help="skip SSIM (faster)")
+    p.set_defaults(func=cmd_bench_codec)
+
+
+def cmd_bench_codec(args: argparse.Namespace) -> int:
+    import torch
+
+    from . import codec as cdc
+    from .checkpoint import atomic_write, write_json
+    from .config import RunConfig, apply_preset
+    from .data import load_split
+    from .plots import save_figure
+    from .train import train
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    data = data_config_from_args(args)
+    runs = [Path(r) for r in args.runs] if args.runs else []
+    if not runs:
+        run = Path(args.work) / data.spec.replace("folder:", "").replace(os.sep, "_").strip("_.")
+        if not (run / "model.safetensors").is_file():
+            log.info("training the codec preset on %s into %s (once)", data.spec, run)
+            bar = _ProgressBar(enabled=not args.quiet and not args.json)
+            try:
+                train(replace(apply_preset(RunConfig(), "codec"), data=data), run, device="cpu", progress=bar)
+            finally:
+                bar.close()
+        runs = [run]
+    codecs = [cdc.load_codec(r) for r in runs]
+    x, _ = load_split(data, args.split)
+    if args.limit:
+        x = x[: args.limit]
+    if len(x) == 0:
+        raise ValueError(f"{data.spec} {args.split}: no images")
+    rows = []
+    for r, c in zip(runs, codecs, strict=True):
+        name = "convae" if len(runs) == 1 else f"convae:{r.name}"
+        rows += cdc.codec_rd(c, x, repeats=args.repeats, ssim=not args.no_ssim, name=name)
+    ours = [dict(r) for r in rows]
+    rows += cdc.baseline_rd(x, ssim=not args.no_ssim)
+    compare = []
+    for r in rows:
+        if r["method"] == "webp" and r["psnr"] < 99:
+            b = cdc.bytes_at_psnr(ours, r["psnr"])
+            compare.append({"webp": r["setting"], "psnr": r["psnr"], "webp_bytes": r["bytes_per_image"],
+                            "convae_bytes": b, "ratio": None if b is None else b / r["bytes_per_image"]})
+    res = {"data": data.spec, "split": args.split, "images": len(x), "threads": torch.get_num_threads(),
+           "cpus": os.cpu_count(), "torch": torch.__version__, "runs": [str(r) for r in runs],
+           "models": [c.fingerprint.hex() for c in codecs], "rows": rows, "equal_psnr_vs_webp": compare}
+    out = Path(args.out)
+    write_json(out / "rd.json", res)
+    table = cdc.rd_markdown(res)
+    atomic_write(out / "rd.md", table)
+    save_figure(cdc.rd_figure(rows, title=f"{data.spec} {args.split}: {len(x)} images"), out / "rd.png")
+    if args.json:
+        _print_json(res)
+    else:
+        print(table)
+        print(f"results: {out / 'rd.json'}, {out / 'rd.md'}, {out / 'rd.png'}")
+    return 0
+
+
+_BENCHES.append(_bench_codec_parser)
 # === end codec commands ===
 
 # === denoise commands ===

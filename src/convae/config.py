@@ -124,6 +124,12 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
         "model": {"arch": "convae", "width": 16, "latent_dim": 16, "decoder": "upsample", "norm": "batch"},
         "train": {"epochs": 30, "batch_size": 32, "lr": 3e-3, "schedule": "onecycle", "loss": "mse"},
     },
+    # Compression (docs/codec.md): the model `convae bench codec` measures. `convae encode` then
+    # fine-tunes it for rate-distortion once and fits its quantizer/probability tables.
+    "codec": {
+        "model": {"arch": "convae", "width": 16, "latent_dim": 64, "decoder": "transpose"},
+        "train": {"epochs": 20},
+    },
 }
 
 

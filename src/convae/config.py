@@ -27,7 +27,7 @@ class ModelConfig:
     channels: int = 1  # 1 (grey) or 3 (RGB) input channels
     image_size: int = 28  # square input side in pixels; must be divisible by 4
     latent_dim: int | None = None  # bottleneck values per image; None = the architecture's default
-    width: int = 32  # base channel width (the `convae` arch; seed archs keep their own widths)
+    width: int = 16  # base channel width of the `convae` arch (seed archs keep their own widths)
     decoder: str = "upsample"  # "upsample" (nearest + conv) or "transpose" (ConvTranspose2d)
     norm: str = "batch"  # "batch" or "none" (the `convae` arch)
 
@@ -112,11 +112,12 @@ class RunConfig:
 # Each entry maps a section ("model" / "train") to field overrides.
 PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     "default": {},
-    # Denoising (docs/denoise.md): a wide dense bottleneck - the code must carry the whole clean
-    # digit, not a compressed summary of it - and more, smaller steps. The noise comes from --noise.
+    # Denoising (docs/denoise.md): a wide dense bottleneck (the code must carry the whole clean
+    # digit, not a compressed summary of it), a narrow cheap network, and many small steps - each
+    # epoch draws new noise. The noise itself comes from --noise.
     "denoise": {
-        "model": {"arch": "convae", "width": 32, "latent_dim": 128},
-        "train": {"epochs": 10, "batch_size": 64},
+        "model": {"arch": "convae", "width": 16, "latent_dim": 128},
+        "train": {"epochs": 30, "batch_size": 64, "lr": 6e-3},
     },
     # One-class anomaly detection (docs/anomaly.md): a narrow model (width 16, 16 latent values)
     # trained long on few normal images; pinned here so the default recipe can change freely.

@@ -577,10 +577,8 @@ def fit_codec(
         )
         if progress is not None:
             progress(row)
-    net.eval()
-    net = net.cpu()
-    with torch.inference_mode():
-        y = _batches(net, train_x, net.encode, 1024)  # [N, L] float32
+    net = net.cpu().eval()
+    y = _latents(_inference_copy(net), train_x)  # [N, L] float32, exactly as encode() computes it
     offset = y.median(dim=0).values.contiguous()  # per-channel centre of the rounding grid
     levels = [_fit_level(y, offset, s, cfg.margin) for s in cfg.steps]
     info = {
@@ -633,6 +631,7 @@ class Codec:
     def __post_init__(self) -> None:
         self.model = self.model.float().eval()
         self.fingerprint = fingerprint(self.model.state_dict(), self.run_config)
+        self.fast = _inference_copy(self.model)  # what encode/decode run: same maths, faster
 
     @property
     def input_shape(self) -> tuple[int, int, int]:
@@ -758,16 +757,44 @@ def _fit_and_save(p: Path, cfg: CodecFitConfig | None, progress: Progress | None
 _BATCH = 1024  # fixed chunking: the same file always decodes through the same batch shapes
 
 
+def _inference_copy(model: AutoEncoder) -> AutoEncoder:
+    """A CPU copy for coding: each BatchNorm folded into the conv before it, channels_last memory.
+
+    Measured about 2x faster than the training layout on CPU (docs/codec.md). Folding changes the
+    float rounding slightly, so every path that makes or reads symbols uses this copy.
+    """
+    fast = copy.deepcopy(model).float().cpu().eval()
+    with torch.no_grad():
+        for seq in [m for m in fast.modules() if isinstance(m, nn.Sequential)]:
+            mods = list(seq.children())
+            for i in range(1, len(mods)):
+                conv, bn = mods[i - 1], mods[i]
+                if not (
+                    isinstance(bn, nn.BatchNorm2d)
+                    and isinstance(conv, (nn.Conv2d, nn.ConvTranspose2d))
+                ):
+                    continue
+                scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)  # [out]
+                shape = (-1, 1, 1, 1) if isinstance(conv, nn.Conv2d) else (1, -1, 1, 1)
+                bias = conv.bias if conv.bias is not None else torch.zeros_like(bn.running_mean)
+                conv.weight = nn.Parameter(conv.weight * scale.reshape(shape))
+                conv.bias = nn.Parameter((bias - bn.running_mean) * scale + bn.bias)
+                seq[i] = nn.Identity()
+    return fast.to(memory_format=torch.channels_last)
+
+
 @torch.inference_mode()
-def _latents(model: AutoEncoder, x_u8: Tensor) -> Tensor:
-    return _batches(model, x_u8, model.encode, _BATCH)
+def _latents(fast: AutoEncoder, x_u8: Tensor) -> Tensor:
+    return _batches(
+        fast, x_u8, lambda x: fast.encode(x.contiguous(memory_format=torch.channels_last)), _BATCH
+    )
 
 
 def quantize(codec: Codec, x_u8: Tensor, level: int | None = None) -> tuple[np.ndarray, int]:
     """Images -> (int symbols [N, L] clipped to the level's tables, number of values clipped)."""
     lv = codec.level(level)
     _check_geometry(codec, tuple(x_u8.shape[1:]))
-    q = _quantize(_latents(codec.model, x_u8), torch.from_numpy(lv.offset), lv.step)
+    q = _quantize(_latents(codec.fast, x_u8), torch.from_numpy(lv.offset), lv.step)
     lo = torch.from_numpy(lv.lo.astype(np.int64))
     hi = lo + torch.from_numpy(lv.size.astype(np.int64)) - 1
     clipped = int(((q < lo) | (q > hi)).sum())
@@ -780,7 +807,8 @@ def dequantize(codec: Codec, q: np.ndarray, level: int | None = None) -> Tensor:
     lv = codec.level(level)
     y = torch.from_numpy(q.astype(np.float32)) * lv.step + torch.from_numpy(lv.offset)
     outs = [
-        codec.model.decode(y[i : i + _BATCH])
+        codec.fast.decode(y[i : i + _BATCH])
+        .contiguous()
         .float()
         .clamp_(0, 1)
         .mul_(255)

@@ -114,10 +114,12 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     "default": {},
     # Denoising (docs/denoise.md): a wide dense bottleneck (the code must carry the whole clean
     # digit, not a compressed summary of it), a narrow cheap network, and many small steps - each
-    # epoch draws new noise. The noise itself comes from --noise.
+    # epoch draws new noise. Pinned in full so the documented numbers do not move with the
+    # defaults. The noise itself comes from --noise.
     "denoise": {
-        "model": {"arch": "convae", "width": 16, "latent_dim": 128},
-        "train": {"epochs": 30, "batch_size": 64, "lr": 6e-3},
+        "model": {"arch": "convae", "width": 16, "latent_dim": 128, "decoder": "upsample", "norm": "batch"},
+        "train": {"epochs": 30, "batch_size": 64, "lr": 6e-3, "optimizer": "adamw", "weight_decay": 1e-4,
+                  "schedule": "onecycle", "warmup": 0.15, "loss": "mse"},
     },
     # One-class anomaly detection (docs/anomaly.md): a narrow model (width 16, 16 latent values)
     # trained long on few normal images; pinned here so the default recipe can change freely.

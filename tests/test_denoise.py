@@ -163,16 +163,18 @@ def test_benchmark_rows_and_examples(denoise_run):
     val, _ = load_dataset("mnist-sample", "val", classes=(0, 1))
     test, _ = load_dataset("mnist-sample", "test", classes=(0, 1))
     res = benchmark(
-        [model],
-        parse_levels("gaussian:0.4"),
+        [model, model],
+        parse_levels("gaussian:0.4,0.2"),
         val,
         test[::5],
         filters=("median", "gaussian"),
         tune_images=16,
         show=4,
     )
-    (lv,) = res
-    assert lv["noise"] == "gaussian:0.4" and lv["images"] == len(test[::5])
+    lv, lv2 = res
+    assert [r["noise"] for r in res] == ["gaussian:0.4", "gaussian:0.2"]
+    assert lv["images"] == len(test[::5])
+    assert lv2["methods"][0]["psnr"] > lv["methods"][0]["psnr"] + 4  # less noise: ~17 vs ~11 dB
     by = {m["method"]: m for m in lv["methods"]}
     assert list(by) == ["noisy", "convae", "median", "gaussian"]
     assert by["convae"]["psnr"] > by["noisy"]["psnr"]
@@ -348,7 +350,7 @@ def test_bench_denoise_with_a_given_run(denoise_run, tmp_path):
         "--classes",
         "0,1",
         "--noise",
-        "gaussian:0.4,0.2",
+        "gaussian:0.3",
         "--run",
         denoise_run,
         "--filters",
@@ -366,7 +368,7 @@ def test_bench_denoise_with_a_given_run(denoise_run, tmp_path):
     assert rc == 0, err
     rep = last_json(stdout)
     assert rep == json.loads((out / "results.json").read_text())
-    assert [lv["noise"] for lv in rep["levels"]] == ["gaussian:0.4", "gaussian:0.2"]
+    assert [lv["noise"] for lv in rep["levels"]] == ["gaussian:0.3"]
     assert rep["images"] == 30 and rep["train_seconds"] == 0
     for lv in rep["levels"]:
         assert [m["method"] for m in lv["methods"]] == ["noisy", "convae", "median", "tv"]

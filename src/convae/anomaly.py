@@ -458,7 +458,7 @@ def heatmap_figure(
         if c < k:
             t = f"{scores[c]:.4g}" if labels is None else f"{labels[c]}\n{scores[c]:.4g}"
             axes[0][c].set_title(t, fontsize=7)
-    heat_name = {"mse": "squared error", "ssim": "1 - local SSIM"}.get(score, score + " map")
+    heat_name = {"mse": "squared error", "ssim": "1 - local SSIM"}.get(score, f"{score}\nper pixel")
     for r, name in enumerate(("input", "reconstruction", heat_name)):
         axes[r][0].set_ylabel(name, fontsize=8)
     if im is not None:

@@ -1111,7 +1111,7 @@ def _fpr_arg(s: str) -> float:
 
 
 def _anomaly_parser(sub) -> None:
-    from .anomaly import SCORES
+    from .anomaly import DEFAULT_SCORE, SCORES
 
     p = _add(sub, "anomaly", "score images by how badly a model of normal images reconstructs them; "
              "flag those above a threshold set on normal images only",
@@ -1126,7 +1126,7 @@ def _anomaly_parser(sub) -> None:
     p.add_argument("--csv", metavar="FILE", help="write one row per image: path, score, flagged")
     g = p.add_argument_group("threshold (stored in RUN/anomaly.json; changing it recalibrates)")
     g.add_argument("--score", choices=list(SCORES),
-                   help="; ".join(f"{k}: {v}" for k, v in SCORES.items()) + " (default mse)")
+                   help="; ".join(f"{k}: {v}" for k, v in SCORES.items()) + f" (default {DEFAULT_SCORE})")
     g.add_argument("--fpr", type=_fpr_arg, metavar="RATE",
                    help="target false-positive rate on normal images (default 0.05)")
     g.add_argument("--calibrate", action="store_true",
@@ -1167,8 +1167,9 @@ def cmd_anomaly(args: argparse.Namespace) -> int:
     return _anomaly_dataset(args, model, det, how, out, fresh)
 
 
-def _anomaly_outputs(model, det, x, names: list[str], args, out: Path):
-    """Scores, flags, the heat-map figure of the top K and the CSV; returns (scores, flags, files)."""
+def _anomaly_outputs(model, det, x, names: list[str], titles: list[str], args, out: Path):
+    """Scores, flags, the heat-map figure of the top K (``titles`` above them) and the CSV;
+    returns (scores, flags, files)."""
     from .anomaly import heatmap_figure, score_images
     from .checkpoint import atomic_write
     from .plots import save_figure
@@ -1182,7 +1183,7 @@ def _anomaly_outputs(model, det, x, names: list[str], args, out: Path):
     if args.top and len(x):
         top = list(scores.argsort()[::-1][: args.top])
         fig = heatmap_figure(to_float(x[top]), recon[top], [float(scores[i]) for i in top],
-                             [names[i] if len(names[i]) <= 14 else "..." + names[i][-11:] for i in top],
+                             [titles[i] if len(titles[i]) <= 14 else "..." + titles[i][-11:] for i in top],
                              detector=det)
         save_figure(fig, out / "heatmaps.png")
         files["heatmaps"] = str(out / "heatmaps.png")
@@ -1206,7 +1207,7 @@ def _anomaly_files(args, model, det, how: str, out: Path, fresh: bool) -> int:
     c, s = model.config.channels, model.config.image_size
     x, paths = read_image_files(args.inputs, c, s, resize=args.resize)
     names = [str(p) for p in paths]
-    scores, flags, files = _anomaly_outputs(model, det, x, names, args, out)
+    scores, flags, files = _anomaly_outputs(model, det, x, names, [p.name for p in paths], args, out)
     if args.json:
         _print_json({"score": det.score, "threshold": det.threshold, "fpr_target": det.fpr, "images": len(x),
                      "flagged": int(flags.sum()), "calibrated_now": fresh, **files,
@@ -1216,7 +1217,7 @@ def _anomaly_files(args, model, det, how: str, out: Path, fresh: bool) -> int:
     if not args.csv:
         width = min(60, max(len(n) for n in names))
         for n, v, f in zip(names, scores, flags, strict=True):
-            print(f"{n:<{width}}  {v:.6g}  {'ANOMALY' if f else 'normal'}")
+            print(f"{n:<{width}}  {v:>10.6g}  {'ANOMALY' if f else 'normal'}")
     print(f"{int(flags.sum())} of {len(x)} image(s) flagged: {how}")
     for k, v in files.items():
         print(f"{k}: {v}")
@@ -1240,7 +1241,8 @@ def _anomaly_dataset(args, model, det, how: str, out: Path, fresh: bool) -> int:
         raise ValueError(f"{data.spec} {args.split}: no images")
     is_anom = ~np.isin(y.numpy(), np.asarray(normal))
     names = [f"{data.spec}/{args.split}/{i}" for i in range(len(x))]
-    scores, flags, files = _anomaly_outputs(model, det, x, names, args, out)
+    titles = [f"#{i} ({label})" for i, label in enumerate(y.tolist())]
+    scores, flags, files = _anomaly_outputs(model, det, x, names, titles, args, out)
     m = detection_metrics(scores, is_anom, det.threshold)
     fig = roc_figure({det.score: (scores, is_anom)}, point=(m["fpr"], m["recall"]),
                      title=f"{data.spec} {args.split}: normal = {','.join(map(str, normal))}")
@@ -1267,7 +1269,13 @@ def _bench_anomaly_parser(bsub) -> None:
              "(other classes = anomalies); AUROC per class vs a PCA baseline",
              "convae bench anomaly --data mnist-sample --json")
     add_data_args(p)
-    p.add_argument("--epochs", type=_positive_int, help="override the anomaly preset's epochs")
+    from .config import PRESETS
+
+    p.add_argument("--preset", default="anomaly", choices=sorted(PRESETS),
+                   help="training recipe of every model (default anomaly); the flags below override it")
+    p.add_argument("--epochs", type=_positive_int, help="override the preset's epochs")
+    p.add_argument("--batch-size", type=_positive_int, help="override the preset's batch size")
+    p.add_argument("--lr", type=float, help="override the preset's peak learning rate")
     p.add_argument("--width", type=_positive_int, help="override the preset's base width")
     p.add_argument("--latent-dim", type=_positive_int, metavar="L", help="override the preset's latent size")
     p.add_argument("--seed", type=int, help="training seed (default the preset's)")
@@ -1276,7 +1284,9 @@ def _bench_anomaly_parser(bsub) -> None:
     p.add_argument("--pca-components", type=_positive_int, default=16, metavar="K", help="PCA baseline size")
     p.add_argument("--out", metavar="DIR", help="also write the results as DIR/bench.json")
     p.add_argument("--device", default="cpu")
-    p.add_argument("--threads", type=_positive_int, help="CPU threads for torch (default: torch's choice)")
+    p.add_argument("--threads", type=_positive_int, default=1,
+                   help="CPU threads for torch (default 1: these small models train no faster on more, and a "
+                        "busy CPU makes extra threads spin; measured in docs/anomaly.md)")
     p.set_defaults(func=cmd_bench_anomaly)
 
 
@@ -1289,9 +1299,9 @@ def cmd_bench_anomaly(args: argparse.Namespace) -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    recipe = apply_preset(RunConfig(), "anomaly")
+    recipe = apply_preset(RunConfig(), args.preset)
     m = {k: getattr(args, k) for k in ("width", "latent_dim") if getattr(args, k) is not None}
-    t = {k: getattr(args, k) for k in ("epochs", "seed") if getattr(args, k) is not None}
+    t = {k: getattr(args, k) for k in ("epochs", "batch_size", "lr", "seed") if getattr(args, k) is not None}
     recipe = replace(recipe, model=replace(recipe.model, **m), train=replace(recipe.train, **t))
     data = replace(data_config_from_args(args), classes=None)
     scores = list(SCORES)

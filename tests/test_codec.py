@@ -417,3 +417,37 @@ def test_cli_decode_without_recorded_run_needs_model(codec_run, test_x, tmp_path
     assert main(["decode", str(out), "--out", str(tmp_path / "dec")]) == 1
     assert "--model" in capsys.readouterr().err
     assert not (tmp_path / "dec").exists()
+
+
+def test_principal_axes_decorrelate_and_invert():
+    g = torch.Generator().manual_seed(0)
+    y = torch.randn(500, 6, generator=g) @ torch.randn(6, 6, generator=g)  # correlated codes
+    mean, basis = C._principal_axes(y)
+    assert np.allclose(basis @ basis.T, np.eye(6), atol=1e-5)
+    lv = C.Level(
+        0.01,
+        np.zeros(6, np.float32),
+        np.full(6, -(10**6), np.int32),
+        np.full(6, 2 * 10**6, np.int32),
+        np.ones((6, 1), np.int32),
+        mean,
+        basis,
+    )
+    z = lv.to_components(y)
+    cov = np.cov(z.numpy().T)
+    assert np.abs(cov - np.diag(np.diag(cov))).max() < 1e-6 * np.abs(cov).max()
+    assert np.all(np.diff(np.diag(cov)) <= 1e-9)  # decreasing variance
+    assert torch.allclose(lv.dequantize(lv.quantize(y)), y, atol=0.01)
+    other = C.Level(0.01, lv.offset, lv.lo, lv.size, lv.counts, mean, basis[::-1].copy())
+    assert other.hash() != lv.hash()
+
+
+def test_fit_without_decorrelation(codec, test_x):
+    from convae.train import load
+
+    model = load(codec.run_dir)
+    x, _ = load_split(model.run_config.data, "train")
+    c = C.fit_codec(model, x[:128], replace(FIT, epochs=1, decorrelate=False))
+    assert c.levels[0].basis is None
+    y, _ = C.decode(c, C.encode(c, test_x[:8]))
+    assert y.shape == test_x[:8].shape

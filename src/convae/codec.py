@@ -288,31 +288,59 @@ def _read_file(p: Path) -> bytes:
 
 @dataclass(frozen=True)
 class Level:
-    """One quality level: a quantizer and, per latent channel, a probability table.
+    """One quality level: a decorrelating transform, a quantizer and per-component probability tables.
 
-    Channel ``j`` codes the integers ``lo[j] .. lo[j] + size[j] - 1`` with probabilities
-    proportional to ``counts[j, :size[j]]`` (all >= 1, so every symbol in range is codable).
+    The latent ``y`` is rotated onto the principal axes of the training codes,
+    ``z = (y - mean) @ basis.T``, then ``q = round((z - offset) / step)``. Component ``j`` codes
+    the integers ``lo[j] .. lo[j] + size[j] - 1`` with probabilities proportional to
+    ``counts[j, :size[j]]`` (all >= 1, so every symbol in range is codable). Without ``basis``
+    the transform is the identity.
     """
 
     step: float  # quantizer step (float32 value)
-    offset: np.ndarray  # float32 [L]: q = round((y - offset) / step)
-    lo: np.ndarray  # int32 [L]: smallest symbol of each channel's table
+    offset: np.ndarray  # float32 [L]: centre of each component's rounding grid
+    lo: np.ndarray  # int32 [L]: smallest symbol of each component's table
     size: np.ndarray  # int32 [L]: symbols in each table
     counts: np.ndarray  # int32 [L, max(size)], zero-padded past size[j]
+    mean: np.ndarray | None = None  # float32 [L]: mean of the training codes
+    basis: np.ndarray | None = None  # float32 [L, L]: orthonormal rows, by decreasing variance
 
     def hash(self) -> bytes:
-        """8 bytes identifying the quantizer and tables (what a file must agree with)."""
+        """8 bytes identifying the transform, quantizer and tables (what a file must agree with)."""
         h = hashlib.sha256()
         h.update(struct.pack("<f", self.step))
-        for a in (
+        arrays = [
             self.offset.astype("<f4"),
             self.lo.astype("<i4"),
             self.size.astype("<i4"),
             self.counts.astype("<i4"),
-        ):
+        ]
+        if self.basis is not None and self.mean is not None:
+            arrays += [self.mean.astype("<f4"), self.basis.astype("<f4")]
+        for a in arrays:
             h.update(str(a.shape).encode())
             h.update(a.tobytes())
         return h.digest()[:8]
+
+    def to_components(self, y: Tensor) -> Tensor:
+        """float32 latents [N, L] -> float64 components (the transform runs in float64)."""
+        return _rotate(y, self.mean, self.basis)
+
+    def to_latent(self, z: Tensor) -> Tensor:
+        """float64 components [N, L] -> float32 latents for the decoder."""
+        if self.basis is not None and self.mean is not None:
+            z = z @ torch.from_numpy(self.basis).double() + torch.from_numpy(self.mean).double()
+        return z.float()
+
+    def quantize(self, y: Tensor) -> Tensor:
+        """float32 latents [N, L] -> int64 symbols [N, L], not yet clipped to the tables."""
+        z = self.to_components(y)
+        return torch.round((z - torch.from_numpy(self.offset).double()) / self.step).long()
+
+    def dequantize(self, q: Tensor) -> Tensor:
+        """int symbols [N, L] -> float32 latents [N, L]."""
+        z = q.double() * self.step + torch.from_numpy(self.offset).double()
+        return self.to_latent(z)
 
     @property
     def latent_dim(self) -> int:
@@ -461,6 +489,7 @@ class CodecFitConfig:
     steps: tuple[float, ...] = (2.0, 1.41, 1.0, 0.71, 0.5)  # quality levels: quantizer steps
     default_level: int = 2  # the level `convae encode` uses without --quality
     margin: int = 2  # table symbols beyond the training codes' range, per side
+    decorrelate: bool = True  # rotate the latent onto its principal axes before quantizing
     seed: int = 0
 
 
@@ -579,8 +608,10 @@ def fit_codec(
             progress(row)
     net = net.cpu().eval()
     y = _latents(_inference_copy(net), train_x)  # [N, L] float32, exactly as encode() computes it
-    offset = y.median(dim=0).values.contiguous()  # per-channel centre of the rounding grid
-    levels = [_fit_level(y, offset, s, cfg.margin) for s in cfg.steps]
+    mean, basis = _principal_axes(y) if cfg.decorrelate else (None, None)
+    z = _rotate(y, mean, basis)  # [N, L] float64
+    offset = z.median(dim=0).values.float().numpy()  # centre of each component's rounding grid
+    levels = [_fit_level(z, offset, s, cfg.margin, mean, basis) for s in cfg.steps]
     info = {
         "fit": asdict(cfg),
         "train_images": n,
@@ -590,9 +621,31 @@ def fit_codec(
     return Codec(net, levels, cfg.default_level, run_config, info=info)
 
 
-def _fit_level(y: Tensor, offset: Tensor, step: float, margin: int) -> Level:
+def _rotate(y: Tensor, mean: np.ndarray | None, basis: np.ndarray | None) -> Tensor:
+    z = y.double()
+    if basis is not None and mean is not None:
+        z = (z - torch.from_numpy(mean).double()) @ torch.from_numpy(basis).double().T
+    return z
+
+
+def _principal_axes(y: Tensor) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and principal axes (rows, decreasing variance, sign-fixed) of codes ``y`` [N, L].
+
+    Rotating onto them decorrelates the components, so per-component tables code them with
+    fewer bits at the same quantization error (an orthonormal rotation keeps latent MSE).
+    """
+    yd = y.double()
+    mean = yd.mean(0)
+    _, _, vh = torch.linalg.svd(yd - mean, full_matrices=True)  # [L, L]
+    big = vh.abs().argmax(1)
+    vh = vh * torch.sign(vh[torch.arange(len(vh)), big]).unsqueeze(1)  # deterministic signs
+    return mean.float().numpy(), vh.float().contiguous().numpy()
+
+
+def _fit_level(z: Tensor, offset: np.ndarray, step: float, margin: int, mean, basis) -> Level:
     step32 = float(np.float32(step))
-    q = _quantize(y, offset, step32).numpy()  # [N, L] int64
+    offset = offset.astype(np.float32)
+    q = torch.round((z - torch.from_numpy(offset).double()) / step32).long().numpy()  # [N, L]
     lo = q.min(0) - margin
     hi = q.max(0) + margin
     size = (hi - lo + 1).astype(np.int32)
@@ -600,17 +653,7 @@ def _fit_level(y: Tensor, offset: Tensor, step: float, margin: int) -> Level:
     for j in range(q.shape[1]):
         h = np.bincount(q[:, j] - lo[j], minlength=int(size[j]))
         counts[j, : size[j]] = 2 * h + 1  # add-1/2 smoothing, kept in integers
-    return Level(
-        step=step32,
-        offset=offset.numpy().astype(np.float32),
-        lo=lo.astype(np.int32),
-        size=size,
-        counts=counts,
-    )
-
-
-def _quantize(y: Tensor, offset: Tensor, step: float) -> Tensor:
-    return torch.round((y - offset) / step).long()
+    return Level(step32, offset, lo.astype(np.int32), size, counts, mean, basis)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -654,7 +697,12 @@ def save_codec(run_dir: str | os.PathLike, codec: Codec) -> Path:
     tensors = {
         f"model.{k}": v.detach().cpu().contiguous() for k, v in codec.model.state_dict().items()
     }
+    first = codec.levels[0]
+    if first.basis is not None and first.mean is not None:  # one transform shared by every level
+        tensors["transform.mean"] = torch.from_numpy(first.mean.copy())
+        tensors["transform.basis"] = torch.from_numpy(first.basis.copy())
     for i, lv in enumerate(codec.levels):
+        assert lv.basis is first.basis
         tensors[f"level.{i}.offset"] = torch.from_numpy(lv.offset.copy())
         tensors[f"level.{i}.lo"] = torch.from_numpy(lv.lo.copy())
         tensors[f"level.{i}.size"] = torch.from_numpy(lv.size.copy())
@@ -723,6 +771,8 @@ def load_codec(
     except RuntimeError as e:
         raise ValueError(f"{path}: codec weights do not match {p / 'config.json'} ({e})") from e
     steps = json.loads(meta["steps"])
+    mean = tensors["transform.mean"].numpy() if "transform.mean" in tensors else None
+    basis = tensors["transform.basis"].numpy() if "transform.basis" in tensors else None
     levels = [
         Level(
             step=float(np.float32(s)),
@@ -730,6 +780,8 @@ def load_codec(
             lo=tensors[f"level.{i}.lo"].numpy(),
             size=tensors[f"level.{i}.size"].numpy(),
             counts=tensors[f"level.{i}.counts"].numpy(),
+            mean=mean,
+            basis=basis,
         )
         for i, s in enumerate(steps)
     ]
@@ -794,7 +846,7 @@ def quantize(codec: Codec, x_u8: Tensor, level: int | None = None) -> tuple[np.n
     """Images -> (int symbols [N, L] clipped to the level's tables, number of values clipped)."""
     lv = codec.level(level)
     _check_geometry(codec, tuple(x_u8.shape[1:]))
-    q = _quantize(_latents(codec.fast, x_u8), torch.from_numpy(lv.offset), lv.step)
+    q = lv.quantize(_latents(codec.fast, x_u8))
     lo = torch.from_numpy(lv.lo.astype(np.int64))
     hi = lo + torch.from_numpy(lv.size.astype(np.int64)) - 1
     clipped = int(((q < lo) | (q > hi)).sum())
@@ -805,7 +857,7 @@ def quantize(codec: Codec, x_u8: Tensor, level: int | None = None) -> tuple[np.n
 def dequantize(codec: Codec, q: np.ndarray, level: int | None = None) -> Tensor:
     """Int symbols [N, L] -> uint8 images [N, C, H, W] (fp32 decoder, rounded to the nearest level)."""
     lv = codec.level(level)
-    y = torch.from_numpy(q.astype(np.float32)) * lv.step + torch.from_numpy(lv.offset)
+    y = lv.dequantize(torch.from_numpy(np.asarray(q, dtype=np.int64)))
     outs = [
         codec.fast.decode(y[i : i + _BATCH])
         .contiguous()

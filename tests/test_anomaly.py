@@ -7,6 +7,7 @@ import contextlib
 import csv
 import io
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -111,7 +112,9 @@ def test_ssim_heat_map_averages_to_the_ssim_score():
     y = (x + 0.2 * torch.randn(x.shape, generator=torch.Generator().manual_seed(0))).clamp(0, 1)
     maps = anomaly.error_maps(x, y, "ssim")  # [4, 28, 28]
     # scikit-image's mean SSIM leaves out a border of half its 11-px window
-    assert np.allclose(maps[:, 5:-5, 5:-5].double().mean((1, 2)).numpy(), 1 - ssim_per_image(x, y), atol=1e-5)
+    assert np.allclose(
+        maps[:, 5:-5, 5:-5].double().mean((1, 2)).numpy(), 1 - ssim_per_image(x, y), atol=1e-5
+    )
     assert (anomaly.score_images(None, torch.zeros(0, 1, 28, 28), "ssim") == np.zeros(0)).all()
 
 
@@ -193,7 +196,9 @@ def test_cli_scores_files_into_csv(run, tmp_path):
     for r in rows:
         assert r["flagged"] == str(int(float(r["score"]) > det.threshold))
     scores = [float(r["score"]) for r in rows]
-    assert all(scores[i + 3] > scores[i] for i in range(3))  # each pasted square scores above its digit
+    assert all(
+        scores[i + 3] > scores[i] for i in range(3)
+    )  # each pasted square scores above its digit
     assert (tmp_path / "plots" / "heatmaps.png").stat().st_size > 1000
 
 
@@ -211,22 +216,34 @@ def test_cli_dataset_mode_reports_metrics_and_plots(run, tmp_path):
     assert rc == 0 and "AUROC" in out and "precision" in out
 
 
-def test_cli_user_mistakes_are_one_line(run, tiny_run, tmp_path):
+def test_cli_user_mistakes_are_one_line(run, tmp_path):
     for args in (
         ("anomaly", run, tmp_path, "--data", "mnist-sample"),  # both inputs and --data
         ("anomaly", run),  # nothing to score
-        ("anomaly", tiny_run, "--data", "mnist-sample", "--split", "test"),  # trained on 0,1: fine
         ("anomaly", run, tmp_path / "missing.png"),
+        ("anomaly", run, "--data", "mnist-sample", "--normal-classes", "0,1,2,3,4,5,6,7,8,9"),
     ):
         rc, out, err = run_cli(*args)
-        if args[1] == tiny_run:
-            assert rc == 0, err  # the run's own classes are the normal ones
-            continue
         assert (
             rc == 1 and len(err.strip().splitlines()) == 1 and err.startswith("convae: error:")
         ), err
     rc, _, err = run_cli("anomaly", run, "--fpr", "1.5")
     assert rc == 2 and "between 0 and 1" in err
+
+
+def test_normal_classes_default_to_the_runs_own(tiny_run, tmp_path):
+    run2 = tmp_path / "run01"
+    shutil.copytree(tiny_run, run2)  # the shared fixture stays read-only
+    rc, out, err = run_cli("anomaly", run2, "--data", "mnist-sample", "--top", "0", "--json")
+    assert rc == 0, err
+    r = last_json(out)
+    assert r["normal_classes"] == [0, 1] and r["n_normal"] == 200 and r["n_anomalous"] == 800
+    # A run trained on every class has no "other" class: the user must say which labels are normal.
+    cfg = json.loads((run2 / "config.json").read_text())
+    cfg["data"]["classes"] = None
+    (run2 / "config.json").write_text(json.dumps(cfg))
+    rc, out, err = run_cli("anomaly", run2, "--data", "mnist-sample")
+    assert rc == 1 and "--normal-classes" in err
 
 
 def test_bench_anomaly_runs_per_class_with_pca_baseline(tmp_path):

@@ -1148,23 +1148,58 @@ def cmd_anomaly(args: argparse.Namespace) -> int:
         raise ValueError("give image files/folders or --data SPEC, not both")
     if args.top < 0:
         raise ValueError("--top must be 0 or more")
+    calibrate_only = not args.inputs and not args.data
+    if calibrate_only and not (args.calibrate or args.score or args.fpr):
+        raise ValueError("nothing to score: give image files/folders, or --data SPEC for labelled data "
+                         "(or --calibrate to only set the threshold)")
     model = load(args.run, args.device)
+    # Read (and check) what is to be scored before calibrating: a user's mistake fails fast.
+    x, paths, labelled = None, [], None
+    if args.inputs:
+        from .data import read_image_files
+
+        c, s = model.config.channels, model.config.image_size
+        x, paths = read_image_files(args.inputs, c, s, resize=args.resize)
+    elif args.data:
+        labelled = _anomaly_labelled_data(args, model)
+        x = labelled["x"]
+    if x is not None:
+        _check_images_fit(model, x, "the")
     det, fresh = ensure_detector(model, score=args.score, fpr=args.fpr, recalibrate=args.calibrate)
     how = (f"{det.score} > {det.threshold:.6g} (target FPR {det.fpr:g} on {det.n_calibration} normal "
            f"validation images{', calibrated now' if fresh else ''})")
-    if not args.inputs and not args.data:
-        if not (args.calibrate or args.score or args.fpr):
-            raise ValueError("nothing to score: give image files/folders, or --data SPEC for labelled data "
-                             "(or --calibrate to only set the threshold)")
+    if calibrate_only:
         if args.json:
             _print_json({"run": str(model.run_dir), "calibrated_now": fresh, **det.to_dict()})
         else:
             print(f"threshold: {how}\nstored in {Path(model.run_dir) / 'anomaly.json'}")
         return 0
     out = Path(args.out) if args.out else Path(model.run_dir) / "anomaly"
-    if args.inputs:
-        return _anomaly_files(args, model, det, how, out, fresh)
-    return _anomaly_dataset(args, model, det, how, out, fresh)
+    if labelled is None:
+        return _anomaly_files(args, model, det, how, out, fresh, x, paths)
+    return _anomaly_dataset(args, model, det, how, out, fresh, labelled)
+
+
+def _anomaly_labelled_data(args, model) -> dict[str, Any]:
+    """The --data split with its labels and which of them are normal."""
+    import numpy as np
+
+    from .data import load_split
+
+    base = replace(model.run_config.data, classes=None)  # score every class, not only the trained ones
+    data = data_config_from_args(args, base)
+    normal = args.normal_classes or model.run_config.data.classes
+    if not normal:
+        raise ValueError("which labels are normal? pass --normal-classes (the run was trained on all classes)")
+    x, y = load_split(data, args.split)
+    if len(x) == 0:
+        raise ValueError(f"{data.spec} {args.split}: no images")
+    is_anom = ~np.isin(y.numpy(), np.asarray(normal))
+    if is_anom.all() or not is_anom.any():
+        raise ValueError(f"{data.spec} {args.split} has {int((~is_anom).sum())} normal and {int(is_anom.sum())} "
+                         f"anomalous images (normal labels {','.join(map(str, normal))}); AUROC needs both - "
+                         "check --normal-classes and --classes")
+    return {"data": data, "x": x, "y": y, "normal": list(normal), "is_anom": is_anom}
 
 
 def _anomaly_outputs(model, det, x, names: list[str], titles: list[str], args, out: Path):
@@ -1175,7 +1210,6 @@ def _anomaly_outputs(model, det, x, names: list[str], titles: list[str], args, o
     from .plots import save_figure
     from .train import reconstruct, to_float
 
-    _check_images_fit(model, x, "the")
     recon = reconstruct(model, x)
     scores = score_images(model, x, det, recon=recon)
     flags = det.flag(scores)
@@ -1201,11 +1235,7 @@ def _anomaly_outputs(model, det, x, names: list[str], titles: list[str], args, o
     return scores, flags, files
 
 
-def _anomaly_files(args, model, det, how: str, out: Path, fresh: bool) -> int:
-    from .data import read_image_files
-
-    c, s = model.config.channels, model.config.image_size
-    x, paths = read_image_files(args.inputs, c, s, resize=args.resize)
+def _anomaly_files(args, model, det, how: str, out: Path, fresh: bool, x, paths: list[Path]) -> int:
     names = [str(p) for p in paths]
     scores, flags, files = _anomaly_outputs(model, det, x, names, [p.name for p in paths], args, out)
     if args.json:
@@ -1224,22 +1254,11 @@ def _anomaly_files(args, model, det, how: str, out: Path, fresh: bool) -> int:
     return 0
 
 
-def _anomaly_dataset(args, model, det, how: str, out: Path, fresh: bool) -> int:
-    import numpy as np
-
+def _anomaly_dataset(args, model, det, how: str, out: Path, fresh: bool, d: dict[str, Any]) -> int:
     from .anomaly import detection_metrics, roc_figure
-    from .data import load_split
     from .plots import save_figure
 
-    base = replace(model.run_config.data, classes=None)  # score every class, not only the trained ones
-    data = data_config_from_args(args, base)
-    normal = args.normal_classes or model.run_config.data.classes
-    if not normal:
-        raise ValueError("which labels are normal? pass --normal-classes (the run was trained on all classes)")
-    x, y = load_split(data, args.split)
-    if len(x) == 0:
-        raise ValueError(f"{data.spec} {args.split}: no images")
-    is_anom = ~np.isin(y.numpy(), np.asarray(normal))
+    data, x, y, normal, is_anom = d["data"], d["x"], d["y"], d["normal"], d["is_anom"]
     names = [f"{data.spec}/{args.split}/{i}" for i in range(len(x))]
     titles = [f"#{i} ({label})" for i, label in enumerate(y.tolist())]
     scores, flags, files = _anomaly_outputs(model, det, x, names, titles, args, out)
@@ -1248,7 +1267,7 @@ def _anomaly_dataset(args, model, det, how: str, out: Path, fresh: bool) -> int:
                      title=f"{data.spec} {args.split}: normal = {','.join(map(str, normal))}")
     save_figure(fig, out / "roc.png")
     files["roc"] = str(out / "roc.png")
-    res = {"data": data.spec, "split": args.split, "normal_classes": list(normal), "score": det.score,
+    res = {"data": data.spec, "split": args.split, "normal_classes": normal, "score": det.score,
            "fpr_target": det.fpr, "calibrated_now": fresh, **m, **files}
     if args.json:
         _print_json(res)

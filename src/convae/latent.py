@@ -27,7 +27,7 @@ from torch import Tensor
 from .checkpoint import atomic_write, read_json, write_json
 from .config import RunConfig
 from .models import AutoEncoder, build_model
-from .plots import image_grid_figure, to_display
+from .plots import to_display
 from .train import load, reconstruct, resolve_config, to_float, train
 
 log = logging.getLogger(__name__)
@@ -45,6 +45,8 @@ __all__ = [
     "checkerboard_energy",
     "write_codes_csv",
     "read_codes_csv",
+    "same_recipe",
+    "train_or_reuse",
     "sweep",
     "sweep_markdown",
     "mosaic",
@@ -52,6 +54,7 @@ __all__ = [
     "latent_map_figure",
     "manifold_figure",
     "map_and_image_figure",
+    "rows_figure",
     "interpolation_figure",
     "sweep_quality_figure",
 ]
@@ -120,20 +123,15 @@ class Projection:
 
     def transform(self, codes: Tensor | np.ndarray) -> np.ndarray:
         """Place new codes in the same 2-D view (identity and PCA only; t-SNE has no transform)."""
-        z = np.asarray(codes, dtype=np.float64).reshape(-1, self.points_dim)
-        if self.method == "identity":
-            return z[:, :2]
-        if self.method == "1-d":
-            return np.stack([z[:, 0], np.zeros(len(z))], 1)
+        if self.method == "tsne":
+            raise ValueError("t-SNE cannot place new points in an existing map; use --method pca")
+        z = np.asarray(codes, dtype=np.float64)
+        z = z.reshape(len(z), -1) if z.ndim > 1 else z[None]
         if self.method == "pca":
             return self.pca.transform(z)
-        raise ValueError("t-SNE cannot place new points in an existing map; use --method pca")
-
-    @property
-    def points_dim(self) -> int:
-        if self.pca is not None:
-            return int(self.pca.n_features_in_)
-        return 1 if self.method == "1-d" else 2
+        if self.method == "1-d":
+            return np.stack([z[:, 0], np.zeros(len(z))], 1)
+        return z[:, :2].copy()  # identity
 
 
 def project(codes: Tensor | np.ndarray, method: str = "auto", seed: int = 0) -> Projection:
@@ -291,14 +289,51 @@ def read_codes_csv(path: str | os.PathLike) -> tuple[Tensor, Tensor]:
 _SWEEP_COLUMNS = ("latent_dim", "compression_ratio", "mse", "psnr", "ssim", "train_seconds")
 
 
-def _same_recipe(stored: RunConfig, wanted: RunConfig) -> bool:
-    """Does an existing run directory hold the model/data/recipe the sweep asks for?"""
-    keys = ("arch", "latent_dim", "width", "decoder", "norm")
-    return (
-        all(getattr(stored.model, k) == getattr(wanted.model, k) for k in keys)
-        and stored.data == wanted.data
-        and stored.train == wanted.train
-    )
+def same_recipe(a: RunConfig, b: RunConfig) -> bool:
+    """Do two resolved configs train the same network on the same data with the same recipe?
+
+    Models are compared by what they build (the module tree), so a field an architecture ignores
+    (``width`` for the seed models) does not make two runs differ.
+    """
+    if (a.data, a.train) != (b.data, b.train):
+        return False
+    ma, mb = a.model, b.model
+    if (ma.arch, ma.latent_dim, ma.channels, ma.image_size) != (
+        mb.arch,
+        mb.latent_dim,
+        mb.channels,
+        mb.image_size,
+    ):
+        return False
+    return repr(build_model(ma)) == repr(build_model(mb))
+
+
+def train_or_reuse(
+    cfg: RunConfig,
+    run: str | os.PathLike,
+    *,
+    device: str | torch.device = "auto",
+    progress: Any = None,
+) -> str:
+    """Make sure ``run`` holds a finished training of ``cfg``; return "reused", "resumed" or "trained".
+
+    A finished run of the same recipe is reused and a stopped one resumed; a run of another recipe
+    raises ``FileExistsError`` (nothing is overwritten).
+    """
+    run = Path(run)
+    if (run / "config.json").is_file():
+        stored = RunConfig.from_dict(read_json(run / "config.json"))
+        if not same_recipe(stored, resolve_config(cfg)):
+            raise FileExistsError(f"{run} holds a run with another recipe; choose another --out")
+        if (run / "metrics.json").is_file():
+            log.info("reusing the finished run in %s", run)
+            return "reused"
+        if (run / "trainer.json").is_file():
+            log.info("resuming the stopped run in %s", run)
+            train(None, run, resume=True, device=device, progress=progress)
+            return "resumed"
+    train(cfg, run, device=device, progress=progress)
+    return "trained"
 
 
 def sweep(
@@ -333,21 +368,9 @@ def sweep(
     for L in dims:
         cfg = replace(base, model=replace(base.model, latent_dim=L))
         run = out / f"latent-{L}"
-        if (run / "config.json").is_file():
-            stored = RunConfig.from_dict(read_json(run / "config.json"))
-            if not _same_recipe(stored, resolve_config(cfg)):
-                raise FileExistsError(
-                    f"{run} holds a run with another recipe; choose another --out"
-                )
         bar = progress(L) if progress is not None else None
         try:
-            if (run / "metrics.json").is_file():
-                log.info("latent %d: reusing the finished run in %s", L, run)
-            elif (run / "trainer.json").is_file():
-                log.info("latent %d: resuming the stopped run in %s", L, run)
-                train(None, run, resume=True, device=device, progress=bar)
-            else:
-                train(cfg, run, device=device, progress=bar)
+            train_or_reuse(cfg, run, device=device, progress=bar)
         finally:
             if hasattr(bar, "close"):
                 bar.close()
@@ -377,7 +400,7 @@ def sweep(
             )
         recons[L] = reconstruct(model, shown_x)
         _save_png(
-            image_grid_figure([to_float(shown_x), recons[L]], ["input", f"latent {L}"]),
+            rows_figure([to_float(shown_x), recons[L]], ["input", f"latent {L}"]),
             out / f"reconstructions-latent-{L}.png",
         )
         if on_row is not None:
@@ -402,7 +425,7 @@ def sweep(
     )
     grid = [to_float(shown_x)] + [recons[L] for L in dims]
     _save_png(
-        image_grid_figure(grid, ["input"] + [f"latent {L}" for L in dims]),
+        rows_figure(grid, ["input"] + [f"latent {L}" for L in dims]),
         out / "reconstructions.png",
     )
     return rows
@@ -581,11 +604,41 @@ def map_and_image_figure(
     return fig
 
 
+def rows_figure(
+    rows: Sequence[Tensor],
+    labels: Sequence[str],
+    titles: Sequence[str] | None = None,
+    scale: float = 1.0,
+) -> Figure:
+    """Rows of images [K, C, H, W] (same K), one labelled strip each; ``titles`` name the columns.
+
+    One axes per row (a mosaic), not one per image: a 10 x 7 grid renders in a fraction of the time.
+    """
+    k, w = max(len(r) for r in rows), rows[0].shape[-1]
+    fig = Figure(figsize=(scale * k, scale * len(rows) + (0.3 if titles else 0.1)))
+    axes = fig.subplots(len(rows), 1, squeeze=False)[:, 0]
+    for i, (ax, imgs, label) in enumerate(zip(axes, rows, labels, strict=True)):
+        a = mosaic(imgs.float(), k)
+        ax.imshow(a, cmap="gray" if a.ndim == 2 else None, vmin=0, vmax=1, interpolation="nearest")
+        ax.set_yticks([])
+        ax.set_ylabel(label, fontsize=9)
+        for x in range(1, k):  # thin separators between images
+            ax.axvline(x * w - 0.5, color="white", lw=1)
+        if i == 0 and titles is not None:
+            ax.set_xticks([(j + 0.5) * w - 0.5 for j in range(len(titles))], titles, fontsize=8)
+            ax.xaxis.tick_top()
+            ax.tick_params(length=0)
+        else:
+            ax.set_xticks([])
+    fig.subplots_adjust(hspace=0.05)
+    return fig
+
+
 def interpolation_figure(a: Tensor, frames: Tensor, b: Tensor) -> Figure:
     """One strip: input A, the decoded points from A's code to B's, input B."""
     k = len(frames)
     titles = ["A"] + [f"t={i / (k - 1):.2f}" for i in range(k)] + ["B"]
-    return image_grid_figure([torch.cat([a[None], frames, b[None]])], titles=titles)
+    return rows_figure([torch.cat([a[None], frames, b[None]])], ["interpolation"], titles=titles)
 
 
 def sweep_quality_figure(rows: Sequence[dict[str, Any]], title: str = "") -> Figure:

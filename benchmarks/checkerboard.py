@@ -1,0 +1,171 @@
+"""Checkerboard artifacts: transposed-convolution vs upsample+conv decoders at equal latent size.
+
+Two pairs, each trained with the default recipe on ``mnist-sample`` (all digits, same seed); the
+first runs by default, ``--pairs seed,convae`` adds the second (about 8x the training time):
+
+* ``seed-pool`` (ConvTranspose k2 s2, seed 001) vs ``seed-upsample`` (nearest upsample + 3x3 conv),
+  the same encoder and a 4x7x7 = 196-value code;
+* ``convae --decoder transpose`` (ConvTranspose k3 s2) vs ``convae --decoder upsample`` (16 values).
+
+For the test split it reports the reconstruction MSE and the checkerboard energy of the
+reconstructions (:func:`convae.latent.checkerboard_energy`: the share of non-DC spectral power on
+the frequency grid of a 2- and a 4-pixel period, which is where a stride-2 / stride-2x2 decoder's
+uneven kernel overlap puts its pattern), next to the same measure on the test images themselves.
+
+    python benchmarks/checkerboard.py                # seed-pool vs seed-upsample, default recipe
+    python benchmarks/checkerboard.py --pairs seed,convae   # and the convae pair
+    python benchmarks/checkerboard.py --epochs 1     # a quick look (not the recorded numbers)
+
+Finished runs of the same recipe in --out are reused (stopped ones resumed; --fresh retrains).
+Writes runs, ``checkerboard.json``/``.md`` and ``checkerboard-examples.png`` (inputs, both
+reconstructions and their period-4 grid component, amplified x4 around grey) to --out; --json prints the rows last.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+
+from convae.checkpoint import atomic_write, read_json, write_json
+from convae.config import DataConfig, RunConfig
+from convae.data import load_split
+from convae.latent import checkerboard_energy
+from convae.plots import image_grid_figure, save_figure
+from convae.train import load, reconstruct, resolve_config, to_float, train
+
+PAIRS = {
+    "seed": [("seed-pool", {"arch": "seed-pool"}), ("seed-upsample", {"arch": "seed-upsample"})],
+    "convae": [
+        ("convae transpose", {"arch": "convae", "decoder": "transpose"}),
+        ("convae upsample", {"arch": "convae", "decoder": "upsample"}),
+    ],
+}
+
+
+def grid_component(x: torch.Tensor, period: int) -> torch.Tensor:
+    """The part of each image on the period's frequency grid (DC removed): what the energy measures."""
+    h, w = x.shape[-2:]
+    spec = torch.fft.fft2(x.double())
+    mask = torch.zeros(h, w, dtype=torch.bool)
+    mask[:: h // period, :: w // period] = True
+    mask[0, 0] = False
+    return torch.fft.ifft2(spec * mask).real.float()
+
+
+def train_or_reuse(cfg: RunConfig, run: Path, device: str, fresh: bool = False) -> None:
+    """Train ``cfg`` into ``run``; a finished run of the same recipe is reused, a stopped one resumed."""
+    if run.exists() and (fresh or not (run / "config.json").is_file()):
+        shutil.rmtree(run)  # our own output from an earlier invocation
+    if (run / "config.json").is_file():
+        stored = RunConfig.from_dict(read_json(run / "config.json"))
+        if replace(stored, version="") != replace(resolve_config(cfg), version=""):
+            shutil.rmtree(run)  # another recipe (e.g. the defaults changed): train again
+    if (run / "metrics.json").is_file():
+        return
+    if (run / "trainer.json").is_file():
+        train(None, run, resume=True, device=device)
+    else:
+        train(cfg, run, device=device)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument("--pairs", default="seed", help="comma list of: seed (default), convae")
+    p.add_argument("--epochs", type=int, help="override the default recipe's epochs")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--out", default="benchmarks/out/checkerboard")
+    p.add_argument(
+        "--fresh",
+        action="store_true",
+        help="retrain even when a finished run of the recipe is there",
+    )
+    p.add_argument("--json", action="store_true")
+    args = p.parse_args(argv)
+    out = Path(args.out)
+    data = DataConfig(spec="mnist-sample")
+    test_x, _ = load_split(data, "test")
+    x = to_float(test_x)
+    shown = test_x[torch.linspace(0, len(test_x) - 1, 6).round().long()]
+    rows = [
+        {
+            "model": "test images (reference)",
+            "decoder": "-",
+            "latent_dim": None,
+            "mse": None,
+            "energy_p2": float(checkerboard_energy(x, 2).mean()),
+            "energy_p4": float(checkerboard_energy(x, 4).mean()),
+        }
+    ]
+    fig_rows = [to_float(shown), (0.5 + 4 * grid_component(to_float(shown), 4)).clamp(0, 1)]
+    fig_labels = ["input", "grid x4"]
+    for pair in (s.strip() for s in args.pairs.split(",") if s.strip()):
+        if pair not in PAIRS:
+            raise SystemExit(f"unknown pair {pair!r}; choose from {', '.join(PAIRS)}")
+        for name, model_over in PAIRS[pair]:
+            base = RunConfig(data=data)
+            t_over = {"seed": args.seed, **({"epochs": args.epochs} if args.epochs else {})}
+            cfg = replace(
+                base,
+                model=replace(base.model, latent_dim=None, **model_over),
+                train=replace(base.train, **t_over),
+            )
+            run = out / name.replace(" ", "-")
+            train_or_reuse(cfg, run, args.device, fresh=args.fresh)
+            model = load(run, "cpu")
+            y = reconstruct(model, test_x)
+            row = {
+                "model": name,
+                "decoder": "transposed conv"
+                if "transpose" in name or name == "seed-pool"
+                else "upsample + conv",
+                "latent_dim": model.latent_dim,
+                "mse": float((y.double() - x.double()).pow(2).mean()),
+                "energy_p2": float(checkerboard_energy(y, 2).mean()),
+                "energy_p4": float(checkerboard_energy(y, 4).mean()),
+                "run": str(run),
+            }
+            rows.append(row)
+            print(
+                f"{name:<18} latent {row['latent_dim']:>3}  MSE {row['mse']:.5f}  checkerboard energy "
+                f"p2 {row['energy_p2']:.5f}  p4 {row['energy_p4']:.5f}",
+                file=sys.stderr,
+                flush=True,
+            )
+            r = reconstruct(model, shown)
+            fig_rows += [r, (0.5 + 4 * grid_component(r, 4)).clamp(0, 1)]
+            fig_labels += [name.replace(" ", "\n"), "grid x4"]
+    md = [
+        "| model | decoder | latent | test MSE | checkerboard energy, period 2 | period 4 |",
+        "|---|---|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        lat = "-" if r["latent_dim"] is None else str(r["latent_dim"])
+        mse = "-" if r["mse"] is None else f"{r['mse']:.5f}"
+        md.append(
+            f"| {r['model']} | {r['decoder']} | {lat} | {mse} | {r['energy_p2']:.5f} | {r['energy_p4']:.5f} |"
+        )
+    table = "\n".join(md) + "\n"
+    print(table, end="")
+    write_json(out / "checkerboard.json", rows)
+    atomic_write(out / "checkerboard.md", table)
+    save_figure(
+        image_grid_figure(fig_rows, fig_labels, scale=1.3),
+        out / "checkerboard-examples.png",
+        dpi=65,
+    )
+    if args.json:
+        print(json.dumps(rows, sort_keys=True))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -646,6 +646,7 @@ def _sweep_parser(sub) -> None:
     p.add_argument("--out", required=True, metavar="DIR",
                    help="sweep folder: latent-L/ runs, sweep.{json,csv,md}, quality.png, reconstruction grids")
     p.add_argument("--device", default="auto", help="auto (cuda, mps, cpu), cpu, cuda or mps")
+    p.add_argument("--threads", type=_positive_int, help="CPU threads for torch (default: torch's choice)")
     p.set_defaults(func=cmd_sweep)
 
 
@@ -653,6 +654,10 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     from .config import RunConfig
     from .latent import sweep
 
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     base = RunConfig()  # the default recipe: only the architecture, the data and --epochs/--seed change
     over = {k: getattr(args, k) for k in ("epochs", "seed") if getattr(args, k) is not None}
     cfg = replace(base, model=replace(base.model, arch=args.arch, latent_dim=None),
@@ -830,7 +835,7 @@ _COMMANDS.append(_info_parser)
 
 def _bench_codec_parser(bsub) -> None:
     p = _add(bsub, "codec", "rate-distortion of the codec against PNG, WebP and JPEG on a test split",
-             "flock /tmp/convae-bench.lock convae bench codec --data mnist-sample --out benchmarks/out/codec")
+             "convae bench codec --data mnist-sample --out benchmarks/out/codec")
     add_data_args(p)
     p.add_argument("--runs", nargs="+", metavar="RUN",
                    help="codec runs to measure (default: train the codec preset once under --work)")

@@ -47,6 +47,11 @@ def run_one(cfg: RunConfig, run_dir: Path, device: str, fresh: bool) -> dict:
     x, y = load_split(model.run_config.data, "test")
     z = encode_images(model, x)
     sil = silhouette(z, y)
+    pairs = {}  # which digits overlap: the silhouette of each pair of digits alone
+    for i, a in enumerate(CLASSES):
+        for b in CLASSES[i + 1 :]:
+            keep = (y == a) | (y == b)
+            pairs[f"{a}-{b}"] = silhouette(z[keep], y[keep])
     xt, yt = load_split(model.run_config.data, "train")
     sil_train = silhouette(encode_images(model, xt), yt)
     save_figure(
@@ -58,6 +63,7 @@ def run_one(cfg: RunConfig, run_dir: Path, device: str, fresh: bool) -> dict:
     return {
         "silhouette": sil,
         "silhouette_train": sil_train,
+        "pair_silhouette": pairs,
         "test_mse": metrics["mse"],
         "steps": history[-1]["step"],
         "epochs": len(history),
@@ -128,19 +134,31 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
             flush=True,
         )
-    print("| recipe | seed | steps | test MSE | silhouette, test codes | train codes | >= 0.4 |")
-    print("|---|---:|---:|---:|---:|---:|:---:|")
+    pair_names = list(rows[0]["pair_silhouette"])
+    print(
+        "| recipe | seed | steps | test MSE | silhouette, test codes | train codes | "
+        + " | ".join(f"pair {p}" for p in pair_names)
+        + " | >= 0.4 |"
+    )
+    print("|---|---:|---:|---:|---:|---:|" + "---:|" * len(pair_names) + ":---:|")
     for r in rows:
+        pairs = " | ".join(f"{r['pair_silhouette'][p]:.3f}" for p in pair_names)
         print(
             f"| {r['variant']} | {r['seed']} | {r['steps']} | {r['test_mse']:.4f} | {r['silhouette']:.3f} | "
-            f"{r['silhouette_train']:.3f} | {'yes' if r['pass'] else 'no'} |"
+            f"{r['silhouette_train']:.3f} | {pairs} | {'yes' if r['pass'] else 'no'} |"
         )
     if len(rows) > 1:
         sils = [r["silhouette"] for r in rows]
-        print(f"| mean over {len(rows)} seeds | | | | {sum(sils) / len(sils):.3f} | | |")
+        print(
+            f"| mean over {len(rows)} seeds | | | | {sum(sils) / len(sils):.3f} |"
+            + " |" * (len(pair_names) + 2)
+        )
     if not args.no_baseline:
         base_sil = pixel_pca_baseline(base.data)
-        print(f"| baseline: PCA of the pixels to 2-D (no network) | | | | {base_sil:.3f} | | |")
+        print(
+            f"| baseline: PCA of the pixels to 2-D (no network) | | | | {base_sil:.3f} |"
+            + " |" * (len(pair_names) + 2)
+        )
     if args.json:
         print(json.dumps(rows, sort_keys=True))
     return 0

@@ -488,8 +488,9 @@ def cmd_latent(args: argparse.Namespace) -> int:
     model = load(args.run, args.device)
     z, y, spec = _latent_codes(args, model)
     proj = project(z, args.method, seed=args.seed)
+    name = {"pca": "PCA", "tsne": "t-SNE"}.get(proj.method)
     title = f"Latent space ({spec}, {args.split}, {len(z)} images, latent {model.latent_dim}"
-    title += ")" if proj.method in ("identity", "1-d") else f", {proj.method.upper()})"
+    title += f", {name})" if name else ")"
     save_figure(latent_map_figure(proj.points, y.numpy(), proj.axes, title), args.out)
     if args.csv:
         write_codes_csv(args.csv, z, y)
@@ -499,7 +500,7 @@ def cmd_latent(args: argparse.Namespace) -> int:
     if args.json:
         _print_json(res)
     else:
-        how = {"identity": "as is", "1-d": "along x"}.get(proj.method, f"projected by {proj.method.upper()}")
+        how = {"identity": "as is", "1-d": "along x"}.get(proj.method, f"projected by {name}")
         print(f"encoded {len(z)} images ({spec}, {args.split}) to {model.latent_dim}-D codes, drawn {how}")
         if proj.explained:
             print(f"PCA keeps {100 * sum(proj.explained):.1f}% of the code variance")

@@ -643,6 +643,8 @@ def interpolation_figure(a: Tensor, frames: Tensor, b: Tensor) -> Figure:
 
 def sweep_quality_figure(rows: Sequence[dict[str, Any]], title: str = "") -> Figure:
     """Test MSE and SSIM against compression ratio (log axis), one point per latent size."""
+    from matplotlib.ticker import NullFormatter
+
     fig = Figure(figsize=(11, 4.2))
     ax1, ax2 = fig.subplots(1, 2)
     ratio = [r["compression_ratio"] for r in rows]
@@ -658,6 +660,8 @@ def sweep_quality_figure(rows: Sequence[dict[str, Any]], title: str = "") -> Fig
                 fontsize=8,
             )
         ax.set_xscale("log")
+        ax.set_xticks(ratio, [f"{x:.0f}:1" if x >= 10 else f"{x:.1f}:1" for x in ratio], fontsize=8)
+        ax.xaxis.set_minor_formatter(NullFormatter())
         ax.set_xlabel("compression ratio (input values / latent values)")
         ax.set_ylabel(name)
         ax.grid(True, alpha=0.3, which="both")

@@ -35,21 +35,36 @@ from convae.train import evaluate, fit
 # (model overrides, train overrides): the candidates compared in docs/codec.md
 GRID: list[tuple[dict, dict]] = [
     ({"arch": "seed-upsample", "latent_dim": 392}, {"epochs": 15}),
-    ({"arch": "convae", "width": 16, "latent_dim": 128, "decoder": "transpose"}, {"epochs": 15}),
-    ({"arch": "convae", "width": 16, "latent_dim": 128, "decoder": "transpose"}, {"epochs": 40}),
     ({"arch": "convae", "width": 16, "latent_dim": 64, "decoder": "transpose"}, {"epochs": 60}),
-    ({"arch": "convae", "width": 16, "latent_dim": 96, "decoder": "transpose"}, {"epochs": 60}),
+    ({"arch": "convae", "width": 16, "latent_dim": 128, "decoder": "transpose"}, {"epochs": 40}),
+    ({"arch": "convae", "width": 16, "latent_dim": 128, "decoder": "transpose"}, {"epochs": 100}),
+    ({"arch": "convae", "width": 16, "latent_dim": 128, "decoder": "transpose"}, {"epochs": 250}),
+    ({"arch": "convae", "width": 12, "latent_dim": 128, "decoder": "transpose"}, {"epochs": 100}),
+    ({"arch": "convae", "width": 8, "latent_dim": 128, "decoder": "transpose"}, {"epochs": 100}),
+    ({"arch": "convae", "width": 12, "latent_dim": 192, "decoder": "transpose"}, {"epochs": 100}),
 ]
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--out", default="benchmarks/out/codec-sweep")
     ap.add_argument("--data", default="mnist-sample")
     ap.add_argument("--only", type=int, nargs="*", help="indices into the grid (default: all)")
-    ap.add_argument("--lmbda", type=float, nargs="+", default=[0.003, 0.01], help="rate weights to fine-tune")
-    ap.add_argument("--fit-epochs", type=int, default=10)
-    ap.add_argument("--fit-batch", type=int, default=32)
+    ap.add_argument(
+        "--lmbda",
+        type=float,
+        nargs="+",
+        default=[C.CodecFitConfig.lmbda],
+        help="rate weights to fine-tune (default: the codec's)",
+    )
+    ap.add_argument("--distortion", default=C.CodecFitConfig.distortion, choices=["mse", "psnr"])
+    ap.add_argument("--fit-epochs", type=int, default=C.CodecFitConfig.epochs)
+    ap.add_argument("--fit-batch", type=int, default=C.CodecFitConfig.batch_size)
+    ap.add_argument(
+        "--no-decorrelate", action="store_true", help="quantize the latent without the rotation"
+    )
     ap.add_argument("--threads", type=int, help="torch threads")
     args = ap.parse_args()
     if args.threads:
@@ -58,8 +73,10 @@ def main() -> None:
     (out / "models").mkdir(parents=True, exist_ok=True)
     train_x, _ = load_dataset(args.data, "train")
     test_x, _ = load_dataset(args.data, "test")
-    steps = (4.0, 2.83, 2.0, 1.41, 1.0, 0.71, 0.5)
-    lines = ["| model | train | float PSNR | rate weight | bytes/image @ PSNR dB per quality level |", "|---|---|---:|---:|---|"]
+    lines = [
+        "| model | train | float PSNR | rate weight | bytes/image @ PSNR dB per quality level |",
+        "|---|---|---:|---:|---|",
+    ]
     for i, (m_over, t_over) in enumerate(GRID):
         if args.only and i not in args.only:
             continue
@@ -77,20 +94,43 @@ def main() -> None:
             save_file({k: v.contiguous() for k, v in model.state_dict().items()}, path)
         model.eval()
         base = evaluate(model, test_x, ssim=False)["psnr"]
-        print(f"[{i}] {m_over} {t_over}: float-latent test PSNR {base:.2f} dB ({time.perf_counter() - t0:.0f} s)", flush=True)
+        print(
+            f"[{i}] {m_over} {t_over}: float-latent test PSNR {base:.2f} dB ({time.perf_counter() - t0:.0f} s)",
+            flush=True,
+        )
         for lm in args.lmbda:
-            cfg = C.CodecFitConfig(lmbda=lm, epochs=args.fit_epochs, batch_size=args.fit_batch, steps=steps,
-                                   default_level=steps.index(1.0))
+            cfg = C.CodecFitConfig(
+                lmbda=lm,
+                epochs=args.fit_epochs,
+                batch_size=args.fit_batch,
+                distortion=args.distortion,
+                decorrelate=not args.no_decorrelate,
+            )
             codec = C.fit_codec(model, train_x, cfg, run_config=RunConfig(model=mcfg))
             rows = C.codec_rd(codec, test_x, repeats=1, ssim=False)
             pts = " · ".join(f"{r['bytes_per_image']:.1f} B @ {r['psnr']:.2f}" for r in rows)
             print(f"    lambda {lm}: {pts}", flush=True)
             with open(out / "sweep.jsonl", "a") as f:
-                f.write(json.dumps({"model": m_over, "train": t_over, "float_psnr": base, "lmbda": lm,
-                                    "fit_epochs": args.fit_epochs, "fit_batch": args.fit_batch,
-                                    "levels": [{k: r[k] for k in ("step", "bytes_per_image", "psnr")} for r in rows]})
-                        + "\n")
-            lines.append(f"| {m_over} | {t_over} | {base:.2f} | {lm} | {pts} |")
+                f.write(
+                    json.dumps(
+                        {
+                            "model": m_over,
+                            "train": t_over,
+                            "float_psnr": base,
+                            "lmbda": lm,
+                            "distortion": args.distortion,
+                            "decorrelate": not args.no_decorrelate,
+                            "fit_epochs": args.fit_epochs,
+                            "fit_batch": args.fit_batch,
+                            "levels": [
+                                {k: r[k] for k in ("step", "bytes_per_image", "psnr")} for r in rows
+                            ],
+                        }
+                    )
+                    + "\n"
+                )
+            label = f"{lm} {args.distortion}" + ("" if not args.no_decorrelate else ", no rotation")
+            lines.append(f"| {m_over} | {t_over} | {base:.2f} | {label} | {pts} |")
     (out / "sweep.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 

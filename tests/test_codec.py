@@ -257,7 +257,7 @@ def test_fine_tune_lowers_the_rate_distortion_loss(codec_run, test_x):
     model = load(codec_run)
     x, _ = load_split(model.run_config.data, "train")
     x = x[:256]
-    cfg = replace(FIT, epochs=2, lmbda=0.05, steps=(1.0,), default_level=0)
+    cfg = replace(FIT, epochs=2, lmbda=0.05, steps=(1.0,), default_level=0, distortion="mse")
     before = C.fit_codec(model, x, replace(cfg, epochs=1, lr=1e-12), run_config=model.run_config)
     after = C.fit_codec(model, x, cfg, run_config=model.run_config)
 

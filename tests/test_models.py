@@ -72,8 +72,8 @@ def test_eval_mode_is_deterministic_and_batch_independent(arch):
 
 @pytest.mark.parametrize("arch", ARCHS)
 def test_explicit_latent_dim(arch):
-    # the pool archs keep a (s/4)^2 code map, so their latent dim is a multiple of 49 at 28 px
-    L = 2 * 49 if arch in ("seed-pool", "seed-upsample") else 7
+    # the pool and map archs keep a (s/4)^2 code map, so their latent dim is a multiple of 49 at 28 px
+    L = 2 * 49 if arch in ("seed-pool", "seed-upsample", "convae-map") else 7
     model = build_model(_cfg(arch, latent_dim=L))
     assert model.latent_dim == L
     assert model.encode(torch.rand(2, 1, 28, 28)).shape == (2, L)
@@ -120,6 +120,15 @@ def test_summary_seed_pool_and_keras_and_dense_shapes():
     assert s["compression_ratio"] == pytest.approx(3 * 32 * 32 / 200)
 
 
+def test_summary_convae_map_shapes():
+    s = summary(build_model(ModelConfig(arch="convae-map", width=4, latent_dim=4 * 49)), batch=2)
+    assert s["latent_shape"] == [4, 7, 7]  # a code map, no dense layer
+    assert not any(r["kind"] == "Linear" for r in s["layers"])
+    assert _layer_shapes(s, "encoder", ("Conv2d",))[-1] == [2, 4, 7, 7]
+    assert list(s["layers"][-1]["shape"]) == [2, 1, 28, 28]
+    assert default_latent_dim(ModelConfig(arch="convae-map", image_size=32)) == 8 * 8 * 8
+
+
 @pytest.mark.parametrize("arch", ARCHS)
 def test_summary_counts_and_mode(arch):
     model = build_model(_cfg(arch, 3, 32))
@@ -147,6 +156,7 @@ def test_summary_counts_and_mode(arch):
         ({"width": 0}, "width"),
         ({"arch": "seed-pool", "latent_dim": 50}, "multiple of 49"),
         ({"arch": "seed-upsample", "latent_dim": 10}, "multiple of 49"),
+        ({"arch": "convae-map", "latent_dim": 100}, "multiple of 49"),
     ],
 )
 def test_build_model_errors(over, match):

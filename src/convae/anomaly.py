@@ -39,7 +39,7 @@ from matplotlib.figure import Figure
 from torch import Tensor
 
 from .checkpoint import fingerprint, read_json, write_json
-from .metrics import ssim_per_image
+from .metrics import ssim_maps, ssim_per_image
 from .train import reconstruct, to_float
 
 log = logging.getLogger(__name__)
@@ -176,26 +176,7 @@ def error_maps(x: Tensor, recon: Tensor, detector: Detector | str = "mse") -> Te
 
 def _dssim_maps(x: Tensor, y: Tensor) -> np.ndarray:
     """``1 - SSIM`` maps [N, H, W] with the window of :func:`convae.metrics.ssim_per_image`."""
-    from skimage.metrics import structural_similarity
-
-    a = x.detach().float().cpu().numpy()
-    b = y.detach().float().cpu().numpy()
-    small = min(a.shape[-2:]) < 11  # same fallback as metrics.ssim_per_image
-    out = np.empty((len(a), *a.shape[-2:]), dtype=np.float32)
-    for i in range(len(a)):
-        _, smap = structural_similarity(
-            a[i],
-            b[i],
-            data_range=1.0,
-            channel_axis=0,
-            gaussian_weights=not small,
-            sigma=1.5,
-            use_sample_covariance=small,
-            win_size=None if not small else min(7, min(a.shape[-2:]) // 2 * 2 - 1),
-            full=True,
-        )
-        out[i] = 1.0 - smap.mean(0)
-    return out
+    return 1.0 - ssim_maps(x, y)
 
 
 # ---------------------------------------------------------------------------------------------

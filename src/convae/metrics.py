@@ -6,7 +6,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["mse_per_image", "psnr_per_image", "ssim_per_image", "summarize"]
+__all__ = ["mse_per_image", "psnr_per_image", "ssim_per_image", "ssim_maps", "summarize"]
 
 PSNR_CAP = 100.0  # dB reported for a perfect reconstruction (MSE 0)
 
@@ -23,25 +23,45 @@ def psnr_per_image(x: Tensor, y: Tensor) -> Tensor:
     return torch.where(mse > 0, -10.0 * torch.log10(mse.clamp_min(1e-300)), torch.full_like(mse, PSNR_CAP)).clamp_max(PSNR_CAP)
 
 
+def _ssim_options(shape: tuple[int, ...]) -> dict:
+    """scikit-image SSIM settings for images of ``shape`` [..., H, W]: an 11-px Gaussian window
+    (sigma 1.5, Wang et al.); images under 11 px fall back to the largest odd box window <= 7."""
+    small = min(shape[-2:]) < 11
+    return {
+        "data_range": 1.0,
+        "channel_axis": 0,
+        "gaussian_weights": not small,
+        "sigma": 1.5,
+        "use_sample_covariance": small,
+        "win_size": None if not small else min(7, min(shape[-2:]) // 2 * 2 - 1),
+    }
+
+
 def ssim_per_image(x: Tensor, y: Tensor) -> np.ndarray:
     """Structural similarity of each image (scikit-image, Gaussian window as Wang et al.) -> [N]."""
     from skimage.metrics import structural_similarity
 
     a = x.detach().float().cpu().numpy()
     b = y.detach().float().cpu().numpy()
+    opts = _ssim_options(a.shape)
     out = np.empty(len(a), dtype=np.float64)
-    small = min(a.shape[-2:]) < 11  # the Gaussian window needs 11 px; fall back to a 7 px box
     for i in range(len(a)):
-        out[i] = structural_similarity(
-            a[i],
-            b[i],
-            data_range=1.0,
-            channel_axis=0,
-            gaussian_weights=not small,
-            sigma=1.5,
-            use_sample_covariance=small,
-            win_size=None if not small else min(7, min(a.shape[-2:]) // 2 * 2 - 1),
-        )
+        out[i] = structural_similarity(a[i], b[i], **opts)
+    return out
+
+
+def ssim_maps(x: Tensor, y: Tensor) -> np.ndarray:
+    """Local SSIM of each pixel, averaged over channels -> float32 [N, H, W] (same window as
+    :func:`ssim_per_image`, whose value is the mean of this map away from the border)."""
+    from skimage.metrics import structural_similarity
+
+    a = x.detach().float().cpu().numpy()
+    b = y.detach().float().cpu().numpy()
+    opts = _ssim_options(a.shape)
+    out = np.empty((len(a), *a.shape[-2:]), dtype=np.float32)
+    for i in range(len(a)):
+        _, smap = structural_similarity(a[i], b[i], full=True, **opts)
+        out[i] = smap.mean(0)
     return out
 
 

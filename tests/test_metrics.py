@@ -3,7 +3,14 @@ import pytest
 import torch
 from skimage.metrics import structural_similarity
 
-from convae.metrics import PSNR_CAP, mse_per_image, psnr_per_image, ssim_maps, ssim_per_image, summarize
+from convae.metrics import (
+    PSNR_CAP,
+    mse_per_image,
+    psnr_per_image,
+    ssim_maps,
+    ssim_per_image,
+    summarize,
+)
 
 
 def _pair(n=4, c=1, s=28, seed=0):

@@ -451,3 +451,32 @@ def test_fit_without_decorrelation(codec, test_x):
     assert c.levels[0].basis is None
     y, _ = C.decode(c, C.encode(c, test_x[:8]))
     assert y.shape == test_x[:8].shape
+
+
+def test_code_map_model_through_the_codec(test_x):
+    """The codec preset's architecture (a [K, 7, 7] code map): fitted, coded, decoded bit-exactly."""
+    from convae.config import DataConfig, ModelConfig
+    from convae.models import build_model
+
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(arch="convae-map", width=4, latent_dim=2 * 49))
+    x, _ = load_split(DataConfig(spec="mnist-sample", classes=(0, 1)), "train")
+    c = C.fit_codec(model, x[:128], replace(FIT, epochs=1))
+    assert c.levels[0].latent_dim == 98
+    data = C.encode(c, test_x[:16])
+    assert C.verify(data).latent_dim == 98 and C.encode(c, test_x[:16]) == data
+    y, _ = C.decode(c, data)
+    q, _ = C.quantize(c, test_x[:16])
+    assert torch.equal(y, C.dequantize(c, q))
+
+
+def test_codec_preset_and_default_levels():
+    from convae.config import PRESETS, RunConfig, apply_preset
+    from convae.models import build_model
+
+    model = build_model(apply_preset(RunConfig(), "codec").model)
+    assert model.config.arch == "convae-map" and model.latent_shape == (4, 7, 7)
+    steps = C.CodecFitConfig().steps
+    assert all(a > b for a, b in zip(steps, steps[1:], strict=False))  # level 0 = smallest files
+    assert 0 <= C.CodecFitConfig().default_level < len(steps)
+    assert PRESETS["codec"]["train"]["epochs"] >= 1

@@ -486,14 +486,10 @@ class CodecFitConfig:
     batch_size: int = 32  # small batches: more steps - the rate term needs them to take effect
     mixture: int = 4  # logistic components per latent channel in the training prior
     quant: str = "noise"  # "noise" (additive uniform) or "ste" (straight-through rounding)
-    steps: tuple[float, ...] = (
-        2.0,
-        1.41,
-        1.0,
-        0.71,
-        0.5,
-    )  # quality levels: quantizer steps, coarse first
-    default_level: int = 2  # the level `convae encode` uses without --quality
+    # quality levels: quantizer steps, coarse first, each sqrt(2) apart (about 2 dB and 8 B apart
+    # for the codec preset; docs/codec.md)
+    steps: tuple[float, ...] = (8.0, 5.66, 4.0, 2.83, 2.0, 1.41, 1.0, 0.71)
+    default_level: int = 5  # the level `convae encode` uses without --quality (step 1.41)
     margin: int = 2  # table symbols beyond the training codes' range, per side
     decorrelate: bool = True  # rotate the latent onto its principal axes before quantizing
     seed: int = 0

@@ -37,7 +37,7 @@ from pathlib import Path
 ARCHS = {  # arch -> (latent, reference epochs, convae epochs)
     "seed-strided": (12, 30, None),
     "seed-keras2d": (2, 10, None),
-    "convae": (12, 10, 15),  # reference: 10 epochs (30 of the seed loop take ~10 min here); ours: 15
+    "convae": (12, 30, 15),  # ours: 15 epochs (issue 3: test MSE <= 0.012 within 30 s)
 }
 
 
@@ -89,16 +89,26 @@ def job_reference(arch: str, latent: int, epochs: int, seed: int) -> dict:
             "peak_mb": _peak_mb()}
 
 
-def job_convae(arch: str, latent: int, epochs: int | None, seed: int, target: float | None) -> dict:
+def job_convae(arch: str, latent: int, epochs: int | None, seed: int, target: float | None,
+               recipe: dict | None = None) -> dict:
+    # Start-up, excluded from the timed work as the issue asks: the imports a `convae train` process
+    # pays once - torch, convae, matplotlib/scikit-image (plots, SSIM) and torch._dynamo, which
+    # torch.optim imports when the first optimizer is built. Measured and reported separately.
+    t_import = time.perf_counter()
+    import matplotlib.figure  # noqa: F401
+    import skimage.metrics  # noqa: F401
     import torch
+    import torch._dynamo  # noqa: F401
 
     from convae.config import ModelConfig, RunConfig, TrainConfig
     from convae.data import load_dataset
-    from convae.train import evaluate, train
+    from convae.train import auto_threads, evaluate, train
 
+    torch.set_num_threads(auto_threads())  # as `convae train` does
+    startup = time.perf_counter() - t_import
     te, _ = load_dataset("mnist-sample", "test")
-    cfg = RunConfig(model=ModelConfig(arch=arch, latent_dim=latent),
-                    train=TrainConfig(seed=seed, **({"epochs": epochs} if epochs else {})))
+    overrides = {**({"epochs": epochs} if epochs else {}), **(recipe or {})}
+    cfg = RunConfig(model=ModelConfig(arch=arch, latent_dim=latent), train=TrainConfig(seed=seed, **overrides))
     paused = 0.0
     curve: list[tuple[float, float]] = []
     t0 = time.perf_counter()
@@ -116,7 +126,9 @@ def job_convae(arch: str, latent: int, epochs: int | None, seed: int, target: fl
         paused += time.perf_counter() - p0
 
     # Grab the model fit() trains, to score it per epoch without touching the run directory.
-    import convae.train as T
+    import importlib
+
+    T = importlib.import_module("convae.train")  # the module (convae.train is also re-exported as a function)
 
     orig_fit = T.fit
 
@@ -139,7 +151,8 @@ def job_convae(arch: str, latent: int, epochs: int | None, seed: int, target: fl
     return {"seconds": total, "fit_seconds": fit_seconds, "test_mse": metrics["mse"],
             "time_to_target": reach, "curve": curve, "epochs": len(hist),
             "images_per_s": len(hist) * n_train / fit_seconds, "peak_mb": _peak_mb(),
-            "threads": torch.get_num_threads()}
+            "threads": torch.get_num_threads(), "startup_seconds": startup,
+            "recipe": {k: getattr(cfg.train, k) for k in ("epochs", "batch_size", "lr", "precision")}}
 
 
 def job_step(arch: str, latent: int, batch: int, steps: int = 60) -> dict:
@@ -266,6 +279,9 @@ def main() -> int:
     ap.add_argument("--archs", default=",".join(ARCHS))
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--convae-epochs", type=int, default=None, help="override convae's default epochs")
+    ap.add_argument("--variant", action="append", default=[], metavar="ARCH:KEY=VALUE,...",
+                    help="also train a labelled non-default recipe for ARCH, e.g. "
+                         "seed-strided:epochs=20,lr=0.02,precision=fp32 (repeatable)")
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--job", nargs="+", help=argparse.SUPPRESS)
     a = ap.parse_args()
@@ -275,7 +291,8 @@ def main() -> int:
             res = job_reference(rest[0], int(rest[1]), int(rest[2]), int(rest[3]))
         elif kind == "convae":
             res = job_convae(rest[0], int(rest[1]), int(rest[2]) or None, int(rest[3]),
-                             float(rest[4]) if rest[4] != "none" else None)
+                             float(rest[4]) if rest[4] != "none" else None,
+                             json.loads(rest[5]) if len(rest) > 5 else None)
         elif kind == "step":
             res = job_step(rest[0], int(rest[1]), int(rest[2]))
         else:
@@ -291,10 +308,21 @@ def main() -> int:
                           "threads": torch.get_num_threads(), "cuda": torch.cuda.is_available()},
               "data": _run_job(["data"]), "archs": {}}
     batch = TrainConfig().batch_size
+    variants: dict[str, list[dict]] = {}
+    for v in a.variant:
+        arch, _, kv = v.partition(":")
+        if arch not in ARCHS or not kv:
+            ap.error(f"--variant {v!r}: expected ARCH:KEY=VALUE,... with ARCH one of {', '.join(ARCHS)}")
+        recipe = {}
+        for item in kv.split(","):
+            k, _, val = item.partition("=")
+            recipe[k] = val if k == "precision" else (int(val) if k in ("epochs", "batch_size") else float(val))
+        variants.setdefault(arch, []).append(recipe)
     for arch in a.archs.split(","):
         latent, ref_epochs, conv_epochs = ARCHS[arch]
         conv_epochs = a.convae_epochs or conv_epochs or 0
         refs, ours = [], []
+        var_runs: list[list[dict]] = [[] for _ in variants.get(arch, [])]
         for rep in range(a.repeats):
             ref = _run_job(["reference", arch, str(latent), str(ref_epochs), str(rep)])
             refs.append(ref)
@@ -302,6 +330,12 @@ def main() -> int:
             print(f"{arch} #{rep}: reference {ref['seconds']:.1f}s mse {ref['test_mse']:.5f} | convae "
                   f"{ours[-1]['seconds']:.1f}s mse {ours[-1]['test_mse']:.5f} reach "
                   f"{ours[-1]['time_to_target']}", file=sys.stderr, flush=True)
+            for k, recipe in enumerate(variants.get(arch, [])):
+                var_runs[k].append(_run_job(["convae", arch, str(latent), "0", str(rep), str(ref["test_mse"]),
+                                             json.dumps(recipe)]))
+                print(f"{arch} #{rep} variant {recipe}: {var_runs[k][-1]['seconds']:.1f}s mse "
+                      f"{var_runs[k][-1]['test_mse']:.5f} reach {var_runs[k][-1]['time_to_target']}",
+                      file=sys.stderr, flush=True)
         step = _run_job(["step", arch, str(latent), str(batch)])
         r_sec, c_reach = _median(refs, "seconds"), _median(ours, "time_to_target")
         report["archs"][arch] = {
@@ -313,7 +347,15 @@ def main() -> int:
             "convae_peak_mb": _median(ours, "peak_mb"), "time_to_reference_mse": c_reach,
             "reached_in_all_repeats": all(o["time_to_target"] is not None for o in ours),
             "speedup_to_reference_mse": (r_sec / c_reach) if c_reach else None,
+            "startup_seconds": _median(ours, "startup_seconds"),
             "step": step, "runs": {"reference": refs, "convae": ours},
+            "variants": [{"recipe": runs[0]["recipe"], "seconds": _median(runs, "seconds"),
+                          "test_mse": _median(runs, "test_mse"),
+                          "time_to_reference_mse": _median(runs, "time_to_target"),
+                          "reached_in_all_repeats": all(o["time_to_target"] is not None for o in runs),
+                          "speedup_to_reference_mse": (r_sec / _median(runs, "time_to_target"))
+                          if _median(runs, "time_to_target") else None, "runs": runs}
+                         for runs in var_runs],
         }
     if a.json:
         print(json.dumps(report))
@@ -330,6 +372,15 @@ def main() -> int:
               f"{r['reference_mse']:.5f} | {r['convae_seconds']:.1f} ({r['convae_epochs']} ep) | {r['convae_mse']:.5f} | "
               f"{reach} | {sp} | {r['reference_images_per_s']:.0f} | {r['convae_images_per_s']:.0f} | "
               f"{r['reference_peak_mb']:.0f} | {r['convae_peak_mb']:.0f} | {r['step']['ratio']:.0%} |")
+    for arch, r in report["archs"].items():
+        for v in r["variants"]:
+            reach = f"{v['time_to_reference_mse']:.2f}" if v["time_to_reference_mse"] else "not reached"
+            sp = f"{v['speedup_to_reference_mse']:.1f}x" if v["speedup_to_reference_mse"] else "-"
+            print(f"variant {arch} {v['recipe']}: {v['seconds']:.1f}s test MSE {v['test_mse']:.5f}, "
+                  f"time to ref. MSE {reach}, speed-up {sp}")
+    step_rows = {arch: r["step"] for arch, r in report["archs"].items()}
+    print(f"fastest eager step vs convae (images/s): {json.dumps(step_rows)}")
+    print(f"start-up (imports, excluded above): {json.dumps({k: round(r['startup_seconds'], 2) for k, r in report['archs'].items()})}")
     return 0
 
 

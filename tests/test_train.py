@@ -366,3 +366,20 @@ def test_weights_broken_by_the_last_step_of_an_epoch_are_not_saved(tmp_path, mak
     after = _files(tmp_path)
     for name in ("model.safetensors", "last.safetensors", "trainer.json", "history.jsonl"):
         assert after[name] == good[name], f"{name} was overwritten with NaN weights"
+
+
+def test_auto_threads_leaves_busy_cores_alone(monkeypatch):
+    import os
+
+    from convae.train import auto_threads
+
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr(os, "cpu_count", lambda: 4)
+    assert auto_threads(4, others=0) == 4  # idle machine: torch's default
+    assert auto_threads(4, others=1) == 3
+    assert auto_threads(4, others=9) == 1  # never below one
+    assert auto_threads(2, others=0) == 2  # never above torch's default
+    assert auto_threads(4, others=None) == 4  # no /proc/loadavg: torch's default
+    assert 1 <= auto_threads() <= max(1, torch.get_num_threads())  # the real reading works here
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    assert auto_threads(3, others=2) == 3  # an explicit OMP_NUM_THREADS wins

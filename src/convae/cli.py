@@ -151,7 +151,8 @@ def _train_parser(sub) -> None:
     g.add_argument("--out", metavar="DIR", help="run directory (default runs/<time>-<arch>-<data>)")
     g.add_argument("--resume", action="store_true", help="continue the stopped run in --out exactly")
     g.add_argument("--device", default="auto", help="auto (cuda, mps, cpu), cpu, cuda or mps")
-    g.add_argument("--threads", type=_positive_int, help="CPU threads for torch (default: torch's choice)")
+    g.add_argument("--threads", type=_positive_int,
+                   help="CPU threads for torch (default: one per core, minus cores other processes are busy on)")
     p.set_defaults(func=cmd_train)
 
 
@@ -220,10 +221,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     import torch
     import torch.distributed as dist
 
-    from .train import train
+    from .train import auto_threads, train
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    torch.set_num_threads(args.threads or auto_threads())
+    log.debug("torch CPU threads: %d", torch.get_num_threads())
     owned = not dist.is_initialized()  # a group we start, we also end
     rank, world, ddp_device = _init_distributed(args.device)
     if rank != 0:  # one voice: the other ranks only warn

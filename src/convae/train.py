@@ -51,6 +51,7 @@ __all__ = [
     "evaluate",
     "reconstruct",
     "resolve_device",
+    "auto_threads",
     "TrainingDiverged",
     "to_float",
 ]
@@ -110,6 +111,40 @@ def resolve_precision(precision: str, device: torch.device) -> torch.dtype | Non
     if device.type == "cpu" and _cpu_has_bf16():
         return torch.bfloat16
     return None
+
+
+def _other_runnable_tasks(samples: int = 5, gap: float = 0.01) -> int | None:
+    """Runnable tasks on the machine besides this process (Linux ``/proc/loadavg``), median of a few
+    snapshots; None where that file does not exist."""
+    counts = []
+    for i in range(samples):
+        try:
+            with open("/proc/loadavg") as f:
+                running = int(f.read().split()[3].split("/")[0])
+        except (OSError, ValueError, IndexError):
+            return None
+        counts.append(running - 1)  # the reading process is itself runnable
+        if i + 1 < samples:
+            time.sleep(gap)
+    return sorted(counts)[len(counts) // 2]
+
+
+def auto_threads(default: int | None = None, others: int | None = -1) -> int:
+    """CPU threads for torch that do not oversubscribe a busy machine.
+
+    torch's default is one OpenMP thread per core, and its threads wait for each other in every
+    operation: when another process holds one of the cores, the descheduled thread stalls the rest.
+    On the 2-core CPU beside one busy process we measured an epoch 57x slower with 2 threads than
+    with 1 (docs/benchmarks.md). So: torch's default minus the other runnable tasks right now (at
+    least 1). An explicit ``OMP_NUM_THREADS`` (torchrun sets it to 1 per process) is respected.
+    """
+    n = default if default is not None else torch.get_num_threads()
+    if os.environ.get("OMP_NUM_THREADS"):
+        return n
+    busy = _other_runnable_tasks() if others == -1 else others
+    if busy is None:
+        return n
+    return max(1, min(n, (os.cpu_count() or n) - busy))
 
 
 def _autocast(device: torch.device, dtype: torch.dtype | None):

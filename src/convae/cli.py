@@ -648,18 +648,19 @@ def _sweep_parser(sub) -> None:
     p.add_argument("--out", required=True, metavar="DIR",
                    help="sweep folder: latent-L/ runs, sweep.{json,csv,md}, quality.png, reconstruction grids")
     p.add_argument("--device", default="auto", help="auto (cuda, mps, cpu), cpu, cuda or mps")
-    p.add_argument("--threads", type=_positive_int, help="CPU threads for torch (default: torch's choice)")
+    p.add_argument("--threads", type=_positive_int,
+                   help="CPU threads for torch (default: one per core, minus cores other processes are busy on)")
     p.set_defaults(func=cmd_sweep)
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
+    import torch
+
     from .config import RunConfig
     from .latent import sweep
+    from .train import auto_threads
 
-    if args.threads:
-        import torch
-
-        torch.set_num_threads(args.threads)
+    torch.set_num_threads(args.threads or auto_threads())
     base = RunConfig()  # the default recipe: only the architecture, the data and --epochs/--seed change
     over = {k: getattr(args, k) for k in ("epochs", "seed") if getattr(args, k) is not None}
     cfg = replace(base, model=replace(base.model, arch=args.arch, latent_dim=None),
@@ -1006,7 +1007,8 @@ def _bench_denoise_parser(bsub) -> None:
     p.add_argument("--out", metavar="DIR", help="results.json, one figure per level and the trained runs "
                                                 "(default runs/bench-denoise-<time>)")
     p.add_argument("--device", default="auto", help="auto (cuda, mps, cpu), cpu, cuda or mps")
-    p.add_argument("--threads", type=_positive_int, help="CPU threads for torch (default: torch's choice)")
+    p.add_argument("--threads", type=_positive_int,
+                   help="CPU threads for torch (default: one per core, minus cores other processes are busy on)")
     p.set_defaults(func=cmd_bench_denoise)
 
 
@@ -1019,11 +1021,10 @@ def cmd_bench_denoise(args: argparse.Namespace) -> int:
     from .data import load_split
     from .denoise import benchmark, comparison_figure, level_name, parse_levels, train_denoiser
     from .plots import save_figure
-    from .train import load, resolve_device
+    from .train import auto_threads, load, resolve_device
 
     t_start = time.perf_counter()
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    torch.set_num_threads(args.threads or auto_threads())
     levels = parse_levels(args.noise)
     filters = [f.strip() for f in args.filters.split(",") if f.strip()]
     data = data_config_from_args(args)

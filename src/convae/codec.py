@@ -486,8 +486,8 @@ class CodecFitConfig:
     batch_size: int = 32  # small batches: more steps - the rate term needs them to take effect
     mixture: int = 4  # logistic components per latent channel in the training prior
     quant: str = "noise"  # "noise" (additive uniform) or "ste" (straight-through rounding)
-    # quality levels: quantizer steps, coarse first, each sqrt(2) apart (about 2 dB and 8 B apart
-    # for the codec preset; docs/codec.md)
+    # quality levels: quantizer steps, coarse first, sqrt(2) apart (for the codec preset 2.3 to
+    # 0.6 dB and 4 to 10 B/image apart, 17-29 dB in all; docs/codec.md)
     steps: tuple[float, ...] = (8.0, 5.66, 4.0, 2.83, 2.0, 1.41, 1.0, 0.71)
     default_level: int = 5  # the level `convae encode` uses without --quality (step 1.41)
     margin: int = 2  # table symbols beyond the training codes' range, per side

@@ -12,6 +12,7 @@ as `convae bench codec` measures), and the bytes/image convae needs at the PSNR 
     python benchmarks/codec.py --only 2 --lmbda 0.1 1 --threads 1     # one candidate, two weights
     flock /tmp/convae-bench.lock python benchmarks/codec.py --timing --out /tmp/codec-sweep
 
+`--gap` prints each candidate's float-latent PSNR on the train and the test split instead.
 `--timing` measures encode and decode speed instead (default torch threads, best of 5, the default
 quality level): speed depends on the network and the coder, not on the fine-tune, so it uses the
 cached trained models with tables fitted without fine-tuning.
@@ -98,6 +99,11 @@ def main() -> None:
     )
     ap.add_argument("--threads", type=int, help="torch threads")
     ap.add_argument("--timing", action="store_true", help="measure encode/decode speed instead")
+    ap.add_argument(
+        "--gap",
+        action="store_true",
+        help="print train vs test float PSNR (and a code map's per-position spread) instead",
+    )
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -107,6 +113,9 @@ def main() -> None:
     test_x, _ = load_dataset(args.data, "test")
     if args.timing:
         _timing(args, out, train_x, test_x)
+        return
+    if args.gap:
+        _gap(args, out, train_x, test_x)
         return
     webp = {
         r["setting"]: r
@@ -193,6 +202,27 @@ def _timing(args: argparse.Namespace, out: Path, train_x, test_x) -> None:
         lines.append(line)
     (out / "timing.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
+
+
+def _gap(args: argparse.Namespace, out: Path, train_x, test_x) -> None:
+    """Generalization of each candidate: float-latent PSNR on the train and the test split; for a
+    code map, the spread (std over the training digits) of its code at each of the 7x7 positions."""
+    from convae.train import to_float
+
+    for i, (m_over, t_over) in enumerate(GRID):
+        if args.only and i not in args.only:
+            continue
+        model, _, _ = _model(out, args.data, m_over, t_over, train_x)
+        tr = evaluate(model, train_x, ssim=False)["psnr"]
+        te = evaluate(model, test_x, ssim=False)["psnr"]
+        print(f"[{i}] {m_over} {t_over}: train {tr:.2f} dB, test {te:.2f} dB, gap {tr - te:.2f} dB")
+        if len(model.latent_shape) == 3:
+            with torch.inference_mode():
+                y = model.encoder(to_float(train_x, "cpu"))  # [N, K, s/4, s/4]
+            spread = y.std(0).mean(0)  # [s/4, s/4]: std over images, averaged over the K channels
+            print("    code std per position (mean over channels):")
+            for row in spread.tolist():
+                print("    " + " ".join(f"{v:4.2f}" for v in row))
 
 
 if __name__ == "__main__":

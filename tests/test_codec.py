@@ -480,3 +480,18 @@ def test_codec_preset_and_default_levels():
     assert all(a > b for a, b in zip(steps, steps[1:], strict=False))  # level 0 = smallest files
     assert 0 <= C.CodecFitConfig().default_level < len(steps)
     assert PRESETS["codec"]["train"]["epochs"] >= 1
+
+
+def test_thread_count_changes_neither_bytes_nor_pixels(codec, test_x):
+    """The CLI picks the torch thread count from the machine's load, so it must not matter."""
+    before = torch.get_num_threads()
+    try:
+        out = []
+        for n in (1, 2):
+            torch.set_num_threads(n)
+            data = C.encode(codec, test_x)
+            out.append((data, C.decode(codec, data)[0]))
+    finally:
+        torch.set_num_threads(before)
+    assert out[0][0] == out[1][0]
+    assert torch.equal(out[0][1], out[1][1])

@@ -711,14 +711,21 @@ def _encode_parser(sub) -> None:
     p.add_argument("--resize", action="store_true", help="resize + centre-crop image files to the model's size")
     p.add_argument("--no-run-path", action="store_true",
                    help="do not record the run's path in the file (decode then needs --model)")
+    p.add_argument("--threads", type=_positive_int,
+                   help="CPU threads for torch (default: one per core, minus cores other processes are busy on)")
     p.set_defaults(func=cmd_encode)
 
 
 def cmd_encode(args: argparse.Namespace) -> int:
+    import torch
+
     from . import codec as cdc
     from .checkpoint import atomic_write, check_run_dir
     from .data import load_split, read_image_files
+    from .train import auto_threads
 
+    # the thread count changes speed only: files and pixels are the same with 1 or 2 (tested)
+    torch.set_num_threads(args.threads or auto_threads())
     run = check_run_dir(args.run)
     if args.inputs and args.data:
         raise ValueError("give image files/folders or --data SPEC, not both")
@@ -763,12 +770,19 @@ def _decode_parser(sub) -> None:
                                                                "original names)")
     p.add_argument("--model", metavar="RUN", help="run directory that encoded the file (default: the path "
                                                   "recorded in the file)")
+    p.add_argument("--threads", type=_positive_int,
+                   help="CPU threads for torch (default: one per core, minus cores other processes are busy on)")
     p.set_defaults(func=cmd_decode)
 
 
 def cmd_decode(args: argparse.Namespace) -> int:
+    import torch
+
     from . import codec as cdc
     from .data import write_png
+    from .train import auto_threads
+
+    torch.set_num_threads(args.threads or auto_threads())
 
     path = Path(args.file)
     header, _, _ = cdc.read_header(path)  # structure + checksum, before any model is loaded
@@ -848,7 +862,9 @@ def _bench_codec_parser(bsub) -> None:
     p.add_argument("--split", default="test", choices=["train", "val", "test"])
     p.add_argument("--limit", type=_positive_int, metavar="N", help="only the first N images")
     p.add_argument("--repeats", type=_positive_int, default=3, help="timing repeats (best is kept)")
-    p.add_argument("--threads", type=_positive_int, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--threads", type=_positive_int,
+                   help="torch CPU threads (default: one per core, minus cores other processes are busy on; "
+                        "give 2 for timings on 2 cores)")
     p.add_argument("--no-ssim", action="store_true", help="skip SSIM (faster)")
     p.set_defaults(func=cmd_bench_codec)
 
@@ -861,10 +877,9 @@ def cmd_bench_codec(args: argparse.Namespace) -> int:
     from .config import RunConfig, apply_preset
     from .data import load_split
     from .plots import save_figure
-    from .train import train
+    from .train import auto_threads, train
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    torch.set_num_threads(args.threads or auto_threads())
     data = data_config_from_args(args)
     runs = [Path(r) for r in args.runs] if args.runs else []
     if not runs:

@@ -134,9 +134,10 @@ def auto_threads(default: int | None = None, others: int | None = -1) -> int:
 
     torch's default is one OpenMP thread per core, and its threads wait for each other in every
     operation: when another process holds one of the cores, the descheduled thread stalls the rest.
-    On the 2-core CPU beside one busy process we measured an epoch 57x slower with 2 threads than
-    with 1 (docs/benchmarks.md). So: torch's default minus the other runnable tasks right now (at
-    least 1). An explicit ``OMP_NUM_THREADS`` (torchrun sets it to 1 per process) is respected.
+    On the 2-core CPU beside one other training process an epoch took 2.8x longer with 2 threads
+    than with 1, and up to 58x in one measurement with several (``benchmarks/threads.py``,
+    docs/benchmarks.md). So: torch's default minus the other runnable tasks right now (at least 1).
+    An explicit ``OMP_NUM_THREADS`` (torchrun sets it to 1 per process) is respected.
     """
     n = default if default is not None else torch.get_num_threads()
     if os.environ.get("OMP_NUM_THREADS"):

@@ -69,6 +69,24 @@ def _float_list(s: str) -> list[float]:
         raise argparse.ArgumentTypeError(f"{s!r} is not a comma list of numbers, e.g. -8,0") from None
 
 
+_THREADS_HELP = "CPU threads for torch (default: one per core, minus cores other processes are busy on)"
+
+
+def add_threads_arg(p, extra: str = "") -> None:
+    """``--threads N``; without it :func:`set_threads` picks the load-aware count."""
+    p.add_argument("--threads", type=_positive_int, help=_THREADS_HELP + extra)
+
+
+def set_threads(args: argparse.Namespace) -> int:
+    """Apply ``--threads`` or :func:`convae.train.auto_threads` (never oversubscribe a busy CPU)."""
+    import torch
+
+    from .train import auto_threads
+
+    torch.set_num_threads(args.threads or auto_threads())
+    return torch.get_num_threads()
+
+
 def _channels(s: str) -> int:
     if s not in ("1", "3"):
         raise argparse.ArgumentTypeError("must be 1 or 3")
@@ -151,8 +169,7 @@ def _train_parser(sub) -> None:
     g.add_argument("--out", metavar="DIR", help="run directory (default runs/<time>-<arch>-<data>)")
     g.add_argument("--resume", action="store_true", help="continue the stopped run in --out exactly")
     g.add_argument("--device", default="auto", help="auto (cuda, mps, cpu), cpu, cuda or mps")
-    g.add_argument("--threads", type=_positive_int,
-                   help="CPU threads for torch (default: one per core, minus cores other processes are busy on)")
+    add_threads_arg(g)
     p.set_defaults(func=cmd_train)
 
 
@@ -221,9 +238,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     import torch
     import torch.distributed as dist
 
-    from .train import auto_threads, train
+    from .train import train
 
-    torch.set_num_threads(args.threads or auto_threads())
+    set_threads(args)
     log.debug("torch CPU threads: %d", torch.get_num_threads())
     owned = not dist.is_initialized()  # a group we start, we also end
     rank, world, ddp_device = _init_distributed(args.device)
@@ -648,19 +665,15 @@ def _sweep_parser(sub) -> None:
     p.add_argument("--out", required=True, metavar="DIR",
                    help="sweep folder: latent-L/ runs, sweep.{json,csv,md}, quality.png, reconstruction grids")
     p.add_argument("--device", default="auto", help="auto (cuda, mps, cpu), cpu, cuda or mps")
-    p.add_argument("--threads", type=_positive_int,
-                   help="CPU threads for torch (default: one per core, minus cores other processes are busy on)")
+    add_threads_arg(p)
     p.set_defaults(func=cmd_sweep)
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
-    import torch
-
     from .config import RunConfig
     from .latent import sweep
-    from .train import auto_threads
 
-    torch.set_num_threads(args.threads or auto_threads())
+    set_threads(args)
     base = RunConfig()  # the default recipe: only the architecture, the data and --epochs/--seed change
     over = {k: getattr(args, k) for k in ("epochs", "seed") if getattr(args, k) is not None}
     cfg = replace(base, model=replace(base.model, arch=args.arch, latent_dim=None),
@@ -711,21 +724,17 @@ def _encode_parser(sub) -> None:
     p.add_argument("--resize", action="store_true", help="resize + centre-crop image files to the model's size")
     p.add_argument("--no-run-path", action="store_true",
                    help="do not record the run's path in the file (decode then needs --model)")
-    p.add_argument("--threads", type=_positive_int,
-                   help="CPU threads for torch (default: one per core, minus cores other processes are busy on)")
+    add_threads_arg(p)
     p.set_defaults(func=cmd_encode)
 
 
 def cmd_encode(args: argparse.Namespace) -> int:
-    import torch
-
     from . import codec as cdc
     from .checkpoint import atomic_write, check_run_dir
     from .data import load_split, read_image_files
-    from .train import auto_threads
 
     # the thread count changes speed only: files and pixels are the same with 1 or 2 (tested)
-    torch.set_num_threads(args.threads or auto_threads())
+    set_threads(args)
     run = check_run_dir(args.run)
     if args.inputs and args.data:
         raise ValueError("give image files/folders or --data SPEC, not both")
@@ -770,20 +779,15 @@ def _decode_parser(sub) -> None:
                                                                "original names)")
     p.add_argument("--model", metavar="RUN", help="run directory that encoded the file (default: the path "
                                                   "recorded in the file)")
-    p.add_argument("--threads", type=_positive_int,
-                   help="CPU threads for torch (default: one per core, minus cores other processes are busy on)")
+    add_threads_arg(p)
     p.set_defaults(func=cmd_decode)
 
 
 def cmd_decode(args: argparse.Namespace) -> int:
-    import torch
-
     from . import codec as cdc
     from .data import write_png
-    from .train import auto_threads
 
-    torch.set_num_threads(args.threads or auto_threads())
-
+    set_threads(args)
     path = Path(args.file)
     header, _, _ = cdc.read_header(path)  # structure + checksum, before any model is loaded
     run = args.model or header.run
@@ -862,9 +866,7 @@ def _bench_codec_parser(bsub) -> None:
     p.add_argument("--split", default="test", choices=["train", "val", "test"])
     p.add_argument("--limit", type=_positive_int, metavar="N", help="only the first N images")
     p.add_argument("--repeats", type=_positive_int, default=3, help="timing repeats (best is kept)")
-    p.add_argument("--threads", type=_positive_int,
-                   help="torch CPU threads (default: one per core, minus cores other processes are busy on; "
-                        "give 2 for timings on 2 cores)")
+    add_threads_arg(p, "; give 2 for timings on 2 cores")
     p.add_argument("--no-ssim", action="store_true", help="skip SSIM (faster)")
     p.set_defaults(func=cmd_bench_codec)
 
@@ -877,9 +879,9 @@ def cmd_bench_codec(args: argparse.Namespace) -> int:
     from .config import RunConfig, apply_preset
     from .data import load_split
     from .plots import save_figure
-    from .train import auto_threads, train
+    from .train import train
 
-    torch.set_num_threads(args.threads or auto_threads())
+    set_threads(args)
     data = data_config_from_args(args)
     runs = [Path(r) for r in args.runs] if args.runs else []
     if not runs:
@@ -1022,8 +1024,7 @@ def _bench_denoise_parser(bsub) -> None:
     p.add_argument("--out", metavar="DIR", help="results.json, one figure per level and the trained runs "
                                                 "(default runs/bench-denoise-<time>)")
     p.add_argument("--device", default="auto", help="auto (cuda, mps, cpu), cpu, cuda or mps")
-    p.add_argument("--threads", type=_positive_int,
-                   help="CPU threads for torch (default: one per core, minus cores other processes are busy on)")
+    add_threads_arg(p)
     p.set_defaults(func=cmd_bench_denoise)
 
 
@@ -1036,10 +1037,10 @@ def cmd_bench_denoise(args: argparse.Namespace) -> int:
     from .data import load_split
     from .denoise import benchmark, comparison_figure, level_name, parse_levels, train_denoiser
     from .plots import save_figure
-    from .train import auto_threads, load, resolve_device
+    from .train import load, resolve_device
 
     t_start = time.perf_counter()
-    torch.set_num_threads(args.threads or auto_threads())
+    set_threads(args)
     levels = parse_levels(args.noise)
     filters = [f.strip() for f in args.filters.split(",") if f.strip()]
     data = data_config_from_args(args)

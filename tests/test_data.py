@@ -443,8 +443,8 @@ def test_folder_formats_and_labels(tmp_path, make_images, write_image_folder, fm
     write_image_folder(tmp_path / "cats", imgs[:2], None, fmt)  # sub-folder names are the labels
     write_image_folder(tmp_path / "dogs", imgs[2:4], None, fmt)
     write_image_folder(tmp_path / "eels" / "deep", imgs[4:], None, fmt)  # recursive
-    # WebP has no grey mode (PIL stores grey as RGB), so grey WebP needs --channels 1
-    x, y, names = read_folder(tmp_path, channels=1 if fmt == "webp" and channels == 1 else None)
+    # WebP has no grey mode (PIL stores grey as RGB): found grey (R = G = B) and read as 1 channel
+    x, y, names = read_folder(tmp_path)
     assert names == ["cats", "dogs", "eels"]
     assert y.tolist() == labels
     assert x.shape == (6, channels, 16, 16) and x.dtype == np.uint8
@@ -452,6 +452,27 @@ def test_folder_formats_and_labels(tmp_path, make_images, write_image_folder, fm
         np.testing.assert_array_equal(x, imgs.numpy())
     else:
         assert np.abs(x.astype(int) - imgs.numpy().astype(int)).mean() < 12
+
+
+def test_folder_grey_stored_as_rgb_is_one_channel_unless_forced(tmp_path, make_images, write_image_folder):
+    grey = make_images(4, 1, 16, seed=2)
+    write_image_folder(tmp_path / "g", grey.repeat(1, 3, 1, 1), None, "png")  # RGB files, R = G = B
+    x, _, _ = read_folder(tmp_path / "g")
+    assert x.shape == (4, 1, 16, 16)
+    np.testing.assert_array_equal(x, grey.numpy())
+    x, _, _ = read_folder(tmp_path / "g", channels=3)  # asked for colour: kept
+    assert x.shape == (4, 3, 16, 16)
+    from PIL import Image
+
+    from convae.data import _luma
+
+    rgb = make_images(3, 3, 16, seed=5).numpy()  # the luma matches Pillow's convert("L") exactly
+    want = np.stack([np.asarray(Image.fromarray(a.transpose(1, 2, 0)).convert("L"))[None] for a in rgb])
+    np.testing.assert_array_equal(_luma(rgb), want)
+    colour = grey.repeat(1, 3, 1, 1).clone()
+    colour[-1, 0] = 255 - colour[-1, 0]  # one image with colour in it: the folder stays RGB
+    write_image_folder(tmp_path / "c", colour, None, "png")
+    assert read_folder(tmp_path / "c")[0].shape == (4, 3, 16, 16)
 
 
 def test_folder_without_subfolders(tmp_path, make_images, write_image_folder):

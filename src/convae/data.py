@@ -396,6 +396,7 @@ def read_folder(
     class_names = subdirs if subdirs else [root.name]
     index = {n: i for i, n in enumerate(class_names)}
 
+    forced = channels is not None
     if channels is None:  # decide once from the first readable image, so all agree
         for f in files:
             try:
@@ -426,7 +427,27 @@ def read_folder(
         log.warning("skipped %d unreadable file(s) in %s", skipped, root)
     if not imgs:
         raise ValueError(f"folder {root}: none of {len(files)} image files could be read")
-    return np.stack(imgs), np.asarray(labels, dtype=np.int64), class_names
+    x = np.stack(imgs)
+    if not forced and x.shape[1] == 3 and _is_grey(x):
+        # Grey pictures saved in a colour format (WebP has no grey mode; many JPEGs and PNGs are
+        # RGB with R = G = B): one channel carries them, at a third of the cost.
+        log.info("all %d images in %s are grey stored as RGB: using 1 channel (--channels 3 keeps 3)",
+                 len(x), root)
+        x = _luma(x)
+    return x, np.asarray(labels, dtype=np.int64), class_names
+
+
+def _is_grey(x: np.ndarray, tolerance: int = 2) -> bool:
+    """Every pixel of uint8 RGB [N, 3, H, W] has R, G, B within ``tolerance`` levels of each other
+    (lossy WebP/JPEG decode grey with +-1 level of chroma rounding)."""
+    r, g, b = (x[:, i].astype(np.int16) for i in range(3))
+    return bool(np.abs(r - g).max() <= tolerance and np.abs(g - b).max() <= tolerance)
+
+
+def _luma(x: np.ndarray) -> np.ndarray:
+    """uint8 RGB [N, 3, H, W] -> [N, 1, H, W] exactly as Pillow's ``convert("L")`` (ITU-R 601-2)."""
+    r, g, b = (x[:, i : i + 1].astype(np.uint32) for i in range(3))
+    return ((r * 19595 + g * 38470 + b * 7471 + 0x8000) >> 16).astype(np.uint8)
 
 
 # ---------------------------------------------------------------------------------------------

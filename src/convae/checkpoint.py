@@ -82,7 +82,9 @@ def _state_to_cpu(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {k: v.detach().to("cpu").contiguous() for k, v in state.items()}
 
 
-def save_weights(module: torch.nn.Module, path: str | os.PathLike, metadata: dict[str, str] | None = None) -> None:
+def save_weights(
+    module: torch.nn.Module, path: str | os.PathLike, metadata: dict[str, str] | None = None
+) -> None:
     """Save a module's state dict as safetensors, atomically."""
     atomic_write(path, st_save(_state_to_cpu(module.state_dict()), metadata=metadata))
 
@@ -116,7 +118,9 @@ def save_trainer_state(
             else:
                 scalars.setdefault(str(pid), {})[k] = v
     token = hashlib.sha256(os.urandom(16)).hexdigest()[:16]
-    atomic_write(run_dir / "trainer.safetensors", st_save(_state_to_cpu(tensors), metadata={"token": token}))
+    atomic_write(
+        run_dir / "trainer.safetensors", st_save(_state_to_cpu(tensors), metadata={"token": token})
+    )
     write_json(
         run_dir / "trainer.json",
         {**info, "token": token, "param_groups": sd["param_groups"], "scalars": scalars},
@@ -136,7 +140,9 @@ def load_trainer_state(run_dir: Path, optimizer: torch.optim.Optimizer) -> dict[
     except (SafetensorError, OSError) as e:
         raise ValueError(f"{path}: corrupt trainer state ({e}); cannot resume") from e
     if meta.get("token") != info.get("token"):
-        raise ValueError(f"{run_dir}: trainer.json and trainer.safetensors do not match; cannot resume")
+        raise ValueError(
+            f"{run_dir}: trainer.json and trainer.safetensors do not match; cannot resume"
+        )
     state: dict[int, dict[str, Any]] = {}
     for key, v in tensors.items():
         pid, name = key.split(".", 1)
@@ -169,5 +175,7 @@ def check_run_dir(run_dir: str | os.PathLike) -> Path:
         raise ValueError(f"{p}: not a run directory (expected a folder made by `convae train`)")
     for name in ("config.json", "model.safetensors"):
         if not (p / name).is_file():
-            raise FileNotFoundError(f"{p}: missing {name}; is this a run directory made by `convae train`?")
+            raise FileNotFoundError(
+                f"{p}: missing {name}; is this a run directory made by `convae train`?"
+            )
     return p

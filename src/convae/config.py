@@ -48,7 +48,9 @@ class DataConfig:
 @dataclass(frozen=True)
 class TrainConfig:
     epochs: int = 10  # passes over the training split
-    batch_size: int = 32  # images per optimizer step (per process under DDP); see docs/benchmarks.md
+    batch_size: int = (
+        32  # images per optimizer step (per process under DDP); see docs/benchmarks.md
+    )
     lr: float = 1e-2  # peak learning rate of the one-cycle schedule
     optimizer: str = "adamw"  # "adam" or "adamw"
     weight_decay: float = 1e-4  # AdamW decoupled weight decay (ignored by adam)
@@ -117,24 +119,64 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     # epoch draws new noise. Pinned in full so the documented numbers do not move with the
     # defaults. The noise itself comes from --noise.
     "denoise": {
-        "model": {"arch": "convae", "width": 16, "latent_dim": 128, "decoder": "upsample", "norm": "batch"},
-        "train": {"epochs": 30, "batch_size": 64, "lr": 6e-3, "optimizer": "adamw", "weight_decay": 1e-4,
-                  "schedule": "onecycle", "warmup": 0.15, "loss": "mse"},
+        "model": {
+            "arch": "convae",
+            "width": 16,
+            "latent_dim": 128,
+            "decoder": "upsample",
+            "norm": "batch",
+        },
+        "train": {
+            "epochs": 30,
+            "batch_size": 64,
+            "lr": 6e-3,
+            "optimizer": "adamw",
+            "weight_decay": 1e-4,
+            "schedule": "onecycle",
+            "warmup": 0.15,
+            "loss": "mse",
+        },
     },
     # One-class anomaly detection (docs/anomaly.md): a narrow model (width 16, 16 latent values)
     # trained long on few normal images; pinned here so the default recipe can change freely.
     "anomaly": {
-        "model": {"arch": "convae", "width": 16, "latent_dim": 16, "decoder": "upsample", "norm": "batch"},
-        "train": {"epochs": 30, "batch_size": 32, "lr": 3e-3, "schedule": "onecycle", "loss": "mse"},
+        "model": {
+            "arch": "convae",
+            "width": 16,
+            "latent_dim": 16,
+            "decoder": "upsample",
+            "norm": "batch",
+        },
+        "train": {
+            "epochs": 30,
+            "batch_size": 32,
+            "lr": 3e-3,
+            "schedule": "onecycle",
+            "loss": "mse",
+        },
     },
     # Compression (docs/codec.md): the model `convae bench codec` measures - a [4, 7, 7] code map
     # (no dense layer: it generalizes from few images, and background positions cost few bits),
     # width 8 for >= 10,000 digits/s. `convae encode` then fine-tunes it for rate-distortion once
     # and fits its quantizer/probability tables. Pinned in full so the documented numbers stay.
     "codec": {
-        "model": {"arch": "convae-map", "width": 8, "latent_dim": 196, "decoder": "transpose", "norm": "batch"},
-        "train": {"epochs": 60, "batch_size": 32, "lr": 1e-2, "optimizer": "adamw", "weight_decay": 1e-4,
-                  "schedule": "onecycle", "warmup": 0.15, "loss": "mse"},
+        "model": {
+            "arch": "convae-map",
+            "width": 8,
+            "latent_dim": 196,
+            "decoder": "transpose",
+            "norm": "batch",
+        },
+        "train": {
+            "epochs": 60,
+            "batch_size": 32,
+            "lr": 1e-2,
+            "optimizer": "adamw",
+            "weight_decay": 1e-4,
+            "schedule": "onecycle",
+            "warmup": 0.15,
+            "loss": "mse",
+        },
     },
 }
 

@@ -320,7 +320,9 @@ def list_image_files(inputs: Iterable[str | os.PathLike]) -> list[Path]:
         p = Path(item).expanduser()
         if p.is_dir():
             out.extend(
-                sorted(q for q in p.rglob("*") if q.is_file() and q.suffix.lower() in IMAGE_SUFFIXES)
+                sorted(
+                    q for q in p.rglob("*") if q.is_file() and q.suffix.lower() in IMAGE_SUFFIXES
+                )
             )
         elif p.is_file():
             out.append(p)
@@ -392,7 +394,9 @@ def read_folder(
     files = list_image_files([root])
     if not files:
         raise ValueError(f"folder {root} holds no images ({', '.join(IMAGE_SUFFIXES)})")
-    subdirs = sorted({f.relative_to(root).parts[0] for f in files if len(f.relative_to(root).parts) > 1})
+    subdirs = sorted(
+        {f.relative_to(root).parts[0] for f in files if len(f.relative_to(root).parts) > 1}
+    )
     class_names = subdirs if subdirs else [root.name]
     index = {n: i for i, n in enumerate(class_names)}
 
@@ -431,8 +435,11 @@ def read_folder(
     if not forced and x.shape[1] == 3 and _is_grey(x):
         # Grey pictures saved in a colour format (WebP has no grey mode; many JPEGs and PNGs are
         # RGB with R = G = B): one channel carries them, at a third of the cost.
-        log.info("all %d images in %s are grey stored as RGB: using 1 channel (--channels 3 keeps 3)",
-                 len(x), root)
+        log.info(
+            "all %d images in %s are grey stored as RGB: using 1 channel (--channels 3 keeps 3)",
+            len(x),
+            root,
+        )
         x = _luma(x)
     return x, np.asarray(labels, dtype=np.int64), class_names
 
@@ -464,7 +471,11 @@ def _sample_path() -> Path:
 
 @functools.lru_cache(maxsize=8)
 def _load_raw(
-    spec: str, data_dir: str | None, channels: int | None, image_size: int | None, strict: bool,
+    spec: str,
+    data_dir: str | None,
+    channels: int | None,
+    image_size: int | None,
+    strict: bool,
     cache: str = "",
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """(train_x, train_y, test_x, test_y) for a spec; the split into val happens later.
@@ -513,18 +524,25 @@ def _load_raw(
             out += [xi[:, None], yi.astype(np.int64)]
         return tuple(out)  # type: ignore[return-value]
     if spec == "cifar10":
-        paths = fetch(spec, data_dir) if data_dir is None or not _has_extracted_cifar(data_dir) else {
-            "archive": Path(data_dir)
-        }
+        paths = (
+            fetch(spec, data_dir)
+            if data_dir is None or not _has_extracted_cifar(data_dir)
+            else {"archive": Path(data_dir)}
+        )
         members = _cifar_members(paths["archive"])
-        parts = [read_cifar_bin(members[f"data_batch_{i}.bin"], f"data_batch_{i}.bin") for i in range(1, 6)]
+        parts = [
+            read_cifar_bin(members[f"data_batch_{i}.bin"], f"data_batch_{i}.bin")
+            for i in range(1, 6)
+        ]
         tx = np.concatenate([p[0] for p in parts])
         ty = np.concatenate([p[1] for p in parts])
         ex, ey = read_cifar_bin(members["test_batch.bin"], "test_batch.bin")
         return tx, ty, ex, ey
     if spec.startswith("folder:"):
         x, y, _ = read_folder(spec[len("folder:") :], channels, image_size, strict)
-        test_idx = stratified_split(y, 0.1, seed=12345) if len(y) >= 10 else np.array([], dtype=np.int64)
+        test_idx = (
+            stratified_split(y, 0.1, seed=12345) if len(y) >= 10 else np.array([], dtype=np.int64)
+        )
         mask = np.zeros(len(y), dtype=bool)
         mask[test_idx] = True
         return x[~mask], y[~mask], x[mask], y[mask]
@@ -535,7 +553,9 @@ def _load_raw(
 
 def _has_extracted_cifar(data_dir: str) -> bool:
     d = Path(data_dir)
-    return (d / "test_batch.bin").is_file() or (d / "cifar-10-batches-bin" / "test_batch.bin").is_file()
+    return (d / "test_batch.bin").is_file() or (
+        d / "cifar-10-batches-bin" / "test_batch.bin"
+    ).is_file()
 
 
 def stratified_split(labels: np.ndarray, fraction: float, seed: int) -> np.ndarray:
@@ -573,12 +593,21 @@ def load_dataset(
     if not 0.0 <= val_fraction < 1.0:
         raise ValueError(f"val fraction must be in [0, 1), not {val_fraction}")
     tx, ty, ex, ey = _load_raw(
-        spec, None if data_dir is None else str(data_dir), channels, image_size, strict, str(cache_dir())
+        spec,
+        None if data_dir is None else str(data_dir),
+        channels,
+        image_size,
+        strict,
+        str(cache_dir()),
     )
     if split == "test":
         x, y = ex, ey
     else:
-        val_idx = stratified_split(ty, val_fraction, split_seed) if val_fraction > 0 else np.array([], dtype=np.int64)
+        val_idx = (
+            stratified_split(ty, val_fraction, split_seed)
+            if val_fraction > 0
+            else np.array([], dtype=np.int64)
+        )
         mask = np.zeros(len(ty), dtype=bool)
         mask[val_idx] = True
         if split == "val":
@@ -627,5 +656,7 @@ def _convert_channels(x: np.ndarray, channels: int) -> np.ndarray:
 
 def _resize_batch(x: np.ndarray, size: int) -> np.ndarray:
     t = torch.from_numpy(np.ascontiguousarray(x)).float()
-    t = torch.nn.functional.interpolate(t, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+    t = torch.nn.functional.interpolate(
+        t, size=(size, size), mode="bilinear", antialias=True, align_corners=False
+    )
     return t.round().clamp(0, 255).to(torch.uint8).numpy()

@@ -20,7 +20,9 @@ def mse_per_image(x: Tensor, y: Tensor) -> Tensor:
 def psnr_per_image(x: Tensor, y: Tensor) -> Tensor:
     """Peak signal-to-noise ratio in dB of each image (data range 1) -> [N]; capped at 100 dB."""
     mse = mse_per_image(x, y)
-    return torch.where(mse > 0, -10.0 * torch.log10(mse.clamp_min(1e-300)), torch.full_like(mse, PSNR_CAP)).clamp_max(PSNR_CAP)
+    return torch.where(
+        mse > 0, -10.0 * torch.log10(mse.clamp_min(1e-300)), torch.full_like(mse, PSNR_CAP)
+    ).clamp_max(PSNR_CAP)
 
 
 def _ssim_options(shape: tuple[int, ...]) -> dict:

@@ -126,7 +126,11 @@ def _seed_latent_strided(cfg: ModelConfig) -> int:
     return 12
 
 
-@register("seed-strided", _seed_latent_strided, "strided convs to a 1x1 code, ConvTranspose decoder (seeds 000/002)")
+@register(
+    "seed-strided",
+    _seed_latent_strided,
+    "strided convs to a 1x1 code, ConvTranspose decoder (seeds 000/002)",
+)
 def seed_strided(cfg: ModelConfig) -> AutoEncoder:
     c, s = cfg.channels, cfg.image_size
     L = cfg.latent_dim or 12
@@ -175,7 +179,11 @@ def _pool_encoder(c: int, code: int) -> nn.Sequential:
     )
 
 
-@register("seed-pool", _pool_latent, "conv + max-pool encoder to a 4x7x7 map, ConvTranspose(k2,s2) decoder (seed 001)")
+@register(
+    "seed-pool",
+    _pool_latent,
+    "conv + max-pool encoder to a 4x7x7 map, ConvTranspose(k2,s2) decoder (seed 001)",
+)
 def seed_pool(cfg: ModelConfig) -> AutoEncoder:
     c, s = cfg.channels, cfg.image_size
     code = _pool_code_channels(cfg)
@@ -188,7 +196,11 @@ def seed_pool(cfg: ModelConfig) -> AutoEncoder:
     return AutoEncoder(_pool_encoder(c, code), dec, (code, s // 4, s // 4), cfg)
 
 
-@register("seed-upsample", _pool_latent, "seed-pool's encoder, nearest/bilinear upsample + conv decoder (no checkerboard)")
+@register(
+    "seed-upsample",
+    _pool_latent,
+    "seed-pool's encoder, nearest/bilinear upsample + conv decoder (no checkerboard)",
+)
 def seed_upsample(cfg: ModelConfig) -> AutoEncoder:
     c, s = cfg.channels, cfg.image_size
     code = _pool_code_channels(cfg)
@@ -203,7 +215,11 @@ def seed_upsample(cfg: ModelConfig) -> AutoEncoder:
     return AutoEncoder(_pool_encoder(c, code), dec, (code, s // 4, s // 4), cfg)
 
 
-@register("seed-dense", lambda cfg: 200, "convs to 64 maps at 1/4 size, dense bottleneck (200), ConvTranspose decoder (seed 003)")
+@register(
+    "seed-dense",
+    lambda cfg: 200,
+    "convs to 64 maps at 1/4 size, dense bottleneck (200), ConvTranspose decoder (seed 003)",
+)
 def seed_dense(cfg: ModelConfig) -> AutoEncoder:
     c, s = cfg.channels, cfg.image_size
     L = cfg.latent_dim or 200
@@ -233,7 +249,11 @@ def seed_dense(cfg: ModelConfig) -> AutoEncoder:
     return AutoEncoder(enc, dec, (L,), cfg)
 
 
-@register("seed-keras2d", lambda cfg: 2, "Keras 2-D latent model: strided convs to a 1x1 code, linear output (seed 004)")
+@register(
+    "seed-keras2d",
+    lambda cfg: 2,
+    "Keras 2-D latent model: strided convs to a 1x1 code, linear output (seed 004)",
+)
 def seed_keras2d(cfg: ModelConfig) -> AutoEncoder:
     c, s = cfg.channels, cfg.image_size
     L = cfg.latent_dim or 2
@@ -248,7 +268,9 @@ def seed_keras2d(cfg: ModelConfig) -> AutoEncoder:
     dec = nn.Sequential(
         nn.ConvTranspose2d(L, 64, k),  # "valid": [B, 64, s/4, s/4]
         nn.ReLU(inplace=True),
-        nn.ConvTranspose2d(64, 32, 3, stride=2, padding=1, output_padding=1),  # "same": [B, 32, s/2, s/2]
+        nn.ConvTranspose2d(
+            64, 32, 3, stride=2, padding=1, output_padding=1
+        ),  # "same": [B, 32, s/2, s/2]
         nn.ReLU(inplace=True),
         nn.ConvTranspose2d(32, c, 7, stride=2, padding=3, output_padding=1),  # "same": [B, C, s, s]
     )
@@ -273,11 +295,18 @@ def _up(cin: int, cout: int, kind: str, norm: bool) -> list[nn.Module]:
             nn.ConvTranspose2d(cin, cout, 3, stride=2, padding=1, output_padding=1, bias=not norm)
         ]
     else:  # nearest-neighbour upsampling then a 3x3 conv: no checkerboard artifacts
-        conv = [nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv2d(cin, cout, 3, padding=1, bias=not norm)]
+        conv = [
+            nn.Upsample(scale_factor=2, mode="nearest"),
+            nn.Conv2d(cin, cout, 3, padding=1, bias=not norm),
+        ]
     return [*conv, *([nn.BatchNorm2d(cout)] if norm else []), nn.ReLU(inplace=True)]
 
 
-@register("convae", lambda cfg: 16, "ours: BatchNorm conv pyramid, dense bottleneck, upsample+conv (or transposed) decoder")
+@register(
+    "convae",
+    lambda cfg: 16,
+    "ours: BatchNorm conv pyramid, dense bottleneck, upsample+conv (or transposed) decoder",
+)
 def convae_arch(cfg: ModelConfig) -> AutoEncoder:
     """Best quality per latent value at CPU speed (see docs/benchmarks.md for the measurements)."""
     c, s, w = cfg.channels, cfg.image_size, cfg.width
@@ -309,7 +338,11 @@ def _map_latent(cfg: ModelConfig) -> int:
     return 8 * (cfg.image_size // 4) ** 2
 
 
-@register("convae-map", _map_latent, "ours with a convolutional [K, s/4, s/4] code map instead of the dense bottleneck (codec)")
+@register(
+    "convae-map",
+    _map_latent,
+    "ours with a convolutional [K, s/4, s/4] code map instead of the dense bottleneck (codec)",
+)
 def convae_map(cfg: ModelConfig) -> AutoEncoder:
     """The `convae` pyramid ending in a 3x3 conv to ``K = latent_dim / (s/4)^2`` code channels.
 
@@ -360,7 +393,13 @@ def summary(model: AutoEncoder, batch: int = 1) -> dict:
 
             def hook(m, inp, out, part_name=part_name, name=name):
                 rows.append(
-                    LayerRow(part_name, name, type(m).__name__, tuple(out.shape), sum(p.numel() for p in m.parameters()))
+                    LayerRow(
+                        part_name,
+                        name,
+                        type(m).__name__,
+                        tuple(out.shape),
+                        sum(p.numel() for p in m.parameters()),
+                    )
                 )
 
             hooks.append(mod.register_forward_hook(hook))

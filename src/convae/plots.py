@@ -16,7 +16,11 @@ __all__ = ["loss_figure", "reconstruction_figure", "image_grid_figure", "save_fi
 
 def to_display(img: torch.Tensor | np.ndarray) -> np.ndarray:
     """[C, H, W] float in [0, 1] (or uint8) -> [H, W] or [H, W, 3] float array for imshow."""
-    a = img.detach().float().cpu().numpy() if isinstance(img, torch.Tensor) else np.asarray(img, dtype=np.float32)
+    a = (
+        img.detach().float().cpu().numpy()
+        if isinstance(img, torch.Tensor)
+        else np.asarray(img, dtype=np.float32)
+    )
     if a.max() > 1.0 + 1e-6:
         a = a / 255.0
     a = np.clip(a, 0.0, 1.0)
@@ -50,8 +54,12 @@ def loss_figure(history: Sequence[dict[str, Any]]) -> Figure:
     return fig
 
 
-def image_grid_figure(rows: Sequence[torch.Tensor], row_labels: Sequence[str] | None = None,
-                      titles: Sequence[str] | None = None, scale: float = 1.2) -> Figure:
+def image_grid_figure(
+    rows: Sequence[torch.Tensor],
+    row_labels: Sequence[str] | None = None,
+    titles: Sequence[str] | None = None,
+    scale: float = 1.2,
+) -> Figure:
     """A grid: one row per tensor [K, C, H, W] (all with the same K), optional row labels."""
     nrows, ncols = len(rows), max(len(r) for r in rows)
     fig = Figure(figsize=(scale * ncols, scale * nrows + 0.3))
@@ -65,7 +73,9 @@ def image_grid_figure(rows: Sequence[torch.Tensor], row_labels: Sequence[str] | 
                 s.set_visible(False)
             if c < len(imgs):
                 a = to_display(imgs[c])
-                ax.imshow(a, cmap="gray" if a.ndim == 2 else None, vmin=0, vmax=1, interpolation="nearest")
+                ax.imshow(
+                    a, cmap="gray" if a.ndim == 2 else None, vmin=0, vmax=1, interpolation="nearest"
+                )
             if r == 0 and titles is not None and c < len(titles):
                 ax.set_title(titles[c], fontsize=8)
         if row_labels is not None:
@@ -74,7 +84,9 @@ def image_grid_figure(rows: Sequence[torch.Tensor], row_labels: Sequence[str] | 
     return fig
 
 
-def reconstruction_figure(inputs: torch.Tensor, outputs: torch.Tensor, noisy: torch.Tensor | None = None) -> Figure:
+def reconstruction_figure(
+    inputs: torch.Tensor, outputs: torch.Tensor, noisy: torch.Tensor | None = None
+) -> Figure:
     """Inputs above their reconstructions (and the noisy inputs between, when denoising)."""
     if noisy is None:
         return image_grid_figure([inputs, outputs], ["input", "reconstruction"])

@@ -78,9 +78,15 @@ def resolve_device(name: str = "auto") -> torch.device:
     if name not in ("cpu", "cuda", "mps") and not name.startswith("cuda:"):
         raise ValueError(f"device must be auto, cpu, cuda or mps, not {name!r}")
     if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError("--device cuda requested but no CUDA GPU is available; use --device auto or cpu")
-    if name == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
-        raise ValueError("--device mps requested but MPS is not available; use --device auto or cpu")
+        raise ValueError(
+            "--device cuda requested but no CUDA GPU is available; use --device auto or cpu"
+        )
+    if name == "mps" and not (
+        getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()
+    ):
+        raise ValueError(
+            "--device mps requested but MPS is not available; use --device auto or cpu"
+        )
     return torch.device(name)
 
 
@@ -182,7 +188,9 @@ def _loss_fn(name: str, sigmoid_output: bool) -> Callable[[Tensor, Tensor], Tens
         return F.mse_loss
     if name == "bce":
         if not sigmoid_output:
-            raise ValueError("--loss bce needs an architecture with a sigmoid output (not seed-keras2d)")
+            raise ValueError(
+                "--loss bce needs an architecture with a sigmoid output (not seed-keras2d)"
+            )
         return lambda y, x: F.binary_cross_entropy(y.float().clamp(1e-6, 1 - 1e-6), x)
     raise ValueError(f"loss must be mse or bce, not {name!r}")
 
@@ -259,7 +267,9 @@ def fit(
     device = next(model.parameters()).device
     amp_dtype = resolve_precision(cfg.precision, device)
     # channels_last measured faster for every registered arch on CPU (oneDNN) and CUDA; MPS is untested.
-    channels_last = cfg.channels_last if cfg.channels_last is not None else device.type in ("cpu", "cuda")
+    channels_last = (
+        cfg.channels_last if cfg.channels_last is not None else device.type in ("cpu", "cuda")
+    )
     out = Path(run_dir) if run_dir is not None else None
     writer = out is not None and rank == 0
 
@@ -285,7 +295,9 @@ def fit(
         # kernel). forward_sync_buffers=False: running stats are averaged over ranks once per epoch
         # (_average_buffers) instead of rank 0's overwriting everyone's before every forward.
         net = torch.nn.parallel.DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None, forward_sync_buffers=False
+            model,
+            device_ids=[device.index] if device.type == "cuda" else None,
+            forward_sync_buffers=False,
         )
     loss_fn = _loss_fn(cfg.loss, model.sigmoid_output)
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
@@ -299,7 +311,9 @@ def fit(
         if out is None:
             raise ValueError("resume needs a run directory")
         if not (out / "trainer.json").is_file() or not (out / "last.safetensors").is_file():
-            raise FileNotFoundError(f"{out}: no trainer state to resume from (trainer.json, last.safetensors)")
+            raise FileNotFoundError(
+                f"{out}: no trainer state to resume from (trainer.json, last.safetensors)"
+            )
         model.load_state_dict(load_weights(out / "last.safetensors"))
         info = load_trainer_state(out, opt)
         start_epoch, step, best = info["epoch"], info["step"], info["best"]
@@ -308,8 +322,10 @@ def fit(
             log.info("run in %s already finished (%d epochs)", out, start_epoch)
             return history
         if info.get("world", 1) != world:  # the shards and the step count depend on it
-            raise ValueError(f"{out} was trained with {info.get('world', 1)} process(es); resume it with "
-                             f"the same number (torchrun --nnodes x --nproc_per_node), not {world}")
+            raise ValueError(
+                f"{out} was trained with {info.get('world', 1)} process(es); resume it with "
+                f"the same number (torchrun --nnodes x --nproc_per_node), not {world}"
+            )
         log.info("resuming %s at epoch %d", out, start_epoch + 1)
 
     model.train()
@@ -317,7 +333,9 @@ def fit(
         t0 = time.perf_counter()
         # Same permutation on every rank. Step i's global batch is perm[i*W*B : (i+1)*W*B] and rank r
         # takes its r-th slice, so W processes x B images see exactly the batches of one process x W*B.
-        perm = torch.randperm(n, generator=_epoch_generator(cfg.seed, epoch, 0, torch.device("cpu")))
+        perm = torch.randperm(
+            n, generator=_epoch_generator(cfg.seed, epoch, 0, torch.device("cpu"))
+        )
         perm = perm[: steps_per_epoch * world * batch].view(steps_per_epoch, world, batch)[:, rank]
         perm = perm.reshape(-1).to(device)
         noise_g = _epoch_generator(cfg.seed, epoch, 1 + rank * 10, device) if cfg.noise else None
@@ -345,10 +363,20 @@ def fit(
             if progress is not None and ((i + 1) % log_every == 0 or i + 1 == steps_per_epoch):
                 live = float(window) / ((i % log_every) + 1)  # host sync, once per log_every steps
                 window.zero_()
-                if world == 1 and not math.isfinite(live):  # under DDP: the epoch check, all ranks agree
+                if world == 1 and not math.isfinite(
+                    live
+                ):  # under DDP: the epoch check, all ranks agree
                     raise TrainingDiverged(_diverged_msg(epoch, step, cfg))
-                progress({"event": "step", "epoch": epoch + 1, "epochs": cfg.epochs, "step": i + 1,
-                          "steps": steps_per_epoch, "loss": live})
+                progress(
+                    {
+                        "event": "step",
+                        "epoch": epoch + 1,
+                        "epochs": cfg.epochs,
+                        "step": i + 1,
+                        "steps": steps_per_epoch,
+                        "loss": live,
+                    }
+                )
         if world > 1:
             dist.all_reduce(loss_sum)
             loss_sum /= world
@@ -364,8 +392,11 @@ def fit(
         if val_x is not None and (last or (epoch + 1) % cfg.eval_every == 0):
             if world > 1:  # each rank validates its own slice; the sum is the same on every rank
                 part = val_x[rank * len(val_x) // world : (rank + 1) * len(val_x) // world]
-                total = torch.tensor(_mean_loss(model, part, cfg, loss_fn, amp) * len(part),
-                                     dtype=torch.float64, device=device)
+                total = torch.tensor(
+                    _mean_loss(model, part, cfg, loss_fn, amp) * len(part),
+                    dtype=torch.float64,
+                    device=device,
+                )
                 dist.all_reduce(total)
                 val_loss = float(total) / len(val_x)
             else:
@@ -373,8 +404,14 @@ def fit(
             if not math.isfinite(val_loss):
                 raise TrainingDiverged(_diverged_msg(epoch, step, cfg))
         seconds = time.perf_counter() - t0
-        row = {"epoch": epoch + 1, "step": step, "train_loss": train_loss, "val_loss": val_loss,
-               "lr": opt.param_groups[0]["lr"], "seconds": seconds}
+        row = {
+            "epoch": epoch + 1,
+            "step": step,
+            "train_loss": train_loss,
+            "val_loss": val_loss,
+            "lr": opt.param_groups[0]["lr"],
+            "seconds": seconds,
+        }
         history.append(row)
         score = val_loss if val_loss is not None else (train_loss if val_x is None else None)
         improved = score is not None and score < best
@@ -388,14 +425,26 @@ def fit(
             if improved:
                 save_weights(model, out / "model.safetensors")
             save_weights(model, out / "last.safetensors")
-            save_trainer_state(out, opt, {"epoch": epoch + 1, "step": step, "best": best,
-                                          "bad_epochs": bad_epochs, "history": history,
-                                          "stopped_early": stop, "world": world})
+            save_trainer_state(
+                out,
+                opt,
+                {
+                    "epoch": epoch + 1,
+                    "step": step,
+                    "best": best,
+                    "bad_epochs": bad_epochs,
+                    "history": history,
+                    "stopped_early": stop,
+                    "world": world,
+                },
+            )
             _write_history(out / "history.jsonl", history)
         if progress is not None:
             progress({"event": "epoch", **row, "epochs": cfg.epochs, "best": best})
         if stop:
-            log.info("early stop after epoch %d: no improvement for %d epochs", epoch + 1, bad_epochs)
+            log.info(
+                "early stop after epoch %d: no improvement for %d epochs", epoch + 1, bad_epochs
+            )
             break
     if channels_last:
         model.to(memory_format=torch.contiguous_format)
@@ -414,8 +463,10 @@ def _average_buffers(model: torch.nn.Module, world: int) -> None:
 
 
 def _diverged_msg(epoch: int, step: int, cfg: TrainConfig) -> str:
-    return (f"loss became NaN/inf at epoch {epoch + 1} (step {step}); lower --lr (now {cfg.lr}) or use "
-            "--precision fp32. The best checkpoint so far was kept.")
+    return (
+        f"loss became NaN/inf at epoch {epoch + 1} (step {step}); lower --lr (now {cfg.lr}) or use "
+        "--precision fp32. The best checkpoint so far was kept."
+    )
 
 
 def _write_history(path: Path, history: list[dict[str, Any]]) -> None:
@@ -431,8 +482,13 @@ def _write_history(path: Path, history: list[dict[str, Any]]) -> None:
 
 
 @torch.inference_mode()
-def reconstruct(model: AutoEncoder, images_u8: Tensor, batch_size: int = 1024, noise: tuple[str, ...] = (),
-                generator: torch.Generator | None = None) -> Tensor:
+def reconstruct(
+    model: AutoEncoder,
+    images_u8: Tensor,
+    batch_size: int = 1024,
+    noise: tuple[str, ...] = (),
+    generator: torch.Generator | None = None,
+) -> Tensor:
     """Reconstructions (float32 [N, C, H, W] in [0, 1], on CPU) of uint8 images, in fp32."""
     model.eval()
     device = next(model.parameters()).device
@@ -456,11 +512,17 @@ def evaluate(model: AutoEncoder, images_u8: Tensor, ssim: bool = True) -> dict[s
     x = to_float(images_u8)
     m = summarize(x, y, ssim=ssim)
     n_in = math.prod(model.input_shape)
-    return {**m, "latent_dim": model.latent_dim, "compression_ratio": n_in / model.latent_dim,
-            "images": len(images_u8)}
+    return {
+        **m,
+        "latent_dim": model.latent_dim,
+        "compression_ratio": n_in / model.latent_dim,
+        "images": len(images_u8),
+    }
 
 
-def load(run_dir: str | os.PathLike, device: str | torch.device = "cpu", which: str = "best") -> AutoEncoder:
+def load(
+    run_dir: str | os.PathLike, device: str | torch.device = "cpu", which: str = "best"
+) -> AutoEncoder:
     """Load a trained model from a run directory (``which``: "best" or "last").
 
     The returned model is in eval mode and carries ``run_config`` (the :class:`RunConfig`) and
@@ -473,7 +535,9 @@ def load(run_dir: str | os.PathLike, device: str | torch.device = "cpu", which: 
     try:
         model.load_state_dict(load_weights(weights))
     except RuntimeError as e:
-        raise ValueError(f"{weights}: weights do not match the architecture in config.json ({e})") from e
+        raise ValueError(
+            f"{weights}: weights do not match the architecture in config.json ({e})"
+        ) from e
     model.run_config = cfg  # type: ignore[attr-defined]
     model.run_dir = p  # type: ignore[attr-defined]
     dev = resolve_device(device) if isinstance(device, str) else device
@@ -530,13 +594,17 @@ def train(
             raise ValueError("--resume needs the run directory (--out RUN)")
         out = Path(out)
         if not (out / "config.json").is_file():
-            raise FileNotFoundError(f"{out}: not a run directory (no config.json) - nothing to resume")
+            raise FileNotFoundError(
+                f"{out}: not a run directory (no config.json) - nothing to resume"
+            )
         cfg = RunConfig.from_dict(read_json(out / "config.json"))
     else:
         cfg = cfg or RunConfig()
         out = Path(out) if out is not None else default_run_dir(cfg)
         if (out / "model.safetensors").exists() or (out / "trainer.json").exists():
-            raise FileExistsError(f"{out} already holds a run; use --resume to continue it or choose another --out")
+            raise FileExistsError(
+                f"{out} already holds a run; use --resume to continue it or choose another --out"
+            )
     if world > 1:  # one run directory for all ranks: rank 0's (a default name carries the time)
         name = [str(out)]
         dist.broadcast_object_list(name, src=0)
@@ -548,7 +616,9 @@ def train(
         # The data decides channels and size unless the user forced them.
         c, s = train_x.shape[1], train_x.shape[-1]
         if train_x.shape[-2] != s:
-            raise ValueError(f"images are {train_x.shape[-1]}x{train_x.shape[-2]}; pass --image-size N for square inputs")
+            raise ValueError(
+                f"images are {train_x.shape[-1]}x{train_x.shape[-2]}; pass --image-size N for square inputs"
+            )
         cfg = resolve_config(replace(cfg, model=replace(cfg.model, channels=c, image_size=s)))
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.train.seed)  # identical init on every rank and every run
@@ -562,17 +632,35 @@ def train(
         out.mkdir(parents=True, exist_ok=True)
         if not resume:
             write_json(out / "config.json", cfg.to_dict())
-    log.info("training %s (latent %d) on %d images, validating on %d, device %s",
-             cfg.model.arch, model.latent_dim, len(train_x), len(val_x), dev)
-    history = fit(model, train_x, val_x, cfg.train, run_dir=out, run_config=cfg, resume=resume,
-                  progress=progress)
+    log.info(
+        "training %s (latent %d) on %d images, validating on %d, device %s",
+        cfg.model.arch,
+        model.latent_dim,
+        len(train_x),
+        len(val_x),
+        dev,
+    )
+    history = fit(
+        model,
+        train_x,
+        val_x,
+        cfg.train,
+        run_dir=out,
+        run_config=cfg,
+        resume=resume,
+        progress=progress,
+    )
     if rank == 0:
         best = load(out, dev)
         test_x, _ = load_split(cfg.data, "test")
-        if len(test_x) == 0:  # a folder under 10 images has no test split: report on val, else train
+        if (
+            len(test_x) == 0
+        ):  # a folder under 10 images has no test split: report on val, else train
             test_x = val_x if len(val_x) else train_x
-            log.warning("no test images: metrics.json reports on the %s split",
-                        "validation" if len(val_x) else "training")
+            log.warning(
+                "no test images: metrics.json reports on the %s split",
+                "validation" if len(val_x) else "training",
+            )
         metrics = evaluate(best, test_x)
         metrics["train_seconds"] = sum(r["seconds"] for r in history)
         metrics["epochs"] = len(history)
@@ -580,11 +668,15 @@ def train(
         save_figure(loss_figure(history), out / "loss.png")
         k = min(10, len(test_x))
         shown = test_x[_spread_indices(len(test_x), k)]
-        recon = reconstruct(best, shown, noise=cfg.train.noise, generator=torch.Generator().manual_seed(0))
+        recon = reconstruct(
+            best, shown, noise=cfg.train.noise, generator=torch.Generator().manual_seed(0)
+        )
         inputs = to_float(shown)
         if cfg.train.noise:
             noisy = corrupt(inputs, cfg.train.noise, torch.Generator().manual_seed(0))
-            save_figure(reconstruction_figure(inputs, recon, noisy=noisy), out / "reconstructions.png")
+            save_figure(
+                reconstruction_figure(inputs, recon, noisy=noisy), out / "reconstructions.png"
+            )
         else:
             save_figure(reconstruction_figure(inputs, recon), out / "reconstructions.png")
     if world > 1:

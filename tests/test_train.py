@@ -383,3 +383,17 @@ def test_auto_threads_leaves_busy_cores_alone(monkeypatch):
     assert 1 <= auto_threads() <= max(1, torch.get_num_threads())  # the real reading works here
     monkeypatch.setenv("OMP_NUM_THREADS", "3")
     assert auto_threads(3, others=2) == 3  # an explicit OMP_NUM_THREADS wins
+
+
+def test_default_epochs_come_from_the_architecture(make_images):
+    from convae.models import default_epochs
+    from convae.train import resolve_config
+
+    assert TrainConfig().epochs is None
+    assert default_epochs("seed-strided") == 30 and default_epochs("convae") == 10
+    assert resolve_config(RunConfig(model=ModelConfig(arch="seed-strided"))).train.epochs == 30
+    assert resolve_config(RunConfig()).train.epochs == 10
+    assert resolve_config(RunConfig(train=TrainConfig(epochs=3))).train.epochs == 3  # --epochs wins
+    model = build_model(ModelConfig(arch="convae", width=4, latent_dim=4, image_size=16))
+    hist = fit(model, make_images(8, 1, 16), None, TrainConfig(batch_size=8))  # fit resolves it too
+    assert len(hist) == 10

@@ -195,7 +195,11 @@ def _train_parser(sub) -> None:
     g.add_argument(
         "--preset", choices=sorted(PRESETS), help="task recipe; explicit flags override it"
     )
-    g.add_argument("--epochs", type=_positive_int)
+    g.add_argument(
+        "--epochs",
+        type=_positive_int,
+        help="passes over the training split (default: the architecture's, 10; seed-strided 30)",
+    )
     g.add_argument("--batch-size", type=_positive_int)
     g.add_argument("--lr", type=float, help="peak learning rate")
     g.add_argument("--optimizer", choices=["adam", "adamw"])

@@ -47,7 +47,9 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    epochs: int = 10  # passes over the training split
+    epochs: int | None = (
+        None  # passes over the training split; None = the arch's (10; seed-strided 30)
+    )
     batch_size: int = (
         32  # images per optimizer step (per process under DDP); see docs/benchmarks.md
     )

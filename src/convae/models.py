@@ -25,6 +25,7 @@ __all__ = [
     "available",
     "build_model",
     "default_latent_dim",
+    "default_epochs",
     "summary",
     "LayerRow",
 ]
@@ -33,10 +34,16 @@ Builder = Callable[[ModelConfig], "AutoEncoder"]
 _REGISTRY: dict[str, Builder] = {}
 _DEFAULT_LATENT: dict[str, Callable[[ModelConfig], int]] = {}
 _DESCRIPTIONS: dict[str, str] = {}
+_DEFAULT_EPOCHS: dict[str, int] = {}
 
 
-def register(name: str, default_latent: Callable[[ModelConfig], int], description: str = ""):
-    """Decorator adding an architecture builder under ``name`` (duplicate names raise)."""
+def register(
+    name: str, default_latent: Callable[[ModelConfig], int], description: str = "", epochs: int = 10
+):
+    """Decorator adding an architecture builder under ``name`` (duplicate names raise).
+
+    ``epochs`` is the default recipe's training length for the architecture (``--epochs`` wins).
+    """
 
     def deco(fn: Builder) -> Builder:
         if name in _REGISTRY:
@@ -45,6 +52,7 @@ def register(name: str, default_latent: Callable[[ModelConfig], int], descriptio
         _REGISTRY[name] = fn
         _DEFAULT_LATENT[name] = default_latent
         _DESCRIPTIONS[name] = description or (doc_lines[0] if doc_lines else name)
+        _DEFAULT_EPOCHS[name] = epochs
         return fn
 
     return deco
@@ -58,6 +66,12 @@ def available() -> dict[str, str]:
 def default_latent_dim(cfg: ModelConfig) -> int:
     _check_arch(cfg.arch)
     return _DEFAULT_LATENT[cfg.arch](cfg)
+
+
+def default_epochs(arch: str) -> int:
+    """Epochs of the default recipe for ``arch`` (10 unless the architecture needs more steps)."""
+    _check_arch(arch)
+    return _DEFAULT_EPOCHS[arch]
 
 
 def _check_arch(name: str) -> None:
@@ -126,10 +140,14 @@ def _seed_latent_strided(cfg: ModelConfig) -> int:
     return 12
 
 
+# 30 epochs: without normalization and with a 7x7 conv into a 1x1 code this model needs optimizer
+# steps, not images; at 10 epochs it stops short of the seeds' own 30-epoch loop (test MSE 0.0173
+# against 0.0156), at 30 it passes it in all repeats (docs/benchmarks.md).
 @register(
     "seed-strided",
     _seed_latent_strided,
     "strided convs to a 1x1 code, ConvTranspose decoder (seeds 000/002)",
+    epochs=30,
 )
 def seed_strided(cfg: ModelConfig) -> AutoEncoder:
     c, s = cfg.channels, cfg.image_size

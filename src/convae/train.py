@@ -39,7 +39,7 @@ from .checkpoint import (
 from .config import RunConfig, TrainConfig
 from .data import load_split
 from .metrics import summarize
-from .models import AutoEncoder, build_model, default_latent_dim
+from .models import AutoEncoder, build_model, default_epochs, default_latent_dim
 from .noise import corrupt, parse_noise
 
 log = logging.getLogger(__name__)
@@ -262,6 +262,8 @@ def fit(
     + trainer state (every epoch, for ``resume``) and ``history.jsonl``. ``progress`` receives
     ``{"event": "step", ...}`` every ``log_every`` steps and ``{"event": "epoch", ...}`` per epoch.
     """
+    if cfg.epochs is None:  # the architecture's default recipe length
+        cfg = replace(cfg, epochs=default_epochs(model.config.arch))
     _validate_train_cfg(cfg)
     rank, world = _world()
     device = next(model.parameters()).device
@@ -560,7 +562,8 @@ def default_run_dir(cfg: RunConfig, root: str | os.PathLike = "runs") -> Path:
 
 
 def resolve_config(cfg: RunConfig) -> RunConfig:
-    """Fill in what depends on the data and the architecture (channels, size, latent dim, version)."""
+    """Fill in what depends on the data and the architecture (channels, size, latent dim, epochs,
+    version)."""
     m = cfg.model
     if cfg.data.channels is not None:
         m = replace(m, channels=cfg.data.channels)
@@ -568,7 +571,10 @@ def resolve_config(cfg: RunConfig) -> RunConfig:
         m = replace(m, image_size=cfg.data.image_size)
     if m.latent_dim is None:
         m = replace(m, latent_dim=default_latent_dim(m))
-    return replace(cfg, model=m, version=__version__)
+    t = cfg.train
+    if t.epochs is None:
+        t = replace(t, epochs=default_epochs(m.arch))
+    return replace(cfg, model=m, train=t, version=__version__)
 
 
 def train(

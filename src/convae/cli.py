@@ -228,30 +228,18 @@ def _train_parser(sub) -> None:
     p.set_defaults(func=cmd_train)
 
 
+_MODEL_FLAGS = ("arch", "latent_dim", "width", "decoder", "norm")
+_TRAIN_FLAGS = ("epochs", "batch_size", "lr", "optimizer", "weight_decay", "schedule", "loss")
+_TRAIN_FLAGS += ("precision", "patience", "seed")
+
+
 def build_run_config(args: argparse.Namespace):
     """Defaults -> preset -> explicit flags."""
     from .config import RunConfig, apply_preset
 
     cfg = apply_preset(RunConfig(), args.preset)
-    m: dict[str, Any] = {}
-    for k in ("arch", "latent_dim", "width", "decoder", "norm"):
-        if getattr(args, k) is not None:
-            m[k] = getattr(args, k)
-    t: dict[str, Any] = {}
-    for k in (
-        "epochs",
-        "batch_size",
-        "lr",
-        "optimizer",
-        "weight_decay",
-        "schedule",
-        "loss",
-        "precision",
-        "patience",
-        "seed",
-    ):
-        if getattr(args, k) is not None:
-            t[k] = getattr(args, k)
+    m = {k: getattr(args, k) for k in _MODEL_FLAGS if getattr(args, k) is not None}
+    t: dict[str, Any] = {k: getattr(args, k) for k in _TRAIN_FLAGS if getattr(args, k) is not None}
     if args.noise:
         t["noise"] = tuple(s.strip() for item in args.noise for s in item.split(",") if s.strip())
     data = data_config_from_args(args, cfg.data)
@@ -300,32 +288,8 @@ def _init_distributed(device: str = "auto"):
 
 
 # Flags that define a run; with --resume the run's own config.json decides them.
-_RUN_FLAGS = (
-    "data",
-    "data_dir",
-    "classes",
-    "channels",
-    "image_size",
-    "strict",
-    "val_fraction",
-    "arch",
-    "latent_dim",
-    "width",
-    "decoder",
-    "norm",
-    "preset",
-    "epochs",
-    "batch_size",
-    "lr",
-    "optimizer",
-    "weight_decay",
-    "schedule",
-    "loss",
-    "precision",
-    "patience",
-    "seed",
-    "noise",
-)
+_DATA_FLAGS = ("data", "data_dir", "classes", "channels", "image_size", "strict", "val_fraction")
+_RUN_FLAGS = (*_DATA_FLAGS, *_MODEL_FLAGS, "preset", *_TRAIN_FLAGS, "noise")
 
 
 def cmd_train(args: argparse.Namespace) -> int:

@@ -375,14 +375,15 @@ def test_auto_threads_leaves_busy_cores_alone(monkeypatch):
 
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     monkeypatch.setattr(os, "cpu_count", lambda: 4)
-    assert auto_threads(4, others=0) == 4  # idle machine: torch's default
-    assert auto_threads(4, others=1) == 3
-    assert auto_threads(4, others=9) == 1  # never below one
-    assert auto_threads(2, others=0) == 2  # never above torch's default
-    assert auto_threads(4, others=None) == 4  # no /proc/loadavg: torch's default
-    assert 1 <= auto_threads() <= max(1, torch.get_num_threads())  # the real reading works here
+    assert auto_threads(4, busy=0) == 4  # idle machine: torch's default
+    assert auto_threads(4, busy=1) == 3
+    assert auto_threads(4, busy=9) == 1  # never below one
+    assert auto_threads(2, busy=0) == 2  # never above torch's default
+    assert 1 <= auto_threads() <= max(1, torch.get_num_threads())  # the real /proc reading works here
+    monkeypatch.setattr(train_mod, "_other_runnable_tasks", lambda: None)
+    assert auto_threads(4) == 4  # no /proc/loadavg: torch's default
     monkeypatch.setenv("OMP_NUM_THREADS", "3")
-    assert auto_threads(3, others=2) == 3  # an explicit OMP_NUM_THREADS wins
+    assert auto_threads(3, busy=2) == 3  # an explicit OMP_NUM_THREADS wins
 
 
 def test_default_epochs_come_from_the_architecture(make_images):

@@ -135,21 +135,22 @@ def _other_runnable_tasks(samples: int = 5, gap: float = 0.01) -> int | None:
     return sorted(counts)[len(counts) // 2]
 
 
-def auto_threads(default: int | None = None, others: int | None = -1) -> int:
+def auto_threads(default: int | None = None, busy: int | None = None) -> int:
     """CPU threads for torch that do not oversubscribe a busy machine.
 
     torch's default is one OpenMP thread per core, and its threads wait for each other in every
     operation: when another process holds one of the cores, the descheduled thread stalls the rest.
     On the 2-core CPU beside one other training process an epoch took 2.8x longer with 2 threads
-    than with 1, and up to 58x in one measurement with several (``benchmarks/threads.py``,
-    docs/benchmarks.md). So: torch's default minus the other runnable tasks right now (at least 1).
+    than with 1 (``benchmarks/threads.py``, docs/benchmarks.md). So: ``default`` (torch's) minus
+    ``busy``, the other runnable tasks (read from ``/proc/loadavg`` when not given), at least 1.
     An explicit ``OMP_NUM_THREADS`` (torchrun sets it to 1 per process) is respected.
     """
     n = default if default is not None else torch.get_num_threads()
     if os.environ.get("OMP_NUM_THREADS"):
         return n
-    busy = _other_runnable_tasks() if others == -1 else others
     if busy is None:
+        busy = _other_runnable_tasks()
+    if busy is None:  # not Linux: nothing to go by
         return n
     return max(1, min(n, (os.cpu_count() or n) - busy))
 

@@ -379,7 +379,13 @@ def test_auto_threads_leaves_busy_cores_alone(monkeypatch):
     assert auto_threads(4, busy=1) == 3
     assert auto_threads(4, busy=9) == 1  # never below one
     assert auto_threads(2, busy=0) == 2  # never above torch's default
-    assert 1 <= auto_threads() <= max(1, torch.get_num_threads())  # the real /proc reading works here
+    assert 1 <= auto_threads() <= max(1, train_mod._TORCH_THREADS)  # the real /proc reading works here
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)  # an earlier call lowered it: the next one starts from torch's own count
+        assert auto_threads(busy=0) == min(train_mod._TORCH_THREADS, 4)
+    finally:
+        torch.set_num_threads(before)
     monkeypatch.setattr(train_mod, "_other_runnable_tasks", lambda: None)
     assert auto_threads(4) == 4  # no /proc/loadavg: torch's default
     monkeypatch.setenv("OMP_NUM_THREADS", "3")

@@ -135,6 +135,11 @@ def _other_runnable_tasks(samples: int = 5, gap: float = 0.01) -> int | None:
     return sorted(counts)[len(counts) // 2]
 
 
+# torch's own choice, read before anything here lowers it: a second auto_threads() in the same
+# process (a notebook, the CLI's main() called twice) starts again from the machine's cores.
+_TORCH_THREADS = torch.get_num_threads()
+
+
 def auto_threads(default: int | None = None, busy: int | None = None) -> int:
     """CPU threads for torch that do not oversubscribe a busy machine.
 
@@ -145,7 +150,7 @@ def auto_threads(default: int | None = None, busy: int | None = None) -> int:
     ``busy``, the other runnable tasks (read from ``/proc/loadavg`` when not given), at least 1.
     An explicit ``OMP_NUM_THREADS`` (torchrun sets it to 1 per process) is respected.
     """
-    n = default if default is not None else torch.get_num_threads()
+    n = default if default is not None else _TORCH_THREADS
     if os.environ.get("OMP_NUM_THREADS"):
         return n
     if busy is None:

@@ -23,7 +23,7 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
-from convae.config import DataConfig, ModelConfig, RunConfig
+from convae.config import OPTIMIZERS, DataConfig, ModelConfig, RunConfig
 from convae.data import load_split
 from convae.latent import encode_images, latent_map_figure, silhouette, train_or_reuse
 from convae.plots import save_figure
@@ -89,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--epochs", type=int)
     p.add_argument("--batch-size", type=int)
     p.add_argument("--lr", type=float)
-    p.add_argument("--optimizer", choices=["adam", "adamw"])
+    p.add_argument("--optimizer", choices=OPTIMIZERS)
     p.add_argument("--schedule", choices=["onecycle", "cosine", "constant"])
     p.add_argument("--precision", choices=["auto", "fp32", "bf16"])
     p.add_argument("--device", default="cpu")

@@ -13,7 +13,7 @@ import torch
 from safetensors.torch import load_file
 
 from convae.config import ModelConfig, RunConfig, TrainConfig
-from convae.models import build_model
+from convae.models import build_model, register
 from convae.train import (
     TrainingDiverged,
     evaluate,
@@ -135,7 +135,8 @@ def test_empty_training_split(make_images):
 
 
 @pytest.mark.parametrize(
-    "arch, loss, optimizer", [("convae", "mse", "adamw"), ("seed-strided", "bce", "adam")]
+    "arch, loss, optimizer",
+    [("convae", "mse", "adamw"), ("seed-strided", "bce", "adam"), ("seed-strided", "mse", "muon")],
 )
 def test_overfitting_one_batch_lowers_the_loss(make_images, arch, loss, optimizer):
     x = make_images(8, 1, 16, seed=3)
@@ -191,12 +192,19 @@ def _files(run: Path) -> dict[str, bytes]:
 
 
 @pytest.mark.parametrize(
-    "arch, noise",
-    [("convae", ()), ("convae", ("gaussian:0.3", "mask:0.2")), ("seed-strided", ())],
+    "arch, noise, optimizer",
+    [
+        ("convae", (), "adamw"),
+        ("convae", ("gaussian:0.3", "mask:0.2"), "adamw"),
+        ("seed-strided", (), "adamw"),
+        ("convae", (), "muon"),  # momentum buffers + the AdamW half's moments and step counts
+    ],
 )
-def test_resume_equals_an_uninterrupted_run(tmp_path, make_images, arch, noise):
+def test_resume_equals_an_uninterrupted_run(tmp_path, make_images, arch, noise, optimizer):
     x, v = make_images(48, 1, 16, seed=1), make_images(16, 1, 16, seed=2)
-    cfg = _cfg(epochs=3, noise=noise)  # 3 steps per epoch, onecycle schedule over all 9 steps
+    cfg = _cfg(
+        epochs=3, noise=noise, optimizer=optimizer
+    )  # 3 steps per epoch, onecycle schedule over all 9 steps
     full = fit(_model(arch), x, v, cfg, run_dir=tmp_path / "full")
 
     with pytest.raises(Interrupt):
@@ -379,10 +387,14 @@ def test_auto_threads_leaves_busy_cores_alone(monkeypatch):
     assert auto_threads(4, busy=1) == 3
     assert auto_threads(4, busy=9) == 1  # never below one
     assert auto_threads(2, busy=0) == 2  # never above torch's default
-    assert 1 <= auto_threads() <= max(1, train_mod._TORCH_THREADS)  # the real /proc reading works here
+    assert (
+        1 <= auto_threads() <= max(1, train_mod._TORCH_THREADS)
+    )  # the real /proc reading works here
     before = torch.get_num_threads()
     try:
-        torch.set_num_threads(1)  # an earlier call lowered it: the next one starts from torch's own count
+        torch.set_num_threads(
+            1
+        )  # an earlier call lowered it: the next one starts from torch's own count
         assert auto_threads(busy=0) == min(train_mod._TORCH_THREADS, 4)
     finally:
         torch.set_num_threads(before)
@@ -392,15 +404,20 @@ def test_auto_threads_leaves_busy_cores_alone(monkeypatch):
     assert auto_threads(3, busy=2) == 3  # an explicit OMP_NUM_THREADS wins
 
 
-def test_default_epochs_come_from_the_architecture(make_images):
-    from convae.models import default_epochs
+def test_default_recipe_comes_from_the_architecture(make_images):
+    from convae.models import default_recipe
     from convae.train import resolve_config
 
-    assert TrainConfig().epochs is None
-    assert default_epochs("seed-strided") == 30 and default_epochs("convae") == 10
-    assert resolve_config(RunConfig(model=ModelConfig(arch="seed-strided"))).train.epochs == 30
+    assert TrainConfig().epochs is None and TrainConfig().optimizer is None
+    assert default_recipe("seed-pool") == {"epochs": 10, "optimizer": "adamw"}
+    assert default_recipe("convae")["optimizer"] == "muon"
+    strided = resolve_config(RunConfig(model=ModelConfig(arch="seed-strided"))).train
+    assert (strided.epochs, strided.optimizer) == tuple(default_recipe("seed-strided").values())
     assert resolve_config(RunConfig()).train.epochs == 10
-    assert resolve_config(RunConfig(train=TrainConfig(epochs=3))).train.epochs == 3  # --epochs wins
+    explicit = resolve_config(RunConfig(train=TrainConfig(epochs=3, optimizer="adam"))).train
+    assert (explicit.epochs, explicit.optimizer) == (3, "adam")  # --epochs / --optimizer win
+    with pytest.raises(ValueError, match="optimizer must be one of"):
+        register("never-built", lambda cfg: 4, optimizer="sgd")
     model = build_model(ModelConfig(arch="convae", width=4, latent_dim=4, image_size=16))
     hist = fit(model, make_images(8, 1, 16), None, TrainConfig(batch_size=8))  # fit resolves it too
     assert len(hist) == 10

@@ -18,7 +18,12 @@ __all__ = [
     "RunConfig",
     "PRESETS",
     "apply_preset",
+    "OPTIMIZERS",
 ]
+
+# convae.optim builds them: torch's AdamW and Adam, and Muon (orthogonalized momentum for weight
+# matrices, AdamW for biases and norms in the same optimizer).
+OPTIMIZERS = ("adamw", "adam", "muon")
 
 
 @dataclass(frozen=True)
@@ -54,7 +59,7 @@ class TrainConfig:
         32  # images per optimizer step (per process under DDP); see docs/benchmarks.md
     )
     lr: float = 1e-2  # peak learning rate of the one-cycle schedule
-    optimizer: str = "adamw"  # "adam" or "adamw"
+    optimizer: str | None = None  # "adamw", "adam" or "muon" (convae.optim); None: the arch's
     weight_decay: float = 1e-4  # AdamW decoupled weight decay (ignored by adam)
     schedule: str = "onecycle"  # "onecycle", "cosine" or "constant"
     warmup: float = 0.15  # fraction of steps spent warming up (onecycle/cosine)
@@ -153,6 +158,7 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
             "epochs": 30,
             "batch_size": 32,
             "lr": 3e-3,
+            "optimizer": "adamw",
             "schedule": "onecycle",
             "loss": "mse",
         },

@@ -26,7 +26,7 @@ from torch import Tensor
 
 from .checkpoint import atomic_write, read_json, write_json
 from .config import RunConfig
-from .models import AutoEncoder, build_model, default_epochs
+from .models import AutoEncoder, build_model, default_recipe
 from .plots import to_display
 from .train import load, reconstruct, resolve_config, to_float, train
 
@@ -410,7 +410,7 @@ def sweep(
         "arch": base.model.arch,
         "data": base.data.spec,
         "classes": base.data.classes,
-        "epochs": base.train.epochs or default_epochs(base.model.arch),
+        "epochs": base.train.epochs or default_recipe(base.model.arch)["epochs"],
         "seed": base.train.seed,
         "rows": rows,
     }

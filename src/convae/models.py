@@ -13,11 +13,12 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from .config import ModelConfig
+from .config import OPTIMIZERS, ModelConfig
 
 __all__ = [
     "AutoEncoder",
@@ -25,7 +26,7 @@ __all__ = [
     "available",
     "build_model",
     "default_latent_dim",
-    "default_epochs",
+    "default_recipe",
     "summary",
     "LayerRow",
 ]
@@ -34,16 +35,24 @@ Builder = Callable[[ModelConfig], "AutoEncoder"]
 _REGISTRY: dict[str, Builder] = {}
 _DEFAULT_LATENT: dict[str, Callable[[ModelConfig], int]] = {}
 _DESCRIPTIONS: dict[str, str] = {}
-_DEFAULT_EPOCHS: dict[str, int] = {}
+_DEFAULT_RECIPE: dict[str, dict[str, Any]] = {}
 
 
 def register(
-    name: str, default_latent: Callable[[ModelConfig], int], description: str = "", epochs: int = 10
+    name: str,
+    default_latent: Callable[[ModelConfig], int],
+    description: str = "",
+    epochs: int = 10,
+    optimizer: str = "adamw",
 ):
     """Decorator adding an architecture builder under ``name`` (duplicate names raise).
 
-    ``epochs`` is the default recipe's training length for the architecture (``--epochs`` wins).
+    ``epochs`` and ``optimizer`` are the architecture's default recipe: what ``TrainConfig`` fields
+    left ``None`` become (``--epochs`` / ``--optimizer`` win). Both are measured choices, see
+    docs/benchmarks.md.
     """
+    if optimizer not in OPTIMIZERS:
+        raise ValueError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, not {optimizer!r}")
 
     def deco(fn: Builder) -> Builder:
         if name in _REGISTRY:
@@ -52,7 +61,7 @@ def register(
         _REGISTRY[name] = fn
         _DEFAULT_LATENT[name] = default_latent
         _DESCRIPTIONS[name] = description or (doc_lines[0] if doc_lines else name)
-        _DEFAULT_EPOCHS[name] = epochs
+        _DEFAULT_RECIPE[name] = {"epochs": epochs, "optimizer": optimizer}
         return fn
 
     return deco
@@ -68,10 +77,10 @@ def default_latent_dim(cfg: ModelConfig) -> int:
     return _DEFAULT_LATENT[cfg.arch](cfg)
 
 
-def default_epochs(arch: str) -> int:
-    """Epochs of the default recipe for ``arch`` (10 unless the architecture needs more steps)."""
+def default_recipe(arch: str) -> dict[str, Any]:
+    """The default recipe's ``epochs`` and ``optimizer`` for ``arch``."""
     _check_arch(arch)
-    return _DEFAULT_EPOCHS[arch]
+    return dict(_DEFAULT_RECIPE[arch])
 
 
 def _check_arch(name: str) -> None:
@@ -140,14 +149,15 @@ def _seed_latent_strided(cfg: ModelConfig) -> int:
     return 12
 
 
-# 30 epochs: without normalization and with a 7x7 conv into a 1x1 code this model needs optimizer
-# steps, not images; at 10 epochs it stops short of the seeds' own 30-epoch loop (test MSE 0.0173
-# against 0.0156), at 30 it passes it in all repeats (docs/benchmarks.md).
+# Muon: without normalization and with a 7x7 conv into a 1x1 code this model needs optimizer
+# steps, not images, and AdamW needs ~2,000 of them to reach the seeds' own 30-epoch loop; Muon's
+# orthogonalized updates get there in about a third of the steps (docs/benchmarks.md).
 @register(
     "seed-strided",
     _seed_latent_strided,
     "strided convs to a 1x1 code, ConvTranspose decoder (seeds 000/002)",
-    epochs=30,
+    epochs=10,
+    optimizer="muon",
 )
 def seed_strided(cfg: ModelConfig) -> AutoEncoder:
     c, s = cfg.channels, cfg.image_size
@@ -218,6 +228,7 @@ def seed_pool(cfg: ModelConfig) -> AutoEncoder:
     "seed-upsample",
     _pool_latent,
     "seed-pool's encoder, nearest/bilinear upsample + conv decoder (no checkerboard)",
+    optimizer="muon",
 )
 def seed_upsample(cfg: ModelConfig) -> AutoEncoder:
     c, s = cfg.channels, cfg.image_size
@@ -237,6 +248,7 @@ def seed_upsample(cfg: ModelConfig) -> AutoEncoder:
     "seed-dense",
     lambda cfg: 200,
     "convs to 64 maps at 1/4 size, dense bottleneck (200), ConvTranspose decoder (seed 003)",
+    optimizer="muon",
 )
 def seed_dense(cfg: ModelConfig) -> AutoEncoder:
     c, s = cfg.channels, cfg.image_size
@@ -324,6 +336,7 @@ def _up(cin: int, cout: int, kind: str, norm: bool) -> list[nn.Module]:
     "convae",
     lambda cfg: 16,
     "ours: BatchNorm conv pyramid, dense bottleneck, upsample+conv (or transposed) decoder",
+    optimizer="muon",
 )
 def convae_arch(cfg: ModelConfig) -> AutoEncoder:
     """Best quality per latent value at CPU speed (see docs/benchmarks.md for the measurements)."""
@@ -360,6 +373,7 @@ def _map_latent(cfg: ModelConfig) -> int:
     "convae-map",
     _map_latent,
     "ours with a convolutional [K, s/4, s/4] code map instead of the dense bottleneck (codec)",
+    optimizer="muon",
 )
 def convae_map(cfg: ModelConfig) -> AutoEncoder:
     """The `convae` pyramid ending in a 3x3 conv to ``K = latent_dim / (s/4)^2`` code channels.

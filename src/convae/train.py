@@ -36,11 +36,12 @@ from .checkpoint import (
     save_weights,
     write_json,
 )
-from .config import RunConfig, TrainConfig
+from .config import OPTIMIZERS, RunConfig, TrainConfig
 from .data import load_split
 from .metrics import summarize
-from .models import AutoEncoder, build_model, default_epochs, default_latent_dim
+from .models import AutoEncoder, build_model, default_latent_dim, default_recipe
 from .noise import corrupt, parse_noise
+from .optim import build_optimizer
 
 log = logging.getLogger(__name__)
 
@@ -208,8 +209,8 @@ def _validate_train_cfg(cfg: TrainConfig) -> None:
         raise ValueError(f"batch size must be at least 1, not {cfg.batch_size}")
     if not (cfg.lr > 0):
         raise ValueError(f"learning rate must be positive, not {cfg.lr}")
-    if cfg.optimizer not in ("adam", "adamw"):
-        raise ValueError(f"optimizer must be adam or adamw, not {cfg.optimizer!r}")
+    if cfg.optimizer not in OPTIMIZERS:
+        raise ValueError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, not {cfg.optimizer!r}")
     if cfg.schedule not in ("onecycle", "cosine", "constant"):
         raise ValueError(f"schedule must be onecycle, cosine or constant, not {cfg.schedule!r}")
     if cfg.patience < 0:
@@ -268,8 +269,7 @@ def fit(
     + trainer state (every epoch, for ``resume``) and ``history.jsonl``. ``progress`` receives
     ``{"event": "step", ...}`` every ``log_every`` steps and ``{"event": "epoch", ...}`` per epoch.
     """
-    if cfg.epochs is None:  # the architecture's default recipe length
-        cfg = replace(cfg, epochs=default_epochs(model.config.arch))
+    cfg = resolve_recipe(cfg, model.config.arch)
     _validate_train_cfg(cfg)
     rank, world = _world()
     device = next(model.parameters()).device
@@ -293,10 +293,7 @@ def fit(
     total_steps = steps_per_epoch * cfg.epochs
 
     params = [p for p in model.parameters() if p.requires_grad]
-    if cfg.optimizer == "adamw":
-        opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    else:
-        opt = torch.optim.Adam(params, lr=cfg.lr)
+    opt = build_optimizer(params, cfg)
     net: torch.nn.Module = model
     if world > 1:
         # BatchNorm stays per rank (statistics of each rank's own B images; SyncBatchNorm has no CPU
@@ -569,7 +566,7 @@ def default_run_dir(cfg: RunConfig, root: str | os.PathLike = "runs") -> Path:
 
 def resolve_config(cfg: RunConfig) -> RunConfig:
     """Fill in what depends on the data and the architecture (channels, size, latent dim, epochs,
-    version)."""
+    optimizer, version)."""
     m = cfg.model
     if cfg.data.channels is not None:
         m = replace(m, channels=cfg.data.channels)
@@ -577,10 +574,13 @@ def resolve_config(cfg: RunConfig) -> RunConfig:
         m = replace(m, image_size=cfg.data.image_size)
     if m.latent_dim is None:
         m = replace(m, latent_dim=default_latent_dim(m))
-    t = cfg.train
-    if t.epochs is None:
-        t = replace(t, epochs=default_epochs(m.arch))
-    return replace(cfg, model=m, train=t, version=__version__)
+    return replace(cfg, model=m, train=resolve_recipe(cfg.train, m.arch), version=__version__)
+
+
+def resolve_recipe(cfg: TrainConfig, arch: str) -> TrainConfig:
+    """Fill the fields left ``None`` (epochs, optimizer) from ``arch``'s default recipe."""
+    fill = {k: v for k, v in default_recipe(arch).items() if getattr(cfg, k) is None}
+    return replace(cfg, **fill) if fill else cfg
 
 
 def train(

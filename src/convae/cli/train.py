@@ -30,7 +30,7 @@ from .common import (
 
 
 def _train_parser(sub) -> None:
-    from ..config import PRESETS
+    from ..config import OPTIMIZERS, PRESETS
 
     p = _add(
         sub,
@@ -67,7 +67,7 @@ def _train_parser(sub) -> None:
     )
     g.add_argument("--batch-size", type=_positive_int)
     g.add_argument("--lr", type=float, help="peak learning rate")
-    g.add_argument("--optimizer", choices=["adam", "adamw"])
+    g.add_argument("--optimizer", choices=OPTIMIZERS)
     g.add_argument("--weight-decay", type=float)
     g.add_argument("--schedule", choices=["onecycle", "cosine", "constant"])
     g.add_argument("--loss", choices=["mse", "bce"])

@@ -1,0 +1,76 @@
+"""convae.optim: Muon's orthogonalization and update, its AdamW half, and the optimizer factory."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from convae.config import ModelConfig, TrainConfig
+from convae.models import build_model
+from convae.optim import Muon, build_optimizer, orthogonalize
+
+
+@pytest.mark.parametrize("shape", [(12, 1568), (32, 144), (16, 9), (5, 5)])
+def test_orthogonalize_flattens_the_singular_values(shape):
+    g = torch.randn(*shape, generator=torch.Generator().manual_seed(0))
+    g[0] *= 100  # badly conditioned: one direction dominates the raw gradient
+    o = orthogonalize(g)
+    assert o.shape == g.shape
+    sv = torch.linalg.svdvals(o)
+    # Newton-Schulz with these coefficients lands every singular value in about [0.7, 1.2]
+    assert sv.min() > 0.5 and sv.max() < 1.3, sv
+    # and keeps the singular vectors: o is close to U V^T of g
+    u, _, vh = torch.linalg.svd(g, full_matrices=False)
+    assert torch.nn.functional.cosine_similarity(o.flatten(), (u @ vh).flatten(), dim=0) > 0.95
+
+
+def test_orthogonalize_a_batch_equals_one_at_a_time():
+    g = torch.randn(3, 8, 20, generator=torch.Generator().manual_seed(1))
+    batched = orthogonalize(g)
+    for i in range(3):
+        torch.testing.assert_close(batched[i], orthogonalize(g[i]), rtol=1e-5, atol=1e-6)
+    tall = torch.randn(20, 8)
+    torch.testing.assert_close(orthogonalize(tall), orthogonalize(tall.T).T)
+
+
+def test_first_muon_step_is_the_scaled_orthogonalized_gradient():
+    w = nn.Parameter(torch.randn(6, 4, 3, 3))
+    w0 = w.detach().clone()
+    g = torch.randn_like(w)
+    w.grad = g.clone()
+    opt = Muon([{"params": [w], "muon": True}], lr=0.1, weight_decay=0.0)
+    opt.step()
+    # momentum starts at g, Nesterov gives g + 0.95 g: the same direction, and scale does not matter
+    expect = w0 - 0.1 * 0.2 * 36**0.5 * orthogonalize(g.reshape(6, 36)).view_as(g)
+    torch.testing.assert_close(w.detach(), expect, rtol=1e-5, atol=1e-6)
+
+
+def test_the_adamw_half_matches_torch_adamw():
+    torch.manual_seed(0)
+    a = nn.Parameter(torch.randn(7))
+    b = nn.Parameter(a.detach().clone())
+    mine = Muon([{"params": [a], "muon": False}], lr=1e-2, weight_decay=0.1)
+    ref = torch.optim.AdamW([b], lr=1e-2, weight_decay=0.1)
+    for step in range(5):
+        g = torch.randn(7, generator=torch.Generator().manual_seed(step))
+        a.grad, b.grad = g.clone(), g.clone()
+        mine.step()
+        ref.step()
+    torch.testing.assert_close(a.detach(), b.detach(), rtol=1e-6, atol=1e-7)
+
+
+def test_build_optimizer_splits_matrices_from_biases():
+    model = build_model(ModelConfig(arch="convae", width=4, latent_dim=8, image_size=16))
+    params = list(model.parameters())
+    opt = build_optimizer(params, TrainConfig(optimizer="muon"))
+    muon, adamw = (
+        (g for g in opt.param_groups if g["muon"]),
+        (g for g in opt.param_groups if not g["muon"]),
+    )
+    mats, rest = next(muon)["params"], next(adamw)["params"]
+    assert all(p.ndim >= 2 for p in mats) and all(p.ndim < 2 for p in rest)
+    assert len(mats) + len(rest) == len(params)
+    assert isinstance(build_optimizer(params, TrainConfig(optimizer="adamw")), torch.optim.AdamW)
+    with pytest.raises(ValueError, match="optimizer must be one of"):
+        build_optimizer(params, TrainConfig(optimizer="sgd"))

@@ -63,11 +63,15 @@ def _train_parser(sub) -> None:
     g.add_argument(
         "--epochs",
         type=_positive_int,
-        help="passes over the training split (default: the architecture's, 10; seed-strided 30)",
+        help="passes over the training split (default: the architecture's, 10)",
     )
     g.add_argument("--batch-size", type=_positive_int)
     g.add_argument("--lr", type=float, help="peak learning rate")
-    g.add_argument("--optimizer", choices=OPTIMIZERS)
+    g.add_argument(
+        "--optimizer",
+        choices=OPTIMIZERS,
+        help="default: the architecture's own, as measured in docs/benchmarks.md",
+    )
     g.add_argument("--weight-decay", type=float)
     g.add_argument("--schedule", choices=["onecycle", "cosine", "constant"])
     g.add_argument("--loss", choices=["mse", "bce"])

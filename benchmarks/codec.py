@@ -63,7 +63,9 @@ GRID: list[tuple[dict, dict]] = [
 def _model(out: Path, data: str, m_over: dict, t_over: dict, train_x) -> tuple:
     """The candidate's trained model (cached under OUT/models) and the seconds it took."""
     mcfg = ModelConfig(**m_over)
-    tcfg = replace(TrainConfig(), **t_over)
+    # AdamW: the optimizer the recorded candidates (docs/codec.md) and the codec preset use; the
+    # architectures' own defaults later became Muon for convae and convae-map.
+    tcfg = replace(TrainConfig(optimizer="adamw"), **t_over)
     key = hashlib.sha256(json.dumps([m_over, t_over, data]).encode()).hexdigest()[:12]
     path = out / "models" / f"{key}.safetensors"
     torch.manual_seed(0)

@@ -645,9 +645,12 @@ def train(
         if not resume:
             write_json(out / "config.json", cfg.to_dict())
     log.info(
-        "training %s (latent %d) on %d images, validating on %d, device %s",
+        "training %s (latent %d, %d epoch%s, %s) on %d images, validating on %d, device %s",
         cfg.model.arch,
         model.latent_dim,
+        cfg.train.epochs,
+        "" if cfg.train.epochs == 1 else "s",
+        cfg.train.optimizer,
         len(train_x),
         len(val_x),
         dev,

@@ -151,12 +151,11 @@ def _seed_latent_strided(cfg: ModelConfig) -> int:
 
 # Muon: without normalization and with a 7x7 conv into a 1x1 code this model needs optimizer
 # steps, not images, and AdamW needs ~2,000 of them to reach the seeds' own 30-epoch loop; Muon's
-# orthogonalized updates get there in about a third of the steps (docs/benchmarks.md).
+# orthogonalized updates get there in about half of them (docs/benchmarks.md).
 @register(
     "seed-strided",
     _seed_latent_strided,
     "strided convs to a 1x1 code, ConvTranspose decoder (seeds 000/002)",
-    epochs=10,
     optimizer="muon",
 )
 def seed_strided(cfg: ModelConfig) -> AutoEncoder:

@@ -3,7 +3,7 @@
 Muon (Keller Jordan, 2024) replaces each weight matrix's momentum update by the nearest
 semi-orthogonal matrix, computed with a few Newton-Schulz iterations. Every direction of the
 update then moves at the same speed, which is what a small conv autoencoder without normalization
-lacks: `seed-strided` reaches the seeds' final test MSE in about a third of AdamW's optimizer steps
+lacks: `seed-strided` reaches the seeds' final test MSE in about half of AdamW's optimizer steps
 (docs/benchmarks.md). Conv kernels are treated as matrices ``[out, in*k*k]`` (ConvTranspose:
 ``[in, out*k*k]``); biases and normalization parameters - and any parameter with fewer than two
 dimensions - get an AdamW update inside the same optimizer, so the learning-rate schedule,

@@ -1,4 +1,4 @@
-"""encode / decode / info for .cae files, and `convae bench codec` (see src/convae/codec.py)."""
+"""encode / decode / info for .cae files, and `convae bench codec` (see src/convae/codec/)."""
 
 from __future__ import annotations
 

@@ -1,0 +1,211 @@
+"""The container: a .cae file's header, pack / unpack / verify (byte layout in docs/format.md).
+
+Each file names its model by a 16-byte fingerprint of the codec model's weights and its tables by an
+8-byte hash, so decoding with anything else fails with one clear line instead of producing garbage.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import struct
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+
+MAGIC = b"\x89CAE"  # high bit set: a 7-bit channel or a text file can never start like this
+FORMAT_VERSION = 1  # the newest version this code writes; it reads every version <= this
+CODERS = {1: "range", 2: "zlib", 3: "lzma"}  # payload coder id -> name
+_CODER_IDS = {v: k for k, v in CODERS.items()}
+MAX_IMAGES = 1 << 28  # a sanity bound on the count field (268 M images)
+_FLAG_NAMES = 0x01
+_FLAG_RUN = 0x02
+
+# Fixed part of the v1 header, little-endian: magic, version, coder, level, flags, model
+# fingerprint, tables hash, channels, height, width, latent dim, step, count, payload length.
+_FIXED = struct.Struct("<4sBBBB16s8sBHHHfII")
+_CRC = struct.Struct("<I")
+
+
+class CodecError(ValueError):
+    """A .cae file that cannot be read: empty, foreign, truncated, corrupt or for another model."""
+
+
+@dataclass(frozen=True)
+class Header:
+    """Everything in a .cae file except the payload (see docs/format.md)."""
+
+    fingerprint: bytes  # 16 bytes: checkpoint.fingerprint() of the codec model's weights + config
+    tables_hash: bytes  # 8 bytes: hash of the level's quantizer and probability tables
+    channels: int
+    height: int
+    width: int
+    latent_dim: int
+    count: int  # images in the file
+    level: int  # quality level index into the run's codec tables
+    step: float  # the level's quantizer step (float32), repeated for readers without the model
+    coder: str = "range"  # "range", "zlib" or "lzma"
+    names: tuple[str, ...] | None = None  # output file names, when the inputs were files
+    run: str | None = None  # where the encoding run lived (a hint for `decode` without --model)
+    version: int = FORMAT_VERSION
+
+
+def _check_name(name: str) -> None:
+    if not name or name in (".", "..") or any(c in name for c in "/\\\x00\n") or len(name) > 255:
+        raise CodecError(f"corrupt file: invalid image name {name[:40]!r}")
+
+
+def pack(header: Header, payload: bytes) -> bytes:
+    """Serialize ``header`` and ``payload`` into .cae bytes (CRC-32 over everything at the end)."""
+    if header.coder not in _CODER_IDS:
+        raise ValueError(f"unknown coder {header.coder!r}; choose one of {', '.join(_CODER_IDS)}")
+    if len(header.fingerprint) != 16 or len(header.tables_hash) != 8:
+        raise ValueError("fingerprint must be 16 bytes and tables hash 8 bytes")
+    if not 1 <= header.count <= MAX_IMAGES:
+        raise ValueError(f"a .cae file holds 1 to {MAX_IMAGES} images, not {header.count}")
+    flags = 0
+    extra = b""
+    if header.run is not None:
+        run = header.run.encode("utf-8")
+        if len(run) > 0xFFFF:
+            raise ValueError("run path too long to record")
+        flags |= _FLAG_RUN
+        extra += struct.pack("<H", len(run)) + run
+    if header.names is not None:
+        if len(header.names) != header.count:
+            raise ValueError(f"{len(header.names)} names for {header.count} images")
+        for n in header.names:
+            _check_name(n)
+        blob = zlib.compress("\n".join(header.names).encode("utf-8"), 9)
+        flags |= _FLAG_NAMES
+        extra += struct.pack("<I", len(blob)) + blob
+    fixed = _FIXED.pack(
+        MAGIC,
+        FORMAT_VERSION,
+        _CODER_IDS[header.coder],
+        header.level,
+        flags,
+        header.fingerprint,
+        header.tables_hash,
+        header.channels,
+        header.height,
+        header.width,
+        header.latent_dim,
+        header.step,
+        header.count,
+        len(payload),
+    )
+    body = fixed + extra + payload
+    return body + _CRC.pack(zlib.crc32(body))
+
+
+def _take(data: bytes, pos: int, n: int, what: str) -> tuple[bytes, int]:
+    if pos + n > len(data):
+        raise CodecError(f"truncated file: {what} runs past the end")
+    return data[pos : pos + n], pos + n
+
+
+def unpack(data: bytes) -> tuple[Header, bytes]:
+    """Parse and check .cae bytes -> (header, payload); any defect raises :class:`CodecError`.
+
+    Checks, in order: empty, magic, version, length, CRC-32, then every field's range.
+    """
+    if len(data) == 0:
+        raise CodecError("empty file (0 bytes); not a .cae file")
+    if data[: len(MAGIC)] != MAGIC[: len(data)] or len(data) < len(MAGIC):
+        if data[: len(MAGIC)] != MAGIC[: min(len(data), len(MAGIC))]:
+            raise CodecError("not a .cae file (wrong magic bytes)")
+        raise CodecError(f"truncated file ({len(data)} bytes)")
+    if len(data) < _FIXED.size + _CRC.size:
+        raise CodecError(
+            f"truncated file ({len(data)} bytes, a header alone is {_FIXED.size + _CRC.size})"
+        )
+    (magic, version, coder, level, flags, fp, th, c, h, w, lat, step, count, plen) = (
+        _FIXED.unpack_from(data)
+    )
+    if version == 0:
+        raise CodecError("corrupt file: format version 0")
+    if version > FORMAT_VERSION:
+        raise CodecError(
+            f"file format version {version} is newer than this convae reads "
+            f"(up to {FORMAT_VERSION}); upgrade convae"
+        )
+    body, crc = data[: -_CRC.size], _CRC.unpack_from(data, len(data) - _CRC.size)[0]
+    if zlib.crc32(body) != crc:
+        raise CodecError("corrupt or truncated file: checksum mismatch")
+    # From here the bytes are what the writer wrote; field checks guard against buggy writers.
+    if coder not in CODERS:
+        raise CodecError(f"corrupt file: unknown payload coder {coder}")
+    if flags & ~(_FLAG_NAMES | _FLAG_RUN):
+        raise CodecError(f"corrupt file: unknown flags 0x{flags:02x}")
+    if c not in (1, 3) or h < 1 or w < 1 or lat < 1 or not 1 <= count <= MAX_IMAGES:
+        raise CodecError(f"corrupt file: bad geometry ({count} x {c}x{h}x{w}, latent {lat})")
+    if not (math.isfinite(step) and step > 0):
+        raise CodecError(f"corrupt file: bad quantizer step {step}")
+    pos = _FIXED.size
+    run = None
+    if flags & _FLAG_RUN:
+        raw, pos = _take(body, pos, 2, "run path length")
+        raw, pos = _take(body, pos, struct.unpack("<H", raw)[0], "run path")
+        try:
+            run = raw.decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise CodecError("corrupt file: run path is not UTF-8") from e
+    names = None
+    if flags & _FLAG_NAMES:
+        raw, pos = _take(body, pos, 4, "names length")
+        blob, pos = _take(body, pos, struct.unpack("<I", raw)[0], "names")
+        try:
+            d = zlib.decompressobj()
+            text = d.decompress(blob, 300 * count)  # bounded: a name is at most 255 bytes + "\n"
+            if d.unconsumed_tail or not d.eof:
+                raise CodecError("corrupt file: names section too long or cut")
+            names = tuple(text.decode("utf-8").split("\n"))
+        except (zlib.error, UnicodeDecodeError) as e:
+            raise CodecError(f"corrupt file: unreadable names ({e})") from e
+        if len(names) != count:
+            raise CodecError(f"corrupt file: {len(names)} names for {count} images")
+        for n in names:
+            _check_name(n)
+    if pos + plen != len(body):
+        raise CodecError(f"corrupt file: payload length {plen} does not match the file size")
+    header = Header(
+        fingerprint=fp,
+        tables_hash=th,
+        channels=c,
+        height=h,
+        width=w,
+        latent_dim=lat,
+        count=count,
+        level=level,
+        step=step,
+        coder=CODERS[coder],
+        names=names,
+        run=run,
+        version=version,
+    )
+    return header, bytes(body[pos:])
+
+
+def verify(data: bytes) -> Header:
+    """Check a file's structure and checksum without a model; return its header."""
+    return unpack(data)[0]
+
+
+def read_header(path: str | os.PathLike) -> tuple[Header, int, int]:
+    """(header, payload bytes, file bytes) of a .cae file on disk; errors name the file."""
+    p = Path(path)
+    data = _read_file(p)
+    try:
+        header, payload = unpack(data)
+    except CodecError as e:
+        raise CodecError(f"{p}: {e}") from None
+    return header, len(payload), len(data)
+
+
+def _read_file(p: Path) -> bytes:
+    if not p.exists():
+        raise FileNotFoundError(f"{p}: no such file")
+    if p.is_dir():
+        raise IsADirectoryError(f"{p}: is a folder; give a .cae file")
+    return p.read_bytes()

@@ -46,6 +46,23 @@ def test_first_muon_step_is_the_scaled_orthogonalized_gradient():
     torch.testing.assert_close(w.detach(), expect, rtol=1e-5, atol=1e-6)
 
 
+def test_padded_batches_equal_one_matrix_at_a_time():
+    """Small matrices share one zero-padded Newton-Schulz batch, large ones go by shape: the
+    update of every parameter must still be its own orthogonalized gradient."""
+    shapes = [(16, 1, 3, 3), (32, 16, 3, 3), (12, 32, 7, 7), (12, 32, 7, 7), (1, 16, 3, 3), (40, 3)]
+    g = torch.Generator().manual_seed(3)
+    ws = [nn.Parameter(torch.randn(*s, generator=g)) for s in shapes]
+    before = [w.detach().clone() for w in ws]
+    grads = [torch.randn(*s, generator=g) for s in shapes]
+    for w, gr in zip(ws, grads, strict=True):
+        w.grad = gr.clone()
+    Muon([{"params": ws, "muon": True}], lr=0.1).step()
+    for w, w0, gr in zip(ws, before, grads, strict=True):
+        m = gr.reshape(gr.size(0), -1)
+        expect = w0 - 0.1 * 0.2 * max(m.shape) ** 0.5 * orthogonalize(m).view_as(gr)
+        torch.testing.assert_close(w.detach(), expect, rtol=1e-5, atol=1e-6)
+
+
 def test_the_adamw_half_matches_torch_adamw():
     torch.manual_seed(0)
     a = nn.Parameter(torch.randn(7))

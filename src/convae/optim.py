@@ -26,6 +26,10 @@ from .config import OPTIMIZERS, TrainConfig
 # Quintic Newton-Schulz coefficients from Keller Jordan's Muon: they push all singular values of
 # the normalized update into ~[0.7, 1.2] in five iterations, which is all Muon needs.
 _NS_COEFFS = (3.4445, -4.7750, 2.0315)
+# Matrices of at most this many values are orthogonalized together, zero-padded to a common shape
+# (32 x 512: padding costs arithmetic, which is cheap at this size, and saves dispatches, which
+# are not).
+_PAD_LIMIT = 16384
 
 
 def orthogonalize(g: Tensor, steps: int = 5) -> Tensor:
@@ -112,15 +116,36 @@ class Muon(torch.optim.Optimizer):
         torch._foreach_mul_(bufs, mom)
         torch._foreach_add_(bufs, grads)
         updates = torch._foreach_add(grads, bufs, alpha=mom)  # Nesterov
+        # Orthogonalize in as few batched calls as possible: a small model's matrices are tiny, so
+        # each Newton-Schulz call costs its ~15 dispatches, not its arithmetic. Matrices up to
+        # _PAD_LIMIT values go into one batch, zero-padded to the largest of them (exact: NS of
+        # [[A, 0], [0, 0]] is [[NS(A), 0], [0, 0]]); larger ones are batched by equal shape.
+        mats = [u.reshape(u.size(0), -1) for u in updates]
+        wide = [m if m.size(0) <= m.size(1) else m.mT for m in mats]
+        small = [i for i, m in enumerate(wide) if m.numel() <= _PAD_LIMIT]
+        buckets = [small] if small else []
         by_shape: dict[tuple[int, int], list[int]] = {}
-        for i, u in enumerate(updates):
-            by_shape.setdefault((u.size(0), u[0].numel()), []).append(i)
-        for (rows, cols), idx in by_shape.items():
-            m = torch.stack([updates[i].reshape(rows, cols) for i in idx])
-            o = orthogonalize(m, group["ns_steps"])
-            o.mul_(-group["lr"] * 0.2 * max(rows, cols) ** 0.5)  # AdamW-matched update RMS
+        for i, m in enumerate(wide):
+            if m.numel() > _PAD_LIMIT:
+                by_shape.setdefault(tuple(m.shape), []).append(i)
+        buckets += by_shape.values()
+        for idx in buckets:
+            k = max(wide[i].size(0) for i in idx)
+            n = max(wide[i].size(1) for i in idx)
+            if all(tuple(wide[i].shape) == (k, n) for i in idx):
+                x = torch.stack([wide[i] for i in idx])
+            else:
+                x = wide[idx[0]].new_zeros(len(idx), k, n)
+                for j, i in enumerate(idx):
+                    x[j, : wide[i].size(0), : wide[i].size(1)] = wide[i]
+            o = orthogonalize(x, group["ns_steps"])
             for j, i in enumerate(idx):
-                params[i].add_(o[j].view_as(params[i]).to(params[i].dtype))
+                oi = o[j, : wide[i].size(0), : wide[i].size(1)]
+                if wide[i] is not mats[i]:
+                    oi = oi.mT
+                rows, cols = mats[i].shape
+                scale = -group["lr"] * 0.2 * max(rows, cols) ** 0.5  # AdamW-matched update RMS
+                params[i].add_(oi.reshape(params[i].shape).to(params[i].dtype), alpha=scale)
 
     def _adamw(self, group: dict, params: list[Tensor], grads: list[Tensor]) -> None:
         b1, b2 = group["betas"]

@@ -60,8 +60,8 @@ class Muon(torch.optim.Optimizer):
 
     Param groups carry ``muon=True`` (matrices) or ``muon=False`` (AdamW); build them with
     :func:`build_optimizer`. A small model's step is dominated by per-operation overhead, so the
-    updates use foreach ops and same-shaped matrices (an encoder and its mirrored decoder) are
-    orthogonalized together in one batched Newton-Schulz.
+    updates use foreach ops, and the matrices are orthogonalized in as few batched Newton-Schulz
+    calls as possible: all small ones together (zero-padded), larger ones grouped by shape.
     """
 
     def __init__(

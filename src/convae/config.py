@@ -52,12 +52,8 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    epochs: int | None = (
-        None  # passes over the training split; None = the arch's default (convae.models)
-    )
-    batch_size: int = (
-        32  # images per optimizer step (per process under DDP); see docs/benchmarks.md
-    )
+    epochs: int | None = None  # passes over the training split; None = the arch's default
+    batch_size: int = 32  # images per optimizer step (per process under DDP)
     lr: float = 1e-2  # peak learning rate of the one-cycle schedule
     optimizer: str | None = None  # "adamw", "adam" or "muon" (convae.optim); None: the arch's
     weight_decay: float = 1e-4  # decoupled weight decay (adamw, muon; ignored by adam)

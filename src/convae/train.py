@@ -368,9 +368,8 @@ def fit(
             if progress is not None and ((i + 1) % log_every == 0 or i + 1 == steps_per_epoch):
                 live = float(window) / ((i % log_every) + 1)  # host sync, once per log_every steps
                 window.zero_()
-                if world == 1 and not math.isfinite(
-                    live
-                ):  # under DDP: the epoch check, all ranks agree
+                # under DDP the epoch check decides, so that all ranks agree
+                if world == 1 and not math.isfinite(live):
                     raise TrainingDiverged(_diverged_msg(epoch, step, cfg))
                 progress(
                     {
@@ -668,9 +667,8 @@ def train(
     if rank == 0:
         best = load(out, dev)
         test_x, _ = load_split(cfg.data, "test")
-        if (
-            len(test_x) == 0
-        ):  # a folder under 10 images has no test split: report on val, else train
+        # a folder under 10 images has no test split: report on val, else train
+        if len(test_x) == 0:
             test_x = val_x if len(val_x) else train_x
             log.warning(
                 "no test images: metrics.json reports on the %s split",

@@ -142,9 +142,8 @@ def _anomaly_labelled_data(args, model) -> dict[str, Any]:
 
     from ..data import load_split
 
-    base = replace(
-        model.run_config.data, classes=None
-    )  # score every class, not only the trained ones
+    # score every class, not only the trained ones
+    base = replace(model.run_config.data, classes=None)
     data = data_config_from_args(args, base)
     normal = args.normal_classes or model.run_config.data.classes
     if not normal:

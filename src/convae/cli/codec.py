@@ -172,9 +172,8 @@ def cmd_decode(args: argparse.Namespace) -> int:
     if out.exists() and not out.is_dir():
         raise NotADirectoryError(f"--out {out} exists and is not a folder")
     try:
-        images, names = cdc.decode(
-            codec, path.read_bytes()
-        )  # everything in memory before any write
+        # everything in memory before any write
+        images, names = cdc.decode(codec, path.read_bytes())
     except cdc.CodecError as e:
         raise cdc.CodecError(f"{path}: {e}") from None
     names = names or tuple(f"{i:05d}.png" for i in range(len(images)))

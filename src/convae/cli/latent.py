@@ -181,9 +181,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
         res["z"] = args.z
         if args.with_map:
             codes, y, _ = _latent_codes(args, model)
-            proj = project(
-                codes
-            )  # identity for 2-D codes, PCA otherwise (t-SNE cannot place a point)
+            # identity for 2-D codes, PCA otherwise (t-SNE cannot place a point)
+            proj = project(codes)
             fig = map_and_image_figure(
                 proj.points,
                 y.numpy(),
@@ -337,9 +336,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     from ..latent import sweep
 
     set_threads(args)
-    base = (
-        RunConfig()
-    )  # the default recipe: only the architecture, the data and --epochs/--seed change
+    # the default recipe: only the architecture, the data and --epochs/--seed change
+    base = RunConfig()
     over = {k: getattr(args, k) for k in ("epochs", "seed") if getattr(args, k) is not None}
     cfg = replace(
         base,

@@ -135,9 +135,8 @@ def _init_distributed(device: str = "auto"):
         return 0, 1, None
     from ..train import resolve_device
 
-    if (
-        resolve_device(device).type == "mps" and device != "auto"
-    ):  # also rejects unknown/missing ones
+    # resolve_device also rejects unknown or unavailable devices
+    if resolve_device(device).type == "mps" and device != "auto":
         raise ValueError("distributed training runs on cuda or cpu, not mps; pass --device cpu")
     local = int(os.environ.get("LOCAL_RANK", "0"))
     if device.startswith("cuda") or (device == "auto" and torch.cuda.is_available()):

@@ -207,7 +207,7 @@ def job_step(arch: str, latent: int, batch: int, steps: int = 60, rounds: int = 
     sub = tr[: batch * steps]
     ours_once()  # warm-up
     # Best of `rounds`, every candidate timed once per round in turn: the machine's speed drifts by
-    # +-20 % over seconds, and interleaving gives every candidate the same chances.
+    # +-30 % within minutes, and interleaving gives every candidate the same chances.
     best = dict.fromkeys(steppers, 0.0)
     ours = 0.0
     for _ in range(rounds):

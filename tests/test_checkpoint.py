@@ -156,6 +156,45 @@ def test_trainer_state_roundtrip(tmp_path):
             assert torch.equal(torch.as_tensor(v), torch.as_tensor(b["state"][pid][k])), (pid, k)
 
 
+@pytest.mark.parametrize("optimizer", ["adamw", "muon"])
+def test_restored_state_takes_the_layout_of_channels_last_weights(tmp_path, optimizer):
+    # safetensors gives the moments back contiguous; the fused AdamW kernel would pair them
+    # element-by-element with channels_last weights, in memory order, and silently go wrong.
+    from convae.optim import build_optimizer
+
+    def model():
+        torch.manual_seed(0)
+        m = build_model(ModelConfig(arch="seed-strided", image_size=16, latent_dim=4))
+        return m.to(memory_format=torch.channels_last)
+
+    def opt_for(m):
+        return build_optimizer(list(m.parameters()), TrainConfig(optimizer=optimizer, lr=1e-2))
+
+    x = torch.rand(4, 1, 16, 16).contiguous(memory_format=torch.channels_last)
+
+    def steps(m, opt, n):
+        for _ in range(n):
+            opt.zero_grad()
+            (m(x) - x).square().mean().backward()
+            opt.step()
+
+    uninterrupted = model()
+    steps(uninterrupted, opt_for(uninterrupted), 6)
+    m = model()
+    opt = opt_for(m)
+    steps(m, opt, 3)
+    save_trainer_state(tmp_path, opt, {"epoch": 1})
+    resumed = opt_for(m)
+    load_trainer_state(tmp_path, resumed)
+    for p in m.parameters():
+        for v in resumed.state[p].values():
+            if isinstance(v, torch.Tensor) and v.shape == p.shape:
+                assert v.stride() == p.stride()
+    steps(m, resumed, 3)
+    for a, b in zip(m.parameters(), uninterrupted.parameters(), strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
 def test_trainer_state_mismatch_and_corruption(tmp_path):
     torch.manual_seed(0)
     model = build_model(ModelConfig(arch="seed-strided", image_size=16))

@@ -8,7 +8,7 @@ from torch import nn
 
 from convae.config import ModelConfig, TrainConfig
 from convae.models import build_model
-from convae.optim import Muon, build_optimizer, orthogonalize
+from convae.optim import Muon, build_optimizer, orthogonalize, plan_batches
 
 
 @pytest.mark.parametrize("shape", [(12, 1568), (32, 144), (16, 9), (5, 5)])
@@ -47,8 +47,8 @@ def test_first_muon_step_is_the_scaled_orthogonalized_gradient():
 
 
 def test_padded_batches_equal_one_matrix_at_a_time():
-    """Small matrices share one zero-padded Newton-Schulz batch, large ones go by shape: the
-    update of every parameter must still be its own orthogonalized gradient."""
+    """Matrices share zero-padded Newton-Schulz batches (plan_batches): the update of every
+    parameter must still be its own orthogonalized gradient."""
     shapes = [(16, 1, 3, 3), (32, 16, 3, 3), (12, 32, 7, 7), (12, 32, 7, 7), (1, 16, 3, 3), (40, 3)]
     g = torch.Generator().manual_seed(3)
     ws = [nn.Parameter(torch.randn(*s, generator=g)) for s in shapes]
@@ -61,6 +61,42 @@ def test_padded_batches_equal_one_matrix_at_a_time():
         m = gr.reshape(gr.size(0), -1)
         expect = w0 - 0.1 * 0.2 * max(m.shape) ** 0.5 * orthogonalize(m).view_as(gr)
         torch.testing.assert_close(w.detach(), expect, rtol=1e-5, atol=1e-6)
+
+
+def test_plan_batches_pads_only_where_it_pays():
+    # seed-keras2d's matrices: the 2 x 3136 code layers must not be padded to 64 rows
+    shapes = [(9, 32), (64, 288), (2, 3136), (2, 3136), (64, 288), (32, 49)]
+    plan = plan_batches(shapes)
+    assert sorted(i for b in plan for i in b) == list(range(len(shapes)))  # each exactly once
+    assert [2, 3] in plan
+    # a model of tiny matrices: one call for all of them
+    tiny = [(9, 16), (4, 144), (4, 64), (4, 16)]
+    assert plan_batches(tiny) == [[0, 1, 2, 3]]
+    assert plan_batches([(5, 7)]) == [[0]]
+
+
+def test_large_batches_iterate_in_bf16_where_it_is_fast(monkeypatch):
+    import convae.optim as optim
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 200, 3136, generator=g)
+    o16, o32 = orthogonalize(x, dtype=torch.bfloat16), orthogonalize(x)
+    assert o16.dtype == torch.float32
+    assert (o16 - o32).norm() / o32.norm() < 0.03  # bf16 rounding, not a different answer
+    # a Muon step on such a matrix takes the bf16 path exactly when the device is fast at bf16
+    scale = -0.1 * 0.2 * 3136**0.5
+    for fast in (True, False):
+        monkeypatch.setattr(optim, "bf16_is_fast", lambda device, fast=fast: fast)
+        w = nn.Parameter(torch.zeros(200, 3136))
+        w.grad = x[0].clone()
+        Muon([{"params": [w], "muon": True}], lr=0.1).step()
+        size = (scale * o32[0]).norm()
+        err16 = (w.detach() - scale * o16[0]).norm() / size
+        err32 = (w.detach() - scale * o32[0]).norm() / size
+        if fast:  # bf16 rounding (~1 %), nearer the bf16 answer than the fp32 one
+            assert 1e-3 < err32 and err16 < err32
+        else:  # the fp32 answer up to float rounding
+            assert err32 < 1e-5
 
 
 def test_the_adamw_half_matches_torch_adamw():

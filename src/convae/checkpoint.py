@@ -150,7 +150,23 @@ def load_trainer_state(run_dir: Path, optimizer: torch.optim.Optimizer) -> dict[
     for pid, extra in info.get("scalars", {}).items():
         state.setdefault(int(pid), {}).update(extra)
     optimizer.load_state_dict({"state": state, "param_groups": info["param_groups"]})
+    _match_param_layout(optimizer)
     return info
+
+
+def _match_param_layout(optimizer: torch.optim.Optimizer) -> None:
+    """Give each per-parameter state tensor its parameter's memory layout (e.g. channels_last).
+
+    safetensors stores tensors contiguous, but training keeps conv weights channels_last, and
+    torch's fused AdamW kernel reads parameter, gradient and moments as flat memory: a moment in
+    another layout than its parameter would silently update the wrong elements.
+    """
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            st = optimizer.state.get(p, {})
+            for k, v in st.items():
+                if isinstance(v, torch.Tensor) and v.shape == p.shape and v.stride() != p.stride():
+                    st[k] = torch.empty_like(p, dtype=v.dtype).copy_(v)
 
 
 def fingerprint(state: dict[str, torch.Tensor], cfg: RunConfig) -> bytes:

@@ -41,7 +41,7 @@ from .data import load_split
 from .metrics import summarize
 from .models import AutoEncoder, build_model, default_latent_dim, default_recipe
 from .noise import corrupt, parse_noise
-from .optim import build_optimizer
+from .optim import bf16_is_fast, build_optimizer
 
 log = logging.getLogger(__name__)
 
@@ -91,15 +91,6 @@ def resolve_device(name: str = "auto") -> torch.device:
     return torch.device(name)
 
 
-def _cpu_has_bf16() -> bool:
-    try:
-        with open("/proc/cpuinfo") as f:
-            flags = f.read()
-        return "avx512_bf16" in flags or "amx_bf16" in flags
-    except OSError:
-        return False
-
-
 def resolve_precision(precision: str, device: torch.device) -> torch.dtype | None:
     """The autocast dtype (None = fp32). ``auto`` picks bf16 where measured faster (docs/benchmarks.md)."""
     if precision not in ("auto", "fp32", "bf16", "fp16"):
@@ -115,7 +106,7 @@ def resolve_precision(precision: str, device: torch.device) -> torch.dtype | Non
     # auto
     if device.type == "cuda":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    if device.type == "cpu" and _cpu_has_bf16():
+    if device.type == "cpu" and bf16_is_fast(device):
         return torch.bfloat16
     return None
 

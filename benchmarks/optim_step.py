@@ -34,8 +34,8 @@ def candidates(arch: str) -> dict[str, torch.optim.Optimizer]:
         params = list(m.parameters())
         g = torch.Generator().manual_seed(1)
         for p in params:
-            p.grad = torch.randn(p.shape, generator=g).to(memory_format=torch.preserve_format)
-            p.grad = torch.empty_like(p).copy_(p.grad)  # the parameter's layout, as autograd gives it
+            # in the parameter's layout (channels_last for conv kernels), as autograd gives it
+            p.grad = torch.empty_like(p).copy_(torch.randn(p.shape, generator=g))
         if name.startswith("torch"):
             opt = torch.optim.AdamW(params, lr=1e-3, weight_decay=1e-4, foreach=True)
         else:
@@ -45,7 +45,9 @@ def candidates(arch: str) -> dict[str, torch.optim.Optimizer]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("archs", nargs="*", help="architectures (default: all registered)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--steps", type=int, default=200)

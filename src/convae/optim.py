@@ -258,7 +258,9 @@ def _fusable(params: list[Tensor]) -> bool:
 
 
 def _dense(p: Tensor) -> bool:
-    return p.is_contiguous() or (p.dim() == 4 and p.is_contiguous(memory_format=torch.channels_last))
+    return p.is_contiguous() or (
+        p.dim() == 4 and p.is_contiguous(memory_format=torch.channels_last)
+    )
 
 
 def build_optimizer(params: list[Tensor], cfg: TrainConfig) -> torch.optim.Optimizer:

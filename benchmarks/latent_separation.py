@@ -8,10 +8,10 @@ the silhouette score of the test codes grouped by label. Target: >= 0.4.
     python benchmarks/latent_separation.py --seeds 0,1,2          # the spread over seeds
     python benchmarks/latent_separation.py --batch-size 32 --epochs 30   # a recipe variant (labelled)
 
-Recipe flags (--epochs, --batch-size, --lr, --optimizer, --schedule, --precision) override the
-default recipe and are printed in the table, so a variant is never mistaken for the target. Runs
-and one latent map per run go to --out (git-ignored ``benchmarks/out/`` by default); with --json
-the last stdout line is a JSON list of rows.
+Recipe flags (--epochs, --batch-size, --lr, --optimizer, --schedule, --precision, --weight-decay)
+override the default recipe and are printed in the table, so a variant is never mistaken for the
+target. Runs and one latent map per run go to --out (git-ignored ``benchmarks/out/`` by default);
+with --json the last stdout line is a JSON list of rows.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from convae.train import load, to_float
 
 TARGET = 0.4
 CLASSES = (1, 5, 6)
-RECIPE_FLAGS = ("epochs", "batch_size", "lr", "optimizer", "schedule", "precision")
+RECIPE_FLAGS = ("epochs", "batch_size", "lr", "optimizer", "schedule", "precision", "weight_decay")
 
 
 def run_one(cfg: RunConfig, run_dir: Path, device: str, fresh: bool) -> dict:
@@ -92,6 +92,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--optimizer", choices=OPTIMIZERS)
     p.add_argument("--schedule", choices=["onecycle", "cosine", "constant"])
     p.add_argument("--precision", choices=["auto", "fp32", "bf16"])
+    p.add_argument("--weight-decay", type=float)
     p.add_argument("--device", default="cpu")
     p.add_argument("--out", default="benchmarks/out/latent_separation")
     p.add_argument("--no-baseline", action="store_true", help="skip the PCA-of-pixels baseline row")

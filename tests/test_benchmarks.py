@@ -22,3 +22,13 @@ def test_gpu_benchmark_runs_on_cpu(capsys):
     res = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert res["images"] == 100 and res["epochs"] == 1 and res["device"] == "cpu"  # sample repeated/cut
     assert res["seconds"] > 0 and 0 < res["test_mse"] < 1 and res["peak_gpu_mb"] is None
+
+
+def test_optimizer_step_benchmark(capsys):
+    bench = _script("optim_step")
+    args = ["seed-pool", "--threads", "1", "--steps", "2", "--rounds", "1", "--json"]
+    assert bench.main(args) == 0
+    (row,) = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert row["arch"] == "seed-pool" and row["params"] == 1077
+    assert set(row["ms_per_step"]) == {"torch AdamW (foreach)", "convae adamw", "convae muon"}
+    assert all(v > 0 for v in row["ms_per_step"].values())

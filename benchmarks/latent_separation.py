@@ -8,9 +8,9 @@ the silhouette score of the test codes grouped by label. Target: >= 0.4.
     python benchmarks/latent_separation.py --seeds 0,1,2          # the spread over seeds
     python benchmarks/latent_separation.py --batch-size 32 --epochs 30   # a recipe variant (labelled)
 
-Recipe flags (--epochs, --batch-size, --lr, --optimizer, --schedule, --precision, --weight-decay)
-override the default recipe and are printed in the table, so a variant is never mistaken for the
-target. Runs and one latent map per run go to --out (git-ignored ``benchmarks/out/`` by default);
+Recipe flags (--epochs, --batch-size, --lr, --optimizer, --schedule, --warmup, --precision,
+--weight-decay, --noise) override the default recipe and are printed in the table, so a variant is
+never mistaken for the target. Runs and one latent map per run go to --out (git-ignored ``benchmarks/out/`` by default);
 with --json the last stdout line is a JSON list of rows.
 """
 
@@ -31,7 +31,17 @@ from convae.train import load, to_float
 
 TARGET = 0.4
 CLASSES = (1, 5, 6)
-RECIPE_FLAGS = ("epochs", "batch_size", "lr", "optimizer", "schedule", "precision", "weight_decay")
+RECIPE_FLAGS = (
+    "epochs",
+    "batch_size",
+    "lr",
+    "optimizer",
+    "schedule",
+    "warmup",
+    "precision",
+    "weight_decay",
+    "noise",
+)
 
 
 def run_one(cfg: RunConfig, run_dir: Path, device: str, fresh: bool) -> dict:
@@ -93,6 +103,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--schedule", choices=["onecycle", "cosine", "constant"])
     p.add_argument("--precision", choices=["auto", "fp32", "bf16"])
     p.add_argument("--weight-decay", type=float)
+    p.add_argument("--warmup", type=float, help="fraction of steps warming up (default 0.15)")
+    p.add_argument(
+        "--noise", help="train as a denoiser on this input corruption, e.g. gaussian:0.2"
+    )
     p.add_argument("--device", default="cpu")
     p.add_argument("--out", default="benchmarks/out/latent_separation")
     p.add_argument("--no-baseline", action="store_true", help="skip the PCA-of-pixels baseline row")
@@ -108,8 +122,13 @@ def main(argv: list[str] | None = None) -> int:
         model=ModelConfig(arch="seed-keras2d", latent_dim=2), data=DataConfig(classes=CLASSES)
     )
     over = {k: getattr(args, k) for k in RECIPE_FLAGS if getattr(args, k) is not None}
-    variant = " ".join(f"--{k.replace('_', '-')} {v}" for k, v in over.items()) or "default recipe"
-    tag = "-".join(f"{k}{v}" for k, v in over.items()) or "default"
+    if "noise" in over:
+        over["noise"] = (over["noise"],)  # TrainConfig.noise is a tuple of corruptions
+    flag = lambda v: ",".join(v) if isinstance(v, tuple) else v  # noqa: E731
+    variant = (
+        " ".join(f"--{k.replace('_', '-')} {flag(v)}" for k, v in over.items()) or "default recipe"
+    )
+    tag = "-".join(f"{k}{flag(v)}" for k, v in over.items()) or "default"
     rows = []
     for seed in (int(s) for s in args.seeds.split(",") if s.strip()):
         cfg = replace(base, train=replace(base.train, seed=seed, **over))

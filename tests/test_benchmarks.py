@@ -32,3 +32,20 @@ def test_optimizer_step_benchmark(capsys):
     assert row["arch"] == "seed-pool" and row["params"] == 1077
     assert set(row["ms_per_step"]) == {"torch AdamW (foreach)", "convae adamw", "convae muon"}
     assert all(v > 0 for v in row["ms_per_step"].values())
+
+
+def test_latent_separation_benchmark_passes_recipe_flags(tmp_path, capsys):
+    bench = _script("latent_separation")
+    flags = "--epochs 1 --seeds 0 --warmup 0.3 --noise gaussian:0.2 --no-baseline --json --out"
+    args = [*flags.split(), str(tmp_path)]
+    assert bench.main(args) == 0
+    out = capsys.readouterr().out.strip().splitlines()
+    (row,) = json.loads(out[-1])
+    assert row["variant"] == "--epochs 1 --warmup 0.3 --noise gaussian:0.2"
+    assert -1 <= row["silhouette"] <= 1 and set(row["pair_silhouette"]) == {"1-5", "1-6", "5-6"}
+    assert row["steps"] == 33 and Path(row["map"]).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    cfg = json.loads((Path(row["map"]).parent / "config.json").read_text())
+    assert cfg["train"]["noise"] == ["gaussian:0.2"] and cfg["train"]["warmup"] == 0.3
+    assert cfg["model"]["arch"] == "seed-keras2d" and cfg["data"]["classes"] == [1, 5, 6]
+    table_row = "| --epochs 1 --warmup 0.3 --noise gaussian:0.2 | 0 | 33 |"
+    assert any(line.startswith(table_row) for line in out)

@@ -49,3 +49,16 @@ def test_latent_separation_benchmark_passes_recipe_flags(tmp_path, capsys):
     assert cfg["model"]["arch"] == "seed-keras2d" and cfg["data"]["classes"] == [1, 5, 6]
     table_row = "| --epochs 1 --warmup 0.3 --noise gaussian:0.2 | 0 | 33 |"
     assert any(line.startswith(table_row) for line in out)
+
+
+def test_conv_layers_benchmark_matches_the_modules(capsys):
+    bench = _script("conv_layers")
+    args = "--batch 2 --threads 1 --iters 1 --rounds 1 --json".split()
+    assert bench.main(args) == 0
+    rows = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    # all six seed-strided layers have a product form, and it computes the same thing
+    assert [r["layer"] for r in rows] == [f"encoder.{i}" for i in (0, 2, 4)] + [
+        f"decoder.{i}" for i in (0, 2, 4)
+    ]
+    assert all(r["gemm_max_rel_err"] < 1e-4 for r in rows)
+    assert all(set(r["us_fwd_bwd"]) == {"torch fp32", "torch bf16", "GEMM fp32"} for r in rows)

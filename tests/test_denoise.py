@@ -70,7 +70,11 @@ def identity_model(channels: int = 1, size: int = 16) -> AutoEncoder:
         conv.weight.copy_(torch.eye(channels).view(channels, channels, 1, 1))
         conv.bias.zero_()
     cfg = ModelConfig(
-        arch="convae", channels=channels, image_size=size, latent_dim=channels * size * size
+        arch="convae",
+        channels=channels,
+        image_size=size,
+        latent_dim=channels * size * size,
+        mean_image=False,  # an identity adds nothing
     )
     return AutoEncoder(nn.Identity(), conv, (channels, size, size), cfg).eval()
 

@@ -35,6 +35,10 @@ class ModelConfig:
     width: int = 16  # base channel width of the `convae` arch (seed archs keep their own widths)
     decoder: str = "upsample"  # "upsample" (nearest + conv) or "transpose" (ConvTranspose2d)
     norm: str = "batch"  # "batch" or "none" (the `convae` arch)
+    # The decoder adds the training images' mean image to its output (before the sigmoid, as a
+    # logit, where the output has one): it predicts each image's difference from the mean.
+    # fit() sets it from the training split. Measured in docs/benchmarks.md and docs/latent.md.
+    mean_image: bool = True
 
 
 @dataclass(frozen=True)
@@ -100,8 +104,11 @@ class RunConfig:
                 kwargs[k] = v
             return kind(**kwargs)
 
+        model = dict(d.get("model") or {})
+        # Run directories written before the mean image existed have none (their weights lack it).
+        model.setdefault("mean_image", False)
         return cls(
-            model=build(ModelConfig, d.get("model")),
+            model=build(ModelConfig, model),
             data=build(DataConfig, d.get("data")),
             train=build(TrainConfig, d.get("train")),
             preset=d.get("preset"),

@@ -124,6 +124,17 @@ class AutoEncoder(nn.Module):
         self.latent_dim = math.prod(latent_shape)
         self.config = config
         self.sigmoid_output = sigmoid_output  # False: linear output, clamp to [0, 1] when displayed
+        self.output_offset: Tensor | None
+        if config.mean_image:
+            if sigmoid_output and not (
+                isinstance(decoder, nn.Sequential) and isinstance(decoder[-1], nn.Sigmoid)
+            ):
+                raise ValueError("a sigmoid-output decoder must be a Sequential ending in Sigmoid")
+            # Added to the decoder's output (its logits, for a sigmoid output). Zero until
+            # set_mean_image; saved with the weights.
+            self.register_buffer("output_offset", torch.zeros(self.input_shape))
+        else:
+            self.output_offset = None
 
     @property
     def input_shape(self) -> tuple[int, int, int]:
@@ -135,7 +146,29 @@ class AutoEncoder(nn.Module):
 
     def decode(self, z: Tensor) -> Tensor:
         """[B, L] -> [B, C, H, W]."""
-        return self.decoder(z.reshape(z.shape[0], *self.latent_shape))
+        h = z.reshape(z.shape[0], *self.latent_shape)
+        if self.output_offset is None:
+            return self.decoder(h)
+        if not self.sigmoid_output:
+            return self.decoder(h) + self.output_offset
+        *body, sigmoid = self.decoder  # the logits, then the offset, then the final sigmoid
+        for layer in body:
+            h = layer(h)
+        return sigmoid(h + self.output_offset)
+
+    @torch.no_grad()
+    def set_mean_image(self, mean: Tensor) -> None:
+        """Make ``mean`` ([C, H, W] in [0, 1]) the output for a zero decoder contribution.
+
+        A sigmoid output gets its logit, clamped to [1e-3, 1 - 1e-3] (background pixels that are
+        always 0 would otherwise be -inf). Needs ``config.mean_image``.
+        """
+        if self.output_offset is None:
+            raise ValueError("this model was built without a mean image (mean_image=False)")
+        if tuple(mean.shape) != self.input_shape:
+            raise ValueError(f"mean image must be {list(self.input_shape)}, not {list(mean.shape)}")
+        m = mean.to(self.output_offset)
+        self.output_offset.copy_(torch.logit(m.clamp(1e-3, 1 - 1e-3)) if self.sigmoid_output else m)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.decode(self.encode(x))

@@ -279,6 +279,10 @@ def fit(
     n = len(train_x)
     if n == 0:
         raise ValueError("the training split is empty (check --classes and the data)")
+    if model.output_offset is not None and not resume:
+        # The decoder starts from the mean training image (a resumed run has it in its weights).
+        # Every DDP rank holds the whole training split, so every rank sets the same image.
+        model.set_mean_image((train_x.sum(0, dtype=torch.float64) / (255.0 * n)).float())
     batch = min(cfg.batch_size, max(1, n // world))
     steps_per_epoch = max(1, n // (batch * world))
     total_steps = steps_per_epoch * cfg.epochs

@@ -135,6 +135,7 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
             "latent_dim": 128,
             "decoder": "upsample",
             "norm": "batch",
+            "mean_image": False,  # these numbers were measured before it existed
         },
         "train": {
             "epochs": 30,
@@ -156,6 +157,7 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
             "latent_dim": 16,
             "decoder": "upsample",
             "norm": "batch",
+            "mean_image": False,  # these numbers were measured before it existed
         },
         "train": {
             "epochs": 30,
@@ -177,6 +179,7 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
             "latent_dim": 196,
             "decoder": "transpose",
             "norm": "batch",
+            "mean_image": False,  # these numbers were measured before it existed
         },
         "train": {
             "epochs": 60,

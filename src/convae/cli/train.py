@@ -56,6 +56,12 @@ def _train_parser(sub) -> None:
     g.add_argument(
         "--norm", choices=["batch", "none"], help="normalization layers (archs convae, convae-map)"
     )
+    g.add_argument(
+        "--mean-image",
+        action=argparse.BooleanOptionalAction,
+        help="the decoder adds the training images' mean image to its output, so it learns each "
+        "image's difference from it (default: on)",
+    )
     g = p.add_argument_group("training")
     g.add_argument(
         "--preset", choices=sorted(PRESETS), help="task recipe; explicit flags override it"
@@ -97,7 +103,7 @@ def _train_parser(sub) -> None:
     p.set_defaults(func=cmd_train)
 
 
-_MODEL_FLAGS = ("arch", "latent_dim", "width", "decoder", "norm")
+_MODEL_FLAGS = ("arch", "latent_dim", "width", "decoder", "norm", "mean_image")
 _TRAIN_FLAGS = ("epochs", "batch_size", "lr", "optimizer", "weight_decay", "schedule", "loss")
 _TRAIN_FLAGS += ("precision", "patience", "seed")
 
@@ -180,6 +186,7 @@ def cmd_train(args: argparse.Namespace) -> int:
                 f"--{k.replace('_', '-')}"
                 for k in _RUN_FLAGS
                 if getattr(args, k, None) not in (None, False)
+                or (k == "mean_image" and args.mean_image is False)  # --no-mean-image
             ]
             if given:
                 raise ValueError(

@@ -9,9 +9,10 @@ the silhouette score of the test codes grouped by label. Target: >= 0.4.
     python benchmarks/latent_separation.py --batch-size 32 --epochs 30   # a recipe variant (labelled)
 
 Recipe flags (--epochs, --batch-size, --lr, --optimizer, --schedule, --warmup, --precision,
---weight-decay, --noise) override the default recipe and are printed in the table, so a variant is
-never mistaken for the target. Runs and one latent map per run go to --out (git-ignored ``benchmarks/out/`` by default);
-with --json the last stdout line is a JSON list of rows.
+--weight-decay, --noise) override the default recipe, and --no-mean-image drops the model's mean
+image (the default before session 5); all are printed in the table, so a variant is never mistaken
+for the target. Runs and one latent map per run go to --out (git-ignored ``benchmarks/out/`` by
+default); with --json the last stdout line is a JSON list of rows.
 """
 
 from __future__ import annotations
@@ -109,6 +110,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--device", default="cpu")
     p.add_argument("--out", default="benchmarks/out/latent_separation")
+    p.add_argument(
+        "--no-mean-image",
+        action="store_true",
+        help="the model without its mean image (the default before session 5)",
+    )
     p.add_argument("--no-baseline", action="store_true", help="skip the PCA-of-pixels baseline row")
     p.add_argument(
         "--fresh",
@@ -119,16 +125,19 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
 
     base = RunConfig(
-        model=ModelConfig(arch="seed-keras2d", latent_dim=2), data=DataConfig(classes=CLASSES)
+        model=ModelConfig(arch="seed-keras2d", latent_dim=2, mean_image=not args.no_mean_image),
+        data=DataConfig(classes=CLASSES),
     )
     over = {k: getattr(args, k) for k in RECIPE_FLAGS if getattr(args, k) is not None}
     if "noise" in over:
         over["noise"] = (over["noise"],)  # TrainConfig.noise is a tuple of corruptions
     flag = lambda v: ",".join(v) if isinstance(v, tuple) else v  # noqa: E731
-    variant = (
-        " ".join(f"--{k.replace('_', '-')} {flag(v)}" for k, v in over.items()) or "default recipe"
-    )
-    tag = "-".join(f"{k}{flag(v)}" for k, v in over.items()) or "default"
+    words = [f"--{k.replace('_', '-')} {flag(v)}" for k, v in over.items()]
+    tags = [f"{k}{flag(v)}" for k, v in over.items()]
+    if args.no_mean_image:
+        words, tags = ["--no-mean-image", *words], ["nomean", *tags]
+    variant = " ".join(words) or "default recipe"
+    tag = "-".join(tags) or "default"
     rows = []
     for seed in (int(s) for s in args.seeds.split(",") if s.strip()):
         cfg = replace(base, train=replace(base.train, seed=seed, **over))

@@ -66,7 +66,7 @@ def job_reference(arch: str, latent: int, epochs: int, seed: int) -> dict:
             return torch.from_numpy(train_np[i]).float().div(255.0), 0
 
     torch.manual_seed(seed)
-    model = build_model(ModelConfig(arch=arch, latent_dim=latent))
+    model = build_model(ModelConfig(arch=arch, latent_dim=latent, mean_image=False))  # as the seeds
     loader = DataLoader(PerItem(), batch_size=20, shuffle=True, num_workers=0)
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     crit = torch.nn.MSELoss()
@@ -109,7 +109,9 @@ def job_convae(arch: str, latent: int, epochs: int | None, seed: int, target: fl
     startup = time.perf_counter() - t_import
     te, _ = load_dataset("mnist-sample", "test")
     overrides = {**({"epochs": epochs} if epochs else {}), **(recipe or {})}
-    cfg = RunConfig(model=ModelConfig(arch=arch, latent_dim=latent), train=TrainConfig(seed=seed, **overrides))
+    model_over = {k: overrides.pop(k) for k in list(overrides) if k in ("mean_image",)}
+    cfg = RunConfig(model=ModelConfig(arch=arch, latent_dim=latent, **model_over),
+                    train=TrainConfig(seed=seed, **overrides))
     paused = 0.0
     curve: list[tuple[float, float]] = []
     t0 = time.perf_counter()
@@ -153,8 +155,9 @@ def job_convae(arch: str, latent: int, epochs: int | None, seed: int, target: fl
             "time_to_target": reach, "curve": curve, "epochs": len(hist),
             "images_per_s": len(hist) * n_train / fit_seconds, "peak_mb": _peak_mb(),
             "threads": torch.get_num_threads(), "startup_seconds": startup,
-            "recipe": {k: getattr(resolve_recipe(cfg.train, arch), k)
-                       for k in ("epochs", "optimizer", "batch_size", "lr", "precision")}}
+            "recipe": {**{k: getattr(resolve_recipe(cfg.train, arch), k)
+                          for k in ("epochs", "optimizer", "batch_size", "lr", "precision")},
+                       "mean_image": cfg.model.mean_image}}
 
 
 def job_step(arch: str, latent: int, batch: int, steps: int = 60, rounds: int = 5) -> dict:
@@ -297,7 +300,8 @@ def main() -> int:
     ap.add_argument("--convae-epochs", type=int, default=None, help="override convae's default epochs")
     ap.add_argument("--variant", action="append", default=[], metavar="ARCH:KEY=VALUE,...",
                     help="also train a labelled non-default recipe for ARCH, e.g. "
-                         "seed-strided:epochs=20,lr=0.02,precision=fp32 (repeatable)")
+                         "seed-strided:epochs=20,lr=0.02,precision=fp32 or seed-strided:mean_image=false "
+                         "(repeatable)")
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--job", nargs="+", help=argparse.SUPPRESS)
     a = ap.parse_args()
@@ -332,7 +336,10 @@ def main() -> int:
         recipe = {}
         for item in kv.split(","):
             k, _, val = item.partition("=")
-            recipe[k] = val if k in ("precision", "optimizer") else (int(val) if k in ("epochs", "batch_size") else float(val))
+            if k == "mean_image":
+                recipe[k] = val.lower() in ("1", "true", "on", "yes")
+            else:
+                recipe[k] = val if k in ("precision", "optimizer") else (int(val) if k in ("epochs", "batch_size") else float(val))
         variants.setdefault(arch, []).append(recipe)
     for arch in a.archs.split(","):
         latent, ref_epochs, conv_epochs = ARCHS[arch]

@@ -219,3 +219,45 @@ def test_register_without_description_or_docstring(scratch_registry):
 
     assert "test-nodoc" in available()
     assert build_model(ModelConfig(arch="test-nodoc")).latent_dim == 12
+
+
+# ---------------------------------------------------------------------------------------------
+# The mean image: the decoder's output starts from it
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_mean_image_is_the_output_when_the_decoder_adds_nothing(arch):
+    model = build_model(_cfg(arch)).eval()
+    gen = torch.Generator().manual_seed(0)
+    mean = torch.rand(model.input_shape, generator=gen)
+    mean[0, :3, :3] = 0.0  # always-black background pixels must stay finite
+    model.set_mean_image(mean)
+    assert torch.isfinite(model.output_offset).all()
+    layers = (torch.nn.Conv2d, torch.nn.ConvTranspose2d, torch.nn.Linear)
+    last = [m for m in model.decoder.modules() if isinstance(m, layers)][-1]
+    with torch.no_grad():  # the decoder's own contribution: zero
+        last.weight.zero_()
+        last.bias.zero_()
+        out = model.decode(torch.randn(2, model.latent_dim, generator=gen))
+    want = mean.clamp(1e-3, 1 - 1e-3) if model.sigmoid_output else mean
+    torch.testing.assert_close(out, want.expand_as(out), atol=1e-6, rtol=1e-5)
+
+
+def test_without_mean_image_the_model_is_unchanged():
+    torch.manual_seed(0)
+    plain = build_model(_cfg("seed-strided", mean_image=False))
+    torch.manual_seed(0)
+    with_mean = build_model(_cfg("seed-strided"))  # offset still zero: the same function
+    assert "output_offset" not in plain.state_dict() and plain.output_offset is None
+    assert set(with_mean.state_dict()) == set(plain.state_dict()) | {"output_offset"}
+    x = torch.rand(3, 1, 28, 28)
+    torch.testing.assert_close(with_mean(x), plain(x), atol=0, rtol=0)
+    with pytest.raises(ValueError, match="without a mean image"):
+        plain.set_mean_image(torch.zeros(1, 28, 28))
+    with pytest.raises(ValueError, match=r"must be \[1, 28, 28\]"):
+        with_mean.set_mean_image(torch.zeros(28, 28))
+
+
+def test_summary_still_lists_the_final_sigmoid():
+    rows = summary(build_model(_cfg("seed-strided")))["layers"]
+    assert rows[-1]["part"] == "decoder" and rows[-1]["kind"] == "Sigmoid"

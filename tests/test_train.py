@@ -423,3 +423,45 @@ def test_default_recipe_comes_from_the_architecture(make_images):
     model = build_model(ModelConfig(arch="convae", width=4, latent_dim=4, image_size=16))
     hist = fit(model, make_images(8, 1, 16), None, TrainConfig(batch_size=8))  # fit resolves it too
     assert len(hist) == 10
+
+
+# ---------------------------------------------------------------------------------------------
+# The mean image
+
+
+@pytest.mark.parametrize("arch", ["seed-strided", "seed-keras2d"])  # sigmoid and linear output
+def test_fit_starts_the_decoder_from_the_training_mean_image(make_images, arch):
+    x = make_images(24, 1, 16, seed=4)
+    model = _model(arch)
+    fit(model, x, None, _cfg(epochs=1))
+    mean = to_float(x).mean(0)
+    want = torch.logit(mean.clamp(1e-3, 1 - 1e-3)) if model.sigmoid_output else mean
+    torch.testing.assert_close(model.output_offset, want)
+    plain = _model(arch, mean_image=False)
+    fit(plain, x, None, _cfg(epochs=1))  # and without one, nothing is added
+    assert plain.output_offset is None and "output_offset" not in plain.state_dict()
+
+
+def test_a_run_keeps_its_mean_image_and_old_runs_load_without_one(tiny_run, tmp_path):
+    model = train_mod.load(tiny_run)
+    assert model.run_config.model.mean_image and model.output_offset.abs().sum() > 0
+    saved = load_file(tiny_run / "model.safetensors")["output_offset"]
+    torch.testing.assert_close(model.output_offset, saved)
+    # A run directory written before the mean image existed: no key in config.json, none in the
+    # weights. It loads as it was trained.
+    old = tmp_path / "old"
+    old.mkdir()
+    cfg = json.loads((tiny_run / "config.json").read_text())
+    del cfg["model"]["mean_image"]
+    (old / "config.json").write_text(json.dumps(cfg))
+    weights = load_file(tiny_run / "model.safetensors")
+    del weights["output_offset"]
+    from safetensors.torch import save_file
+
+    save_file(weights, old / "model.safetensors")
+    legacy = train_mod.load(old)
+    assert legacy.run_config.model.mean_image is False and legacy.output_offset is None
+    x = torch.rand(2, 1, 28, 28)
+    with torch.no_grad():  # the same network, minus the offset
+        body = model.decoder[:-1](model.encoder(x))
+        torch.testing.assert_close(legacy(x), torch.sigmoid(body))

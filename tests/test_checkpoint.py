@@ -77,6 +77,44 @@ def test_run_config_roundtrip():
         RunConfig.from_dict([1, 2])
 
 
+@pytest.mark.parametrize(
+    "section, key, value, message",
+    [
+        ("model", "latent_dim", "two", "model.latent_dim must be an integer or null, not str 'two'"),
+        ("model", "latent_dim", 2.5, "model.latent_dim must be an integer or null, not float 2.5"),
+        ("model", "image_size", "28", "model.image_size must be an integer, not str '28'"),
+        ("model", "mean_image", 1, "model.mean_image must be true or false, not int 1"),
+        ("data", "spec", 7, "data.spec must be a string, not int 7"),
+        ("data", "val_fraction", "x", "data.val_fraction must be a number, not str 'x'"),
+        ("data", "classes", "abc", "data.classes must be a list of integers or null, not str"),
+        ("train", "noise", [1], "train.noise must be a list of strings, not list"),
+        ("train", "lr", True, "train.lr must be a number, not bool True"),
+    ],
+)
+def test_run_config_values_of_the_wrong_type_are_named(section, key, value, message):
+    d = RunConfig().to_dict()
+    d[section][key] = value
+    with pytest.raises(ValueError) as e:
+        RunConfig.from_dict(d)
+    assert str(e.value).startswith(message) and "\n" not in str(e.value)
+
+
+def test_a_malformed_config_json_names_the_file(tmp_path):
+    from convae.config import read_run_config
+
+    path = tmp_path / "config.json"
+    d = RunConfig().to_dict()
+    d["model"] = "abc"
+    path.write_text(json.dumps(d))
+    with pytest.raises(ValueError, match=r"config.json: model must be a JSON object, not str 'abc'"):
+        read_run_config(path)
+    path.write_text("{not json")
+    with pytest.raises(ValueError, match=r"config.json: not valid JSON"):
+        read_run_config(path)
+    path.write_text(RunConfig().to_json())
+    assert read_run_config(path) == RunConfig()
+
+
 @pytest.mark.parametrize("arch", sorted(available()))
 def test_save_load_identical_outputs(tmp_path, arch):
     torch.manual_seed(0)

@@ -465,3 +465,20 @@ def test_a_run_keeps_its_mean_image_and_old_runs_load_without_one(tiny_run, tmp_
     with torch.no_grad():  # the same network, minus the offset
         body = model.decoder[:-1](model.encoder(x))
         torch.testing.assert_close(legacy(x), torch.sigmoid(body))
+
+
+def test_weights_that_do_not_match_config_json_give_one_line(tiny_run, tmp_path):
+    import shutil
+
+    bad = tmp_path / "bad"
+    shutil.copytree(tiny_run, bad)
+    cfg = json.loads((bad / "config.json").read_text())
+    cfg["model"]["latent_dim"] = 3
+    (bad / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(ValueError, match="weights do not match the architecture") as e:
+        train_mod.load(bad)
+    assert "\n" not in str(e.value) and "size mismatch" in str(e.value)
+    cfg["model"]["latent_dim"] = "three"
+    (bad / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(ValueError, match=r"config.json: model.latent_dim must be an integer"):
+        train_mod.load(bad)

@@ -8,7 +8,11 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
+import os
+from collections.abc import Callable
 from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
 from typing import Any
 
 __all__ = [
@@ -18,6 +22,7 @@ __all__ = [
     "RunConfig",
     "PRESETS",
     "apply_preset",
+    "read_run_config",
     "OPTIMIZERS",
 ]
 
@@ -92,32 +97,88 @@ class RunConfig:
         if not isinstance(d, dict):
             raise ValueError("config must be a JSON object")
 
-        def build(kind: type, sub: Any) -> Any:
-            sub = sub or {}
+        def build(kind: type, section: str, sub: Any) -> Any:
+            sub = {} if sub is None else sub
+            if not isinstance(sub, dict):
+                raise ValueError(f"{section} must be a JSON object, not {_describe(sub)}")
             known = {f.name: f for f in fields(kind)}
             kwargs = {}
             for k, v in sub.items():
                 if k not in known:
                     continue
+                _check_type(f"{section}.{k}", v, str(known[k].type))
                 if isinstance(v, list):  # JSON has no tuples
                     v = tuple(v)
                 kwargs[k] = v
             return kind(**kwargs)
 
+        if not isinstance(d.get("model", {}), dict | None):
+            raise ValueError(f"model must be a JSON object, not {_describe(d['model'])}")
         model = dict(d.get("model") or {})
         # Run directories written before the mean image existed have none (their weights lack it).
         model.setdefault("mean_image", False)
+        for key in ("preset", "version"):
+            _check_type(key, d.get(key), "str | None")
         return cls(
-            model=build(ModelConfig, model),
-            data=build(DataConfig, d.get("data")),
-            train=build(TrainConfig, d.get("train")),
+            model=build(ModelConfig, "model", model),
+            data=build(DataConfig, "data", d.get("data")),
+            train=build(TrainConfig, "train", d.get("train")),
             preset=d.get("preset"),
-            version=d.get("version", ""),
+            version=d.get("version") or "",
         )
 
     @classmethod
     def from_json(cls, text: str) -> RunConfig:
         return cls.from_dict(json.loads(text))
+
+
+def read_run_config(path: str | os.PathLike) -> RunConfig:
+    """A run directory's ``config.json``; a malformed one is a one-line ``ValueError`` naming it."""
+    try:
+        return RunConfig.from_json(Path(path).read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}: not valid JSON ({e})") from e
+    except ValueError as e:
+        raise ValueError(f"{path}: {e}") from e
+
+
+def _describe(v: Any) -> str:
+    return f"{type(v).__name__} {v!r}" if not isinstance(v, dict | list) else type(v).__name__
+
+
+# What a config.json value must be, by the field's annotation (the ones the dataclasses use).
+_SCALARS: dict[str, tuple[str, Callable[[Any], bool]]] = {
+    "str": ("a string", lambda v: isinstance(v, str)),
+    "int": ("an integer", lambda v: isinstance(v, int) and not isinstance(v, bool)),
+    "float": (
+        "a number",
+        lambda v: isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v),
+    ),
+    "bool": ("true or false", lambda v: isinstance(v, bool)),
+}
+
+
+def _check_type(name: str, v: Any, annotation: str) -> None:
+    kinds = [k.strip() for k in annotation.split("|")]
+    if "None" in kinds and v is None:
+        return
+    for k in kinds:
+        if k in _SCALARS and _SCALARS[k][1](v):
+            return
+        if k.startswith("tuple[") and isinstance(v, list | tuple):
+            item = k[len("tuple[") :].split(",")[0].strip()
+            if all(_SCALARS[item][1](x) for x in v):
+                return
+    wanted = []
+    for k in kinds:
+        if k in _SCALARS:
+            wanted.append(_SCALARS[k][0])
+        elif k.startswith("tuple["):
+            item = k[len("tuple[") :].split(",")[0].strip()
+            wanted.append(f"a list of {_SCALARS[item][0].split(' ', 1)[1]}s")
+        elif k == "None":
+            wanted.append("null")
+    raise ValueError(f"{name} must be {' or '.join(wanted)}, not {_describe(v)}")
 
 
 # Presets: named overrides of the defaults for a task. A user's explicit flags win over a preset.

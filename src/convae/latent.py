@@ -25,7 +25,7 @@ from matplotlib.figure import Figure
 from torch import Tensor
 
 from .checkpoint import atomic_write, read_json, write_json
-from .config import RunConfig
+from .config import RunConfig, read_run_config
 from .models import AutoEncoder, build_model, default_recipe
 from .plots import to_display
 from .train import load, reconstruct, resolve_config, to_float, train
@@ -322,7 +322,7 @@ def train_or_reuse(
     """
     run = Path(run)
     if (run / "config.json").is_file():
-        stored = RunConfig.from_dict(read_json(run / "config.json"))
+        stored = read_run_config(run / "config.json")
         if not same_recipe(stored, resolve_config(cfg)):
             raise FileExistsError(f"{run} holds a run with another recipe; choose another --out")
         if (run / "metrics.json").is_file():

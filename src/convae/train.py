@@ -31,12 +31,11 @@ from .checkpoint import (
     check_run_dir,
     load_trainer_state,
     load_weights,
-    read_json,
     save_trainer_state,
     save_weights,
     write_json,
 )
-from .config import OPTIMIZERS, RunConfig, TrainConfig
+from .config import OPTIMIZERS, RunConfig, TrainConfig, read_run_config
 from .data import load_split
 from .metrics import summarize
 from .models import AutoEncoder, build_model, default_latent_dim, default_recipe
@@ -528,14 +527,17 @@ def load(
     ``run_dir`` attributes.
     """
     p = check_run_dir(run_dir)
-    cfg = RunConfig.from_dict(read_json(p / "config.json"))
+    cfg = read_run_config(p / "config.json")
     model = build_model(cfg.model)
     weights = p / ("model.safetensors" if which == "best" else "last.safetensors")
     try:
         model.load_state_dict(load_weights(weights))
-    except RuntimeError as e:
+    except RuntimeError as e:  # torch's message lists every key on its own line: keep one line
+        lines = [ln.strip() for ln in str(e).splitlines()[1:] if ln.strip()] or [str(e)]
+        detail = "; ".join(lines)
+        detail = detail if len(detail) <= 300 else detail[:297] + "..."
         raise ValueError(
-            f"{weights}: weights do not match the architecture in config.json ({e})"
+            f"{weights}: weights do not match the architecture in config.json ({detail})"
         ) from e
     model.run_config = cfg  # type: ignore[attr-defined]
     model.run_dir = p  # type: ignore[attr-defined]
@@ -603,7 +605,7 @@ def train(
             raise FileNotFoundError(
                 f"{out}: not a run directory (no config.json) - nothing to resume"
             )
-        cfg = RunConfig.from_dict(read_json(out / "config.json"))
+        cfg = read_run_config(out / "config.json")
     else:
         cfg = cfg or RunConfig()
         out = Path(out) if out is not None else default_run_dir(cfg)

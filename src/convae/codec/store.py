@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from ..checkpoint import atomic_write, check_run_dir, write_json
-from ..config import RunConfig
+from ..config import read_run_config
 from ..models import build_model
 from .core import Codec
 from .entropy import Level
@@ -91,7 +91,7 @@ def load_codec(
                 f"{p}: no {CODEC_FILE}; run `convae encode {p} ...` once to fit it"
             )
         return _fit_and_save(p, cfg, progress)
-    run_config = RunConfig.from_dict(read_json(p / "config.json"))
+    run_config = read_run_config(p / "config.json")
     try:
         with safe_open(str(path), framework="pt") as f:
             meta = f.metadata() or {}

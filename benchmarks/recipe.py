@@ -3,7 +3,7 @@
     python benchmarks/recipe.py arch=seed-strided latent_dim=12 epochs=10 batch_size=32 lr=0.01
     python benchmarks/recipe.py arch=convae width=16 latent_dim=12 epochs=15 precision=fp32
 
-key=value arguments override ModelConfig (arch, width, latent_dim, decoder, norm) and TrainConfig
+key=value arguments override ModelConfig (arch, width, latent_dim, decoder, norm, mean_image) and TrainConfig
 (epochs, batch_size, patience, lr, weight_decay, warmup, schedule, optimizer, precision, loss).
 Runs with one torch thread so several can run side by side; prints one JSON line with the final
 test MSE, the validation loss and the per-epoch test-MSE curve. Used to choose the default recipe
@@ -23,7 +23,14 @@ from convae.data import load_dataset
 from convae.models import build_model
 from convae.train import evaluate, fit
 
-MODEL_KEYS = {"width": int, "latent_dim": int, "decoder": str, "norm": str}
+
+def _bool(v: str) -> bool:
+    if v.lower() not in ("1", "0", "true", "false"):
+        raise SystemExit(f"expected true/false, not {v!r}")
+    return v.lower() in ("1", "true")
+
+
+MODEL_KEYS = {"width": int, "latent_dim": int, "decoder": str, "norm": str, "mean_image": _bool}
 TRAIN_KEYS = {"epochs": int, "batch_size": int, "patience": int, "seed": int, "lr": float,
               "weight_decay": float, "warmup": float, "schedule": str, "optimizer": str,
               "precision": str, "loss": str}

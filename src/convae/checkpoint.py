@@ -16,6 +16,7 @@ Every write goes to a temporary file in the same folder and is moved into place 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -44,24 +45,39 @@ __all__ = [
 
 
 def atomic_write(path: str | os.PathLike, data: bytes | str) -> None:
-    """Write ``data`` to ``path`` through a temp file + fsync + ``os.replace``."""
+    """Write ``data`` to ``path`` through a temp file + fsync + ``os.replace``.
+
+    The temp file sits in the same folder (so the rename is atomic) under a short name of its
+    own: a legal 255-byte file name must not become an illegal temp name. It is removed on any
+    failure, and ``path`` is then untouched.
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.is_dir():
+        raise IsADirectoryError(f"{path} is a folder; give a file name")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):  # an ancestor is a file
+        raise NotADirectoryError(
+            f"{path}: cannot make its folder {path.parent}; a file is in the way"
+        ) from None
     if isinstance(data, str):
         data = data.encode("utf-8")
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".convae-", suffix=".tmp")
     try:
         # mkstemp makes the file 0600; give it the permissions a plain open() would (0666 - umask).
         umask = os.umask(0)
         os.umask(umask)
         os.fchmod(fd, 0o666 & ~umask)
         with os.fdopen(fd, "wb") as f:
+            fd = -1  # owned by f now, closed by the with
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
-        if os.path.exists(tmp):
+        if fd >= 0:
+            os.close(fd)
+        with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
 

@@ -14,7 +14,14 @@ from .common import (
     _positive_int,
     _print_json,
     add_data_args,
+    check_distinct,
+    check_out_file,
+    check_out_folder,
     data_config_from_args,
+    display_name,
+    folder_targets,
+    plot_text,
+    run_inputs,
 )
 
 
@@ -119,6 +126,9 @@ def cmd_anomaly(args: argparse.Namespace) -> int:
         x = labelled["x"]
     if x is not None:
         _check_images_fit(model, x, "the")
+    out = Path(args.out) if args.out else Path(model.run_dir) / "anomaly"
+    if not calibrate_only:
+        _check_anomaly_outputs(args, model, out, paths, labelled is not None)
     det, fresh = ensure_detector(model, score=args.score, fpr=args.fpr, recalibrate=args.calibrate)
     how = (
         f"{det.score} > {det.threshold:.6g} (target FPR {det.fpr:g} on {det.n_calibration} normal "
@@ -130,10 +140,26 @@ def cmd_anomaly(args: argparse.Namespace) -> int:
         else:
             print(f"threshold: {how}\nstored in {Path(model.run_dir) / 'anomaly.json'}")
         return 0
-    out = Path(args.out) if args.out else Path(model.run_dir) / "anomaly"
     if labelled is None:
         return _anomaly_files(args, model, det, how, out, fresh, x, paths)
     return _anomaly_dataset(args, model, det, how, out, fresh, labelled)
+
+
+def _check_anomaly_outputs(args, model, out: Path, paths: list[Path], labelled: bool) -> None:
+    """All outputs checked before calibrating or writing: OUT/heatmaps.png, OUT/roc.png (replaced
+    on each run, as their names are fixed) and --csv, none of them an input."""
+    inputs = [*paths, *run_inputs(model.run_dir)]
+    names = (["heatmaps.png"] if args.top else []) + (["roc.png"] if labelled else [])
+    files = folder_targets(check_out_folder(out), names, inputs, overwrite=True)
+    if args.csv:
+        check_out_file(args.csv, inputs, flag="--csv")
+        check_distinct([*(("--out", f) for f in files), ("--csv", args.csv)])
+
+
+def _short_title(name: str) -> str:
+    """A heat-map title from a file name: at most 14 characters, printable, ``$`` literal."""
+    t = display_name(name)
+    return plot_text(t if len(t) <= 14 else "..." + t[-11:])
 
 
 def _anomaly_labelled_data(args, model) -> dict[str, Any]:
@@ -181,7 +207,7 @@ def _anomaly_outputs(model, det, x, names: list[str], titles: list[str], args, o
             to_float(x[top]),
             recon[top],
             [float(scores[i]) for i in top],
-            [titles[i] if len(titles[i]) <= 14 else "..." + titles[i][-11:] for i in top],
+            [_short_title(titles[i]) for i in top],
             detector=det,
         )
         save_figure(fig, out / "heatmaps.png")
@@ -195,7 +221,8 @@ def _anomaly_outputs(model, det, x, names: list[str], titles: list[str], args, o
         w.writerow(["path", "score", "flagged"])
         for n, s, f in zip(names, scores, flags, strict=True):
             w.writerow([n, f"{s:.8g}", int(f)])
-        atomic_write(args.csv, buf.getvalue())
+        # a name with undecodable bytes is written back as those same bytes
+        atomic_write(args.csv, buf.getvalue().encode("utf-8", errors="surrogateescape"))
         files["csv"] = str(args.csv)
     return scores, flags, files
 
@@ -223,8 +250,9 @@ def _anomaly_files(args, model, det, how: str, out: Path, fresh: bool, x, paths:
         )
         return 0
     if not args.csv:
-        width = min(60, max(len(n) for n in names))
-        for n, v, f in zip(names, scores, flags, strict=True):
+        shown = [display_name(n) for n in names]
+        width = min(60, max(len(n) for n in shown))
+        for n, v, f in zip(shown, scores, flags, strict=True):
             print(f"{n:<{width}}  {v:>10.6g}  {'ANOMALY' if f else 'normal'}")
     print(f"{int(flags.sum())} of {len(x)} image(s) flagged: {how}")
     for k, v in files.items():
@@ -330,6 +358,8 @@ def cmd_bench_anomaly(args: argparse.Namespace) -> int:
     from ..checkpoint import write_json
     from ..config import RunConfig, apply_preset
 
+    if args.out:
+        check_out_folder(args.out)
     if args.threads:
         torch.set_num_threads(args.threads)
     recipe = apply_preset(RunConfig(), args.preset)

@@ -8,15 +8,20 @@ from dataclasses import replace
 from pathlib import Path
 
 from .common import (
+    OVERWRITE_HELP,
     _add,
     _positive_int,
     _print_json,
     _ProgressBar,
     add_data_args,
     add_threads_arg,
+    check_out_file,
+    check_out_folder,
     data_config_from_args,
+    folder_targets,
     log,
     output_names,
+    run_inputs,
     set_threads,
 )
 
@@ -82,10 +87,12 @@ def cmd_encode(args: argparse.Namespace) -> int:
         raise IsADirectoryError(
             f"--out {out} is a folder; give a file name such as {out / 'images.cae'}"
         )
+    check_out_file(out, run_inputs(run))
     codec = cdc.load_codec(run, progress=None)
     c, h, _ = codec.input_shape
     if args.inputs:
         x, paths = read_image_files(args.inputs, c, h, resize=args.resize)
+        check_out_file(out, paths)
         names: list[str] | None = output_names(paths)
         what = f"{len(paths)} image file(s)"
     else:
@@ -138,8 +145,10 @@ def _decode_parser(sub) -> None:
         "--out",
         required=True,
         metavar="DIR",
-        help="folder for the PNGs (00000.png ... or the original names)",
+        help="folder for the PNGs (00000.png ... or the original names; files already there only "
+        "with --overwrite)",
     )
+    p.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
     p.add_argument(
         "--model",
         metavar="RUN",
@@ -155,6 +164,7 @@ def cmd_decode(args: argparse.Namespace) -> int:
 
     set_threads(args)
     path = Path(args.file)
+    check_out_folder(args.out)
     header, _, _ = cdc.read_header(path)  # structure + checksum, before any model is loaded
     run = args.model or header.run
     if run is None:
@@ -169,17 +179,15 @@ def cmd_decode(args: argparse.Namespace) -> int:
         )
     codec = cdc.load_codec(run, fit_if_missing=False)
     out = Path(args.out)
-    if out.exists() and not out.is_dir():
-        raise NotADirectoryError(f"--out {out} exists and is not a folder")
+    names = header.names or tuple(f"{i:05d}.png" for i in range(header.count))
+    targets = folder_targets(out, names, [path, *run_inputs(run)], overwrite=args.overwrite)
     try:
         # everything in memory before any write
-        images, names = cdc.decode(codec, path.read_bytes())
+        images, _ = cdc.decode(codec, path.read_bytes())
     except cdc.CodecError as e:
         raise cdc.CodecError(f"{path}: {e}") from None
-    names = names or tuple(f"{i:05d}.png" for i in range(len(images)))
-    out.mkdir(parents=True, exist_ok=True)
-    for name, img in zip(names, images, strict=True):
-        write_png(img, out / name)
+    for target, img in zip(targets, images, strict=True):
+        write_png(img, target)
     if args.json:
         _print_json({"out": str(out), "images": len(images), "model": header.fingerprint.hex()})
     else:
@@ -288,6 +296,9 @@ def cmd_bench_codec(args: argparse.Namespace) -> int:
     from ..plots import save_figure
     from ..train import train
 
+    out = check_out_folder(args.out)
+    if not args.runs:
+        check_out_folder(args.work, flag="--work")
     set_threads(args)
     data = data_config_from_args(args)
     runs = [Path(r) for r in args.runs] if args.runs else []
@@ -343,7 +354,6 @@ def cmd_bench_codec(args: argparse.Namespace) -> int:
         "rows": rows,
         "equal_psnr_vs_webp": compare,
     }
-    out = Path(args.out)
     write_json(out / "rd.json", res)
     table = cdc.rd_markdown(res)
     atomic_write(out / "rd.md", table)

@@ -6,7 +6,10 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
+import os
 import sys
+from collections.abc import Iterable, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -63,13 +66,29 @@ def _int_list(s: str) -> tuple[int, ...]:
         ) from None
 
 
+_FLOAT32_MAX = 3.4028234663852886e38
+
+
 def _float_list(s: str) -> list[float]:
+    """A comma list of finite numbers: no empty items ("1,,2", "-8,0,"), no nan/inf, nothing
+    beyond float32 (the codes are float32: 1e40 would silently become inf)."""
+    items = [v.strip() for v in s.split(",")]
+    if not all(items):
+        raise argparse.ArgumentTypeError(
+            f"{s!r} has an empty item; give a comma list of numbers, e.g. -8,0"
+        )
     try:
-        return [float(v) for v in s.split(",") if v.strip()]
+        vals = [float(v) for v in items]
     except ValueError:
         raise argparse.ArgumentTypeError(
             f"{s!r} is not a comma list of numbers, e.g. -8,0"
         ) from None
+    for v in vals:
+        if not math.isfinite(v) or abs(v) > _FLOAT32_MAX:
+            raise argparse.ArgumentTypeError(
+                f"{s!r}: {v:g} is not a usable value (give finite numbers within +-3.4e38)"
+            )
+    return vals
 
 
 _THREADS_HELP = (
@@ -214,3 +233,124 @@ def output_names(paths: list[Path]) -> list[str]:
         seen.add(name)
         names.append(name)
     return names
+
+
+def display_name(path: str | os.PathLike) -> str:
+    """A path as printable text: undecodable bytes become U+FFFD (never a UnicodeEncodeError)."""
+    return os.fsencode(path).decode("utf-8", errors="replace")
+
+
+def plot_text(s: str) -> str:
+    """Text safe for a matplotlib title: printable, and ``$`` taken literally (not mathtext)."""
+    return display_name(s).replace("$", r"\$")
+
+
+# ---------------------------------------------------------------------------------------------
+# Output paths: every command checks ALL its targets before it writes anything. An input is never
+# an output; a folder output never replaces files unless --overwrite; errors name the flag.
+
+# The files of a run directory that commands read (checkpoint, trainer state, codec, detector):
+# they are inputs of every command given the run, so no output may replace them.
+RUN_FILES = ("config.json", "model.safetensors", "last.safetensors", "trainer.safetensors",
+             "trainer.json", "history.jsonl", "metrics.json", "codec.safetensors", "codec.json",
+             "anomaly.json")  # fmt: skip
+
+
+def run_inputs(run: str | os.PathLike) -> list[Path]:
+    """The files of a run directory that must never be written over by a command's outputs."""
+    return [Path(run) / n for n in RUN_FILES]
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    if a.resolve() == b.resolve():
+        return True
+    try:
+        return os.path.samefile(a, b)  # hard links
+    except OSError:
+        return False
+
+
+def _input_at(path: Path, inputs: Iterable[str | os.PathLike]) -> str | os.PathLike | None:
+    """The input that ``path`` would replace, or None."""
+    return next((i for i in inputs if _same_file(path, Path(i))), None)
+
+
+def _check_parents(path: Path, flag: str) -> None:
+    """The nearest existing ancestor of ``path`` must be a folder (``a.txt/b.png`` cannot be made)."""
+    for anc in path.parents:
+        if anc.exists() or anc.is_symlink():
+            if not anc.is_dir():
+                raise NotADirectoryError(f"{flag} {path}: {anc} is a file, not a folder")
+            return
+
+
+def check_out_folder(folder: str | os.PathLike, flag: str = "--out") -> Path:
+    """A folder output: it may exist (as a folder) or be made; no file stands in its way."""
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise NotADirectoryError(f"{flag} {folder} is a file, not a folder")
+    _check_parents(folder, flag)
+    return folder
+
+
+def check_out_file(
+    path: str | os.PathLike, inputs: Iterable[str | os.PathLike] = (), flag: str = "--out"
+) -> Path:
+    """A single-file output: it may replace a file of that name (as is conventional), but never
+    one of the command's ``inputs`` nor a folder."""
+    path = Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(f"{flag} {path} is a folder; give a file name")
+    _check_parents(path, flag)
+    if _input_at(path, inputs) is not None:
+        raise ValueError(f"{flag} {path} is one of the input files; choose another name")
+    return path
+
+
+def check_distinct(outputs: Sequence[tuple[str, str | os.PathLike | None]]) -> None:
+    """Two outputs of one command (``[("--out", a), ("--csv", b)]``) must not be the same file."""
+    seen: list[tuple[str, Path]] = []
+    for flag, p in outputs:
+        if p is None:
+            continue
+        for f0, p0 in seen:
+            if _same_file(Path(p), p0):
+                raise ValueError(f"{flag} {p} is also {f0}; give each output its own name")
+        seen.append((flag, Path(p)))
+
+
+def folder_targets(
+    folder: str | os.PathLike,
+    names: Sequence[str],
+    inputs: Iterable[str | os.PathLike] = (),
+    overwrite: bool = False,
+    flag: str = "--out",
+) -> list[Path]:
+    """The files ``folder/name`` a command is about to write, all checked before the first write.
+
+    Never an input file, never an existing folder; existing files only with ``overwrite`` (the
+    error gives how many and the first). Returns the target paths in ``names`` order.
+    """
+    folder = check_out_folder(folder, flag)
+    inputs = list(inputs)
+    targets = [folder / n for n in names]
+    existing = []
+    for t in targets:
+        _check_parents(t, flag)  # e.g. OUT/noisy is a file
+        if t.is_dir():
+            raise IsADirectoryError(f"{flag} {folder}: {t} is a folder, where an image would go")
+        if _input_at(t, inputs) is not None:
+            raise ValueError(
+                f"{flag} {folder} would replace the input file {t}; choose another folder"
+            )
+        if t.exists() or t.is_symlink():
+            existing.append(t)
+    if existing and not overwrite:
+        raise FileExistsError(
+            f"{flag} {folder}: {len(existing)} of the {len(targets)} output file(s) already exist "
+            f"(first: {existing[0].relative_to(folder)}); pass --overwrite to replace them"
+        )
+    return targets
+
+
+OVERWRITE_HELP = "replace files of the same name already in the output folder (never an input)"

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from .common import (
+    OVERWRITE_HELP,
     _add,
     _check_images_fit,
     _positive_int,
@@ -15,9 +16,12 @@ from .common import (
     _ProgressBar,
     add_data_args,
     add_threads_arg,
+    check_out_folder,
     data_config_from_args,
+    folder_targets,
     log,
     output_names,
+    run_inputs,
     set_threads,
 )
 
@@ -34,7 +38,13 @@ def _denoise_parser(sub) -> None:
         help="run directory (trained with --noise, e.g. --preset denoise --noise gaussian:0.4)",
     )
     p.add_argument("inputs", nargs="+", help="image files or folders")
-    p.add_argument("--out", required=True, metavar="DIR", help="folder for the denoised PNGs")
+    p.add_argument(
+        "--out",
+        required=True,
+        metavar="DIR",
+        help="folder for the denoised PNGs (NAME.png per input; files already there only with --overwrite)",
+    )
+    p.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
     g = p.add_mutually_exclusive_group()
     g.add_argument(
         "--tile",
@@ -66,6 +76,7 @@ def cmd_denoise(args: argparse.Namespace) -> int:
     from ..noise import corrupt
     from ..train import load
 
+    check_out_folder(args.out)
     model = load(args.run, args.device)
     if not model.run_config.train.noise:
         log.warning(
@@ -82,20 +93,28 @@ def cmd_denoise(args: argparse.Namespace) -> int:
                     f"{path}: image is {img.shape[-1]}x{img.shape[-2]} but the model takes {s}x{s}; "
                     "pass --tile (overlapping tiles at full resolution) or --resize (there and back)"
                 )
-    clean = [img.float().div_(255.0) for img in images]
     specs = tuple(x.strip() for item in args.add_noise or () for x in item.split(",") if x.strip())
+    out = Path(args.out)
+    names = output_names(paths)
+    # every target checked before the first write: OUT/NAME.png (+ OUT/noisy/NAME.png)
+    targets = folder_targets(
+        out,
+        [*names, *(f"noisy/{n}" for n in names if specs)],
+        [*paths, *run_inputs(args.run)],
+        overwrite=args.overwrite,
+    )
+    clean = [img.float().div_(255.0) for img in images]
     if specs:
         g = torch.Generator().manual_seed(args.seed)
         inputs = [corrupt(x[None], specs, g)[0] for x in clean]
     else:
         inputs = clean
     outputs = denoise_images(model, inputs, mode)
-    out = Path(args.out)
-    names = output_names(paths)
-    for name, noisy, img in zip(names, inputs, outputs, strict=True):
-        write_png(img, out / name)
-        if specs:
-            write_png(noisy, out / "noisy" / name)
+    for target, img in zip(targets[: len(names)], outputs, strict=True):
+        write_png(img, target)
+    if specs:
+        for target, noisy in zip(targets[len(names) :], inputs, strict=True):
+            write_png(noisy, target)
     res: dict[str, Any] = {
         "out": str(out),
         "images": len(paths),
@@ -194,6 +213,8 @@ def cmd_bench_denoise(args: argparse.Namespace) -> int:
     from ..train import load, resolve_device
 
     t_start = time.perf_counter()
+    if args.out:
+        check_out_folder(args.out)
     set_threads(args)
     levels = parse_levels(args.noise)
     filters = [f.strip() for f in args.filters.split(",") if f.strip()]

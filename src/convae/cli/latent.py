@@ -20,7 +20,12 @@ from .common import (
     _ProgressBar,
     add_data_args,
     add_threads_arg,
+    check_distinct,
+    check_out_file,
+    check_out_folder,
     data_config_from_args,
+    folder_targets,
+    run_inputs,
     set_threads,
 )
 
@@ -83,6 +88,10 @@ def cmd_latent(args: argparse.Namespace) -> int:
     from ..plots import save_figure
     from ..train import load
 
+    check_out_file(args.out, run_inputs(args.run))
+    if args.csv:
+        check_out_file(args.csv, run_inputs(args.run), flag="--csv")
+        check_distinct([("--out", args.out), ("--csv", args.csv)])
     model = load(args.run, args.device)
     z, y, spec = _latent_codes(args, model)
     proj = project(z, args.method, seed=args.seed)
@@ -170,6 +179,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     from ..plots import save_figure, to_display
     from ..train import load
 
+    check_out_file(args.out, run_inputs(args.run))
     model = load(args.run, args.device)
     L = model.latent_dim
     res: dict[str, Any] = {"out": args.out, "latent_dim": L}
@@ -255,7 +265,17 @@ def _interpolate_parser(sub) -> None:
     p.add_argument(
         "--out", required=True, metavar="PNG", help="the strip: A, the decoded points, B"
     )
-    p.add_argument("--frames", metavar="DIR", help="also write each decoded point as a PNG")
+    p.add_argument(
+        "--frames",
+        metavar="DIR",
+        help="also write each decoded point as DIR/step-000.png, step-001.png, ... (files already "
+        "there only with --overwrite)",
+    )
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace files of the same name already in the --frames folder (never an input)",
+    )
     p.add_argument(
         "--resize", action="store_true", help="resize + centre-crop inputs to the model's size"
     )
@@ -274,6 +294,19 @@ def cmd_interpolate(args: argparse.Namespace) -> int:
             raise FileNotFoundError(f"{f}: no such image file (interpolate takes two image files)")
     if args.steps < 2:
         raise ValueError(f"--steps must be at least 2 (both ends), not {args.steps}")
+    # every output checked before anything is computed or written
+    inputs = [args.a, args.b, *run_inputs(args.run)]
+    check_out_file(args.out, inputs)
+    frame_files = []
+    if args.frames:
+        names = [f"step-{i:03d}.png" for i in range(args.steps)]
+        frame_files = folder_targets(
+            args.frames, names, inputs, overwrite=args.overwrite, flag="--frames"
+        )
+        if Path(args.out).resolve() in {f.resolve() for f in frame_files}:
+            raise ValueError(
+                f"--out {args.out} is also one of the --frames files; choose another name"
+            )
     model = load(args.run, args.device)
     x, _ = read_image_files(
         [args.a, args.b], model.config.channels, model.config.image_size, resize=args.resize
@@ -283,8 +316,8 @@ def cmd_interpolate(args: argparse.Namespace) -> int:
     xf = to_float(x)
     save_figure(interpolation_figure(xf[0], frames, xf[1]), args.out)
     if args.frames:
-        for i, f in enumerate(frames):
-            write_png(f, Path(args.frames) / f"step-{i:03d}.png")
+        for target, f in zip(frame_files, frames, strict=True):
+            write_png(f, target)
     res = {
         "out": args.out,
         "steps": args.steps,
@@ -335,6 +368,11 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     from ..config import RunConfig
     from ..latent import sweep
 
+    out = check_out_folder(args.out)
+    if (out / "config.json").exists():
+        raise FileExistsError(
+            f"--out {out} holds a run (it has config.json); give the sweep a folder of its own"
+        )
     set_threads(args)
     # the default recipe: only the architecture, the data and --epochs/--seed change
     base = RunConfig()

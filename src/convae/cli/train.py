@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from .common import (
+    OVERWRITE_HELP,
     _add,
     _channels,
     _check_images_fit,
@@ -19,9 +20,12 @@ from .common import (
     _ProgressBar,
     add_data_args,
     add_threads_arg,
+    check_out_folder,
     data_config_from_args,
+    folder_targets,
     log,
     output_names,
+    run_inputs,
     set_threads,
 )
 
@@ -172,6 +176,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     from ..train import train
 
+    if args.out:  # before threads, torchrun or data: a file in the way is the user's mistake
+        check_out_folder(args.out)
     set_threads(args)
     log.debug("torch CPU threads: %d", torch.get_num_threads())
     owned = not dist.is_initialized()  # a group we start, we also end
@@ -272,7 +278,13 @@ def _reconstruct_parser(sub) -> None:
     )
     p.add_argument("run", help="run directory")
     p.add_argument("inputs", nargs="+", help="image files or folders")
-    p.add_argument("--out", required=True, metavar="DIR", help="folder for the reconstructed PNGs")
+    p.add_argument(
+        "--out",
+        required=True,
+        metavar="DIR",
+        help="folder for the reconstructed PNGs (NAME.png per input; files already there only with --overwrite)",
+    )
+    p.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
     p.add_argument(
         "--resize", action="store_true", help="resize + centre-crop inputs to the model's size"
     )
@@ -284,13 +296,17 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
     from ..data import read_image_files, write_png
     from ..train import load, reconstruct
 
+    check_out_folder(args.out)
     model = load(args.run, args.device)
     c, s = model.config.channels, model.config.image_size
     x, paths = read_image_files(args.inputs, c, s, resize=args.resize)  # all read before any write
-    y = reconstruct(model, x)
     out = Path(args.out)
-    for name, img in zip(output_names(paths), y, strict=True):
-        write_png(img, out / name)
+    targets = folder_targets(
+        out, output_names(paths), [*paths, *run_inputs(args.run)], overwrite=args.overwrite
+    )
+    y = reconstruct(model, x)
+    for target, img in zip(targets, y, strict=True):
+        write_png(img, target)
     if args.json:
         _print_json({"out": str(out), "images": len(paths)})
     else:

@@ -457,3 +457,8 @@ def test_anomaly_json_keeps_odd_names(run, digit_images, tmp_path):
     assert rc == 0, err
     res = json.loads(out.strip().splitlines()[-1])
     assert res["results"][0]["path"].endswith("$\\alpha$.png")
+
+
+def test_denoise_mistake_with_a_run_trained_without_noise_is_still_one_line(tiny_run, digits):
+    # tiny_run has no --noise: its warning must not come before (and double) the error line
+    one_line_error(*run_cli("denoise", tiny_run, digits, "--out", digits))

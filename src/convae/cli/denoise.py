@@ -78,11 +78,6 @@ def cmd_denoise(args: argparse.Namespace) -> int:
 
     check_out_folder(args.out)
     model = load(args.run, args.device)
-    if not model.run_config.train.noise:
-        log.warning(
-            "%s was trained without --noise: it reconstructs its inputs rather than denoising them",
-            args.run,
-        )
     c, s = model.config.channels, model.config.image_size
     images, paths = read_images(args.inputs, c)  # all read before any write
     mode = "tile" if args.tile else "resize" if args.resize else "exact"
@@ -103,6 +98,12 @@ def cmd_denoise(args: argparse.Namespace) -> int:
         [*paths, *run_inputs(args.run)],
         overwrite=args.overwrite,
     )
+    # warned once the command line is known good (a mistake stays a one-line error)
+    if not model.run_config.train.noise:
+        log.warning(
+            "%s was trained without --noise: it reconstructs its inputs rather than denoising them",
+            args.run,
+        )
     clean = [img.float().div_(255.0) for img in images]
     if specs:
         g = torch.Generator().manual_seed(args.seed)

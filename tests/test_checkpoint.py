@@ -83,7 +83,7 @@ def test_run_config_roundtrip():
         ("model", "latent_dim", "two", "model.latent_dim must be an integer or null, not str 'two'"),
         ("model", "latent_dim", 2.5, "model.latent_dim must be an integer or null, not float 2.5"),
         ("model", "image_size", "28", "model.image_size must be an integer, not str '28'"),
-        ("model", "mean_image", 1, "model.mean_image must be true or false, not int 1"),
+        ("model", "mean_image", 1, "model.mean_image must be true or false or null, not int 1"),
         ("data", "spec", 7, "data.spec must be a string, not int 7"),
         ("data", "val_fraction", "x", "data.val_fraction must be a number, not str 'x'"),
         ("data", "classes", "abc", "data.classes must be a list of integers or null, not str"),

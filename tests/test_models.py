@@ -227,7 +227,7 @@ def test_register_without_description_or_docstring(scratch_registry):
 
 @pytest.mark.parametrize("arch", ARCHS)
 def test_mean_image_is_the_output_when_the_decoder_adds_nothing(arch):
-    model = build_model(_cfg(arch)).eval()
+    model = build_model(_cfg(arch, mean_image=True)).eval()
     gen = torch.Generator().manual_seed(0)
     mean = torch.rand(model.input_shape, generator=gen)
     mean[0, :3, :3] = 0.0  # always-black background pixels must stay finite
@@ -256,6 +256,13 @@ def test_without_mean_image_the_model_is_unchanged():
         plain.set_mean_image(torch.zeros(1, 28, 28))
     with pytest.raises(ValueError, match=r"must be \[1, 28, 28\]"):
         with_mean.set_mean_image(torch.zeros(28, 28))
+
+
+def test_mean_image_default_is_the_architectures():
+    on = {a for a in ARCHS if build_model(_cfg(a)).output_offset is not None}
+    assert on == {"seed-strided", "seed-keras2d"}  # measured: docs/benchmarks.md, docs/latent.md
+    assert build_model(_cfg("convae", mean_image=True)).config.mean_image is True
+    assert build_model(_cfg("seed-strided", mean_image=False)).output_offset is None
 
 
 def test_summary_still_lists_the_final_sigmoid():

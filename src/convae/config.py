@@ -42,8 +42,9 @@ class ModelConfig:
     norm: str = "batch"  # "batch" or "none" (the `convae` arch)
     # The decoder adds the training images' mean image to its output (before the sigmoid, as a
     # logit, where the output has one): it predicts each image's difference from the mean.
-    # fit() sets it from the training split. Measured in docs/benchmarks.md and docs/latent.md.
-    mean_image: bool = True
+    # fit() sets it from the training split. None = the architecture's default (on where it was
+    # measured better: docs/benchmarks.md, docs/latent.md).
+    mean_image: bool | None = None
 
 
 @dataclass(frozen=True)

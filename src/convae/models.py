@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
@@ -27,6 +27,7 @@ __all__ = [
     "build_model",
     "default_latent_dim",
     "default_recipe",
+    "resolve_mean_image",
     "summary",
     "LayerRow",
 ]
@@ -36,6 +37,7 @@ _REGISTRY: dict[str, Builder] = {}
 _DEFAULT_LATENT: dict[str, Callable[[ModelConfig], int]] = {}
 _DESCRIPTIONS: dict[str, str] = {}
 _DEFAULT_RECIPE: dict[str, dict[str, Any]] = {}
+_DEFAULT_MEAN_IMAGE: dict[str, bool] = {}
 
 
 def register(
@@ -44,12 +46,13 @@ def register(
     description: str = "",
     epochs: int = 10,
     optimizer: str = "adamw",
+    mean_image: bool = False,
 ):
     """Decorator adding an architecture builder under ``name`` (duplicate names raise).
 
     ``epochs`` and ``optimizer`` are the architecture's default recipe: what ``TrainConfig`` fields
-    left ``None`` become (``--epochs`` / ``--optimizer`` win). Both are measured choices, see
-    docs/benchmarks.md.
+    left ``None`` become (``--epochs`` / ``--optimizer`` win). ``mean_image`` is what
+    ``ModelConfig.mean_image=None`` becomes. All are measured choices, see docs/benchmarks.md.
     """
     if optimizer not in OPTIMIZERS:
         raise ValueError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, not {optimizer!r}")
@@ -62,6 +65,7 @@ def register(
         _DEFAULT_LATENT[name] = default_latent
         _DESCRIPTIONS[name] = description or (doc_lines[0] if doc_lines else name)
         _DEFAULT_RECIPE[name] = {"epochs": epochs, "optimizer": optimizer}
+        _DEFAULT_MEAN_IMAGE[name] = mean_image
         return fn
 
     return deco
@@ -103,7 +107,15 @@ def build_model(cfg: ModelConfig) -> AutoEncoder:
         raise ValueError(f"norm must be 'batch' or 'none', not {cfg.norm!r}")
     if cfg.width < 1:
         raise ValueError(f"width must be positive, not {cfg.width}")
-    return _REGISTRY[cfg.arch](cfg)
+    return _REGISTRY[cfg.arch](resolve_mean_image(cfg))
+
+
+def resolve_mean_image(cfg: ModelConfig) -> ModelConfig:
+    """``cfg`` with ``mean_image`` decided: the architecture's default where it is None."""
+    _check_arch(cfg.arch)
+    if cfg.mean_image is not None:
+        return cfg
+    return replace(cfg, mean_image=_DEFAULT_MEAN_IMAGE[cfg.arch])
 
 
 class AutoEncoder(nn.Module):
@@ -191,6 +203,7 @@ def _seed_latent_strided(cfg: ModelConfig) -> int:
     "strided convs to a 1x1 code, ConvTranspose decoder (seeds 000/002)",
     epochs=8,  # with its mean image, 8 epochs end below what 10 did without (docs/benchmarks.md)
     optimizer="muon",
+    mean_image=True,
 )
 def seed_strided(cfg: ModelConfig) -> AutoEncoder:
     c, s = cfg.channels, cfg.image_size
@@ -316,6 +329,7 @@ def seed_dense(cfg: ModelConfig) -> AutoEncoder:
     "seed-keras2d",
     lambda cfg: 2,
     "Keras 2-D latent model: strided convs to a 1x1 code, linear output (seed 004)",
+    mean_image=True,  # it separates the digits in the 2-D code (docs/latent.md)
 )
 def seed_keras2d(cfg: ModelConfig) -> AutoEncoder:
     c, s = cfg.channels, cfg.image_size

@@ -38,7 +38,13 @@ from .checkpoint import (
 from .config import OPTIMIZERS, RunConfig, TrainConfig, read_run_config
 from .data import load_split
 from .metrics import summarize
-from .models import AutoEncoder, build_model, default_latent_dim, default_recipe
+from .models import (
+    AutoEncoder,
+    build_model,
+    default_latent_dim,
+    default_recipe,
+    resolve_mean_image,
+)
 from .noise import corrupt, parse_noise
 from .optim import bf16_is_fast, build_optimizer
 
@@ -570,6 +576,7 @@ def resolve_config(cfg: RunConfig) -> RunConfig:
         m = replace(m, image_size=cfg.data.image_size)
     if m.latent_dim is None:
         m = replace(m, latent_dim=default_latent_dim(m))
+    m = resolve_mean_image(m)
     return replace(cfg, model=m, train=resolve_recipe(cfg.train, m.arch), version=__version__)
 
 

@@ -6,6 +6,8 @@
 For every convolution of the model that has a matrix-product form here, times forward + backward
 (input, weight and bias gradients) on a batch of the layer's real input shape, three ways:
 
+The first layer computes no input gradient (training needs none for the images).
+
 * ``torch fp32`` / ``torch bf16``: the module itself, channels_last (oneDNN on this CPU), fp32 or
   under bf16 autocast, as ``convae train`` runs it;
 * ``GEMM fp32``: the same weights as channels-last matrix products - im2col by one strided view
@@ -86,7 +88,9 @@ class _ConvS2(torch.autograd.Function):
         o, c = w.shape[:2]
         dy2 = dy.reshape(-1, o)
         dw = (cols.t() @ dy2).view(3, 3, c, o).permute(3, 2, 0, 1)
-        return _convT_s2(dy, w), dw, dy2.sum(0)  # a conv's input gradient is its transpose
+        # a conv's input gradient is its transpose (not needed for the network's first layer)
+        dx = _convT_s2(dy, w) if ctx.needs_input_grad[0] else None
+        return dx, dw, dy2.sum(0)
 
 
 class _ConvTS2(torch.autograd.Function):
@@ -141,14 +145,14 @@ def gemm_form(m: nn.Module, in_shape: tuple[int, ...]) -> Callable[[Tensor], Ten
 
 
 def _step(
-    f: Callable[[Tensor], Tensor], x: Tensor, params: list[Tensor], g: Tensor, bf16: bool = False
+    f: Callable[[Tensor], Tensor], x: Tensor, wrt: list[Tensor], g: Tensor, bf16: bool = False
 ) -> Callable[[], None]:
-    """One forward + backward (input, weight and bias gradients) of ``f`` on ``x``."""
+    """One forward + backward (the gradients of ``wrt``) of ``f`` on ``x``."""
 
     def run() -> None:
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
             y = f(x)
-        torch.autograd.grad(y, [x, *params], g.to(y.dtype))
+        torch.autograd.grad(y, wrt, g.to(y.dtype))
 
     return run
 
@@ -182,7 +186,9 @@ def measure(arch: str, latent_dim: int | None, batch: int, iters: int, rounds: i
         model(torch.rand(1, *model.input_shape))
     for h in hooks:
         h.remove()
-    rows = []
+    rows: list[dict] = []
+    first = next(iter(shapes))  # hooks fire in forward order: the layer that sees the images
+    first = next(n for n, m in model.named_modules() if m is first)
     for name, mod in model.named_modules():
         if mod not in shapes:
             continue
@@ -190,13 +196,15 @@ def measure(arch: str, latent_dim: int | None, batch: int, iters: int, rounds: i
         gemm = gemm_form(mod, shape)
         if gemm is None:
             continue
-        x = torch.rand(shape).contiguous(memory_format=torch.channels_last).requires_grad_()
+        x = torch.rand(shape).contiguous(memory_format=torch.channels_last)
+        x.requires_grad_(bool(rows) or name != first)  # training needs no gradient of the images
         params = [mod.weight, mod.bias]
+        wrt = [x, *params] if x.requires_grad else params
         ref = mod(x)
         g = torch.randn_like(ref)
-        want = torch.autograd.grad(ref, [x, *params], g)
+        want = torch.autograd.grad(ref, wrt, g)
         got_y = gemm(x)
-        got = torch.autograd.grad(got_y, [x, *params], g)
+        got = torch.autograd.grad(got_y, wrt, g)
         err = max(
             ((a - b).abs().max() / b.abs().max().clamp_min(1e-12)).item()
             for a, b in zip((got_y, *got), (ref, *want), strict=True)
@@ -206,9 +214,9 @@ def measure(arch: str, latent_dim: int | None, batch: int, iters: int, rounds: i
         if isinstance(mod, nn.ConvTranspose2d):  # each input value feeds k*k*out outputs
             macs = x[0].numel() * mod.out_channels * mod.kernel_size[0] * mod.kernel_size[1] * batch
         us = {
-            "torch fp32": _time(_step(mod, x, params, g), iters, rounds),
-            "torch bf16": _time(_step(mod, x, params, g, bf16=True), iters, rounds),
-            "GEMM fp32": _time(_step(gemm, x, params, g), iters, rounds),
+            "torch fp32": _time(_step(mod, x, wrt, g), iters, rounds),
+            "torch bf16": _time(_step(mod, x, wrt, g, bf16=True), iters, rounds),
+            "GEMM fp32": _time(_step(gemm, x, wrt, g), iters, rounds),
         }
         rows.append(
             {

@@ -8,12 +8,12 @@ from dataclasses import replace
 from pathlib import Path
 
 from .common import (
-    OVERWRITE_HELP,
     _add,
     _positive_int,
     _print_json,
     _ProgressBar,
     add_data_args,
+    add_out_folder_args,
     add_threads_arg,
     check_out_file,
     check_out_folder,
@@ -141,14 +141,7 @@ def _decode_parser(sub) -> None:
         "convae decode digits.cae --out decoded/ [--model runs/codec]",
     )
     p.add_argument("file", help="the .cae file")
-    p.add_argument(
-        "--out",
-        required=True,
-        metavar="DIR",
-        help="folder for the PNGs (00000.png ... or the original names; files already there only "
-        "with --overwrite)",
-    )
-    p.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
+    add_out_folder_args(p, "PNGs, 00000.png ... or the original names")
     p.add_argument(
         "--model",
         metavar="RUN",

@@ -378,3 +378,14 @@ def folder_targets(
 
 
 OVERWRITE_HELP = "replace files of the same name already in the output folder (never an input)"
+
+
+def add_out_folder_args(p: argparse.ArgumentParser, what: str) -> None:
+    """``--out DIR`` (required) for a command writing one PNG per image, and ``--overwrite``."""
+    p.add_argument(
+        "--out",
+        required=True,
+        metavar="DIR",
+        help=f"folder for the {what} (files already there only with --overwrite)",
+    )
+    p.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)

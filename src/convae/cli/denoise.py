@@ -8,13 +8,13 @@ from pathlib import Path
 from typing import Any
 
 from .common import (
-    OVERWRITE_HELP,
     _add,
     _check_images_fit,
     _positive_int,
     _print_json,
     _ProgressBar,
     add_data_args,
+    add_out_folder_args,
     add_threads_arg,
     check_out_folder,
     data_config_from_args,
@@ -38,13 +38,7 @@ def _denoise_parser(sub) -> None:
         help="run directory (trained with --noise, e.g. --preset denoise --noise gaussian:0.4)",
     )
     p.add_argument("inputs", nargs="+", help="image files or folders")
-    p.add_argument(
-        "--out",
-        required=True,
-        metavar="DIR",
-        help="folder for the denoised PNGs (NAME.png per input; files already there only with --overwrite)",
-    )
-    p.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
+    add_out_folder_args(p, "denoised PNGs, NAME.png per input")
     g = p.add_mutually_exclusive_group()
     g.add_argument(
         "--tile",

@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Any
 
 from .common import (
-    OVERWRITE_HELP,
     _add,
     _channels,
     _check_images_fit,
@@ -19,6 +18,7 @@ from .common import (
     _print_json,
     _ProgressBar,
     add_data_args,
+    add_out_folder_args,
     add_threads_arg,
     check_out_folder,
     data_config_from_args,
@@ -278,13 +278,7 @@ def _reconstruct_parser(sub) -> None:
     )
     p.add_argument("run", help="run directory")
     p.add_argument("inputs", nargs="+", help="image files or folders")
-    p.add_argument(
-        "--out",
-        required=True,
-        metavar="DIR",
-        help="folder for the reconstructed PNGs (NAME.png per input; files already there only with --overwrite)",
-    )
-    p.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
+    add_out_folder_args(p, "reconstructed PNGs, NAME.png per input")
     p.add_argument(
         "--resize", action="store_true", help="resize + centre-crop inputs to the model's size"
     )

@@ -491,3 +491,23 @@ def test_weights_that_do_not_match_config_json_give_one_line(tiny_run, tmp_path)
     (bad / "config.json").write_text(json.dumps(cfg))
     with pytest.raises(ValueError, match=r"config.json: model.latent_dim must be an integer"):
         train_mod.load(bad)
+
+
+def test_float_images_are_refused_not_divided_by_255_again(make_images):
+    from convae.anomaly import score_images
+
+    x = make_images(4)
+    model = _model().eval()
+    with pytest.raises(ValueError, match="expected uint8 images"):
+        to_float(x.float() / 255)
+    with pytest.raises(ValueError, match="expected uint8 images"):
+        reconstruct(model, x.float() / 255)
+    with pytest.raises(ValueError, match="expected uint8 images"):
+        score_images(model, x.float() / 255)
+    assert score_images(model, x).shape == (4,)
+
+
+@pytest.mark.parametrize("lr", [0.0, -1.0, math.inf, math.nan])
+def test_learning_rate_must_be_a_positive_number(make_images, lr):
+    with pytest.raises(ValueError, match="learning rate must be a positive number"):
+        fit(_model(), make_images(8), None, _cfg(lr=lr))

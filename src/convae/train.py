@@ -164,7 +164,15 @@ def _autocast(device: torch.device, dtype: torch.dtype | None):
 
 
 def to_float(x: Tensor, device: torch.device | None = None) -> Tensor:
-    """uint8 [B, C, H, W] -> float32 in [0, 1] on ``device`` (the one normalization convae uses)."""
+    """uint8 [B, C, H, W] -> float32 in [0, 1] on ``device`` (the one normalization convae uses).
+
+    Anything but uint8 is refused: dividing float images that are already in [0, 1] by 255 again
+    would silently give wrong reconstructions, scores and metrics.
+    """
+    if x.dtype != torch.uint8:
+        raise ValueError(
+            f"expected uint8 images (0-255, as load_dataset and read_images return), not {x.dtype}"
+        )
     if device is not None:
         x = x.to(device, non_blocking=True)
     return x.float().div_(255.0)
@@ -203,8 +211,8 @@ def _validate_train_cfg(cfg: TrainConfig) -> None:
         raise ValueError(f"epochs must be at least 1, not {cfg.epochs}")
     if cfg.batch_size < 1:
         raise ValueError(f"batch size must be at least 1, not {cfg.batch_size}")
-    if not (cfg.lr > 0):
-        raise ValueError(f"learning rate must be positive, not {cfg.lr}")
+    if not (0 < cfg.lr < math.inf):
+        raise ValueError(f"learning rate must be a positive number, not {cfg.lr}")
     if cfg.optimizer not in OPTIMIZERS:
         raise ValueError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, not {cfg.optimizer!r}")
     if cfg.schedule not in ("onecycle", "cosine", "constant"):

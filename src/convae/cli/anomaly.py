@@ -68,13 +68,15 @@ def _anomaly_parser(sub) -> None:
     g.add_argument(
         "--score",
         choices=list(SCORES),
-        help="; ".join(f"{k}: {v}" for k, v in SCORES.items()) + f" (default {DEFAULT_SCORE})",
+        help="; ".join(f"{k}: {v}" for k, v in SCORES.items())
+        + f" (default: the run's calibrated score, else {DEFAULT_SCORE})",
     )
     g.add_argument(
         "--fpr",
         type=_fpr_arg,
         metavar="RATE",
-        help="target false-positive rate on normal images (default 0.05)",
+        help="target false-positive rate on normal images (default: the run's calibrated rate, "
+        "else 0.05)",
     )
     g.add_argument(
         "--calibrate",

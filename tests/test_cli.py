@@ -575,3 +575,18 @@ def test_unreadable_images_skipped_and_counted_or_strict(
     assert "skipped 1 unreadable file" in err
     line = assert_one_line_error(*run_cli("eval", d, *data, "--strict"))
     assert "broken.jpg" in line
+
+
+def test_flags_that_would_be_ignored_or_mangled_are_errors(run, make_images):
+    run_dir, _ = run
+    # a run's model is what it was trained as: architecture flags are refused, not ignored
+    msg = assert_one_line_error(*run_cli("summary", str(run_dir), "--latent-dim", "5"))
+    assert "--latent-dim describe an architecture, not a run" in msg
+    # an empty item in a label list is a typo, not a shorter list
+    msg = assert_one_line_error(*run_cli("eval", str(run_dir), "--classes", "1,,7"))
+    assert "empty item" in msg
+    from convae.denoise import denoise_tensor
+
+    model = convae.load(run_dir)
+    with pytest.raises(ValueError, match=r"images must be \[N, 1, 28, 28\] for this model"):
+        denoise_tensor(model, torch.rand(2, 1, 56, 56))

@@ -116,6 +116,11 @@ def read_images(
 @torch.inference_mode()
 def denoise_tensor(model: AutoEncoder, x: Tensor, batch_size: int = 512) -> Tensor:
     """Denoise float images ``x`` [N, C, S, S] in [0, 1] of the model's size -> float32 on the CPU."""
+    if x.dim() != 4 or tuple(x.shape[1:]) != tuple(model.input_shape):
+        raise ValueError(
+            f"images must be [N, {', '.join(map(str, model.input_shape))}] for this model, not "
+            f"{list(x.shape)} (denoise_images tiles or resizes other sizes)"
+        )
     model.eval()
     device = next(model.parameters()).device
     outs = [

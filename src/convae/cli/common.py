@@ -59,8 +59,13 @@ def _positive_int(s: str) -> int:
 
 
 def _int_list(s: str) -> tuple[int, ...]:
+    items = [v.strip() for v in s.split(",")]
+    if not all(items):
+        raise argparse.ArgumentTypeError(
+            f"{s!r} has an empty item; give a comma list of integers, e.g. 1,5,6"
+        )
     try:
-        return tuple(int(v) for v in s.split(",") if v.strip())
+        return tuple(int(v) for v in items)
     except ValueError:
         raise argparse.ArgumentTypeError(
             f"{s!r} is not a comma list of integers, e.g. 1,5,6"

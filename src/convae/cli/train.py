@@ -318,8 +318,8 @@ def _summary_parser(sub) -> None:
     p.add_argument("target", nargs="?", help="architecture name or run directory")
     p.add_argument("--list", action="store_true", help="list the registered architectures")
     p.add_argument("--latent-dim", type=_positive_int)
-    p.add_argument("--channels", type=_channels, default=1)
-    p.add_argument("--image-size", type=_positive_int, default=28)
+    p.add_argument("--channels", type=_channels, help="input channels (default 1)")
+    p.add_argument("--image-size", type=_positive_int, help="input side in pixels (default 28)")
     p.add_argument("--width", type=_positive_int, help="base width (archs convae, convae-map)")
     p.add_argument("--decoder", choices=["upsample", "transpose"])
     p.set_defaults(func=cmd_summary)
@@ -338,13 +338,17 @@ def cmd_summary(args: argparse.Namespace) -> int:
             for k, v in archs.items():
                 print(f"{k:<15} {v}")
         return 0
+    flags = ("latent_dim", "channels", "image_size", "width", "decoder")
     if Path(args.target).is_dir():
+        given = [f"--{k.replace('_', '-')}" for k in flags if getattr(args, k) is not None]
+        if given:  # a run's model is what it was trained as
+            raise ValueError(f"{' '.join(given)} describe an architecture, not a run; drop them")
         model = load(args.target)
     else:
         over: dict[str, Any] = {
             "arch": args.target,
-            "channels": args.channels,
-            "image_size": args.image_size,
+            "channels": args.channels or 1,
+            "image_size": args.image_size or 28,
             "latent_dim": args.latent_dim,
         }
         if args.width:

@@ -78,6 +78,27 @@ def test_pack_unpack_roundtrip_with_and_without_names():
         assert C.verify(data) == h
 
 
+def test_names_that_cannot_be_stored_are_refused_when_writing_and_corrupt_when_read():
+    for names, why in (
+        (("a.png", "a.png", "b.png"), "appears twice"),
+        (("a\nb.png", "c.png", "d.png"), "newline"),
+        (("caf\udce9.png", "c.png", "d.png"), "not valid UTF-8"),
+        (("x" * 200 + "é" * 40 + ".png", "c.png", "d.png"), "longer than 255 bytes"),
+    ):
+        with pytest.raises(ValueError, match=why) as e:
+            C.pack(_header(names=names), b"P")
+        assert "corrupt" not in str(e.value)  # the input is at fault, not a file
+    # a crafted file (valid CRC) whose names repeat: two images would land in one file
+    data = bytearray(C.pack(_header(names=("a.png", "b.png", "c.png")), b"P"))
+    blob = zlib.compress(b"a.png\nb.png\na.png", 9)
+    old = zlib.compress(b"a.png\nb.png\nc.png", 9)
+    i = bytes(data).index(old)
+    data[i - 4 : i + len(old)] = struct.pack("<I", len(blob)) + blob
+    data = data[:-4] + struct.pack("<I", zlib.crc32(bytes(data[:-4])))
+    with pytest.raises(C.CodecError, match="corrupt file: image name 'a.png' appears twice"):
+        C.unpack(bytes(data))
+
+
 def test_header_layout_is_stable():
     """Golden bytes of a v1 file: a change here breaks every file already written (docs/format.md)."""
     data = C.pack(_header(), b"PAYL")

@@ -50,9 +50,32 @@ class Header:
     version: int = FORMAT_VERSION
 
 
-def _check_name(name: str) -> None:
-    if not name or name in (".", "..") or any(c in name for c in "/\\\x00\n") or len(name) > 255:
-        raise CodecError(f"corrupt file: invalid image name {name[:40]!r}")
+def _name_problem(name: str) -> str | None:
+    """Why ``name`` cannot be an image name in a .cae file, or None."""
+    if not name or name in (".", ".."):
+        return "empty, '.' or '..'"
+    if any(c in name for c in "/\\\x00\n"):
+        return "it contains '/', '\\', NUL or a newline"
+    try:
+        size = len(name.encode("utf-8"))
+    except UnicodeEncodeError:
+        return "it is not valid UTF-8 (a file name in another encoding)"
+    return "longer than 255 bytes" if size > 255 else None
+
+
+def _check_names(names: tuple[str, ...], reading: bool) -> None:
+    """Every name valid and none twice; a file that breaks this is corrupt, an input is refused."""
+    for n in names:
+        problem = _name_problem(n)
+        if problem is not None:
+            if reading:
+                raise CodecError(f"corrupt file: invalid image name {n[:40]!r}")
+            raise ValueError(f"image name {n[:60]!r} cannot be stored in a .cae file: {problem}")
+    if len(set(names)) != len(names):
+        twice = next(n for i, n in enumerate(names) if n in names[:i])
+        if reading:
+            raise CodecError(f"corrupt file: image name {twice[:40]!r} appears twice")
+        raise ValueError(f"image name {twice[:60]!r} appears twice")
 
 
 def pack(header: Header, payload: bytes) -> bytes:
@@ -74,8 +97,7 @@ def pack(header: Header, payload: bytes) -> bytes:
     if header.names is not None:
         if len(header.names) != header.count:
             raise ValueError(f"{len(header.names)} names for {header.count} images")
-        for n in header.names:
-            _check_name(n)
+        _check_names(tuple(header.names), reading=False)
         blob = zlib.compress("\n".join(header.names).encode("utf-8"), 9)
         flags |= _FLAG_NAMES
         extra += struct.pack("<I", len(blob)) + blob
@@ -165,8 +187,7 @@ def unpack(data: bytes) -> tuple[Header, bytes]:
             raise CodecError(f"corrupt file: unreadable names ({e})") from e
         if len(names) != count:
             raise CodecError(f"corrupt file: {len(names)} names for {count} images")
-        for n in names:
-            _check_name(n)
+        _check_names(names, reading=True)
     if pos + plen != len(body):
         raise CodecError(f"corrupt file: payload length {plen} does not match the file size")
     header = Header(

@@ -590,3 +590,14 @@ def test_flags_that_would_be_ignored_or_mangled_are_errors(run, make_images):
     model = convae.load(run_dir)
     with pytest.raises(ValueError, match=r"images must be \[N, 1, 28, 28\] for this model"):
         denoise_tensor(model, torch.rand(2, 1, 56, 56))
+
+
+def test_a_folder_too_small_for_a_test_split_says_which_split_it_reports(
+    tmp_path, make_images, write_image_folder
+):
+    write_image_folder(tmp_path / "one", make_images(1, 1, 16))
+    rc, out, err = run_cli("train", "--data", f"folder:{tmp_path / 'one'}", "--arch", "seed-keras2d",
+                           "--epochs", "1", "--threads", "1", "--out", str(tmp_path / "r"))  # fmt: skip
+    assert rc == 0, err
+    assert "training MSE" in out and "test MSE" not in out
+    assert json.loads((tmp_path / "r" / "metrics.json").read_text())["split"] == "training"

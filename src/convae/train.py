@@ -679,14 +679,12 @@ def train(
     if rank == 0:
         best = load(out, dev)
         test_x, _ = load_split(cfg.data, "test")
+        split = "test"
         # a folder under 10 images has no test split: report on val, else train
         if len(test_x) == 0:
-            test_x = val_x if len(val_x) else train_x
-            log.warning(
-                "no test images: metrics.json reports on the %s split",
-                "validation" if len(val_x) else "training",
-            )
-        metrics = evaluate(best, test_x)
+            test_x, split = (val_x, "validation") if len(val_x) else (train_x, "training")
+            log.warning("no test images: metrics.json reports on the %s split", split)
+        metrics = {**evaluate(best, test_x), "split": split}
         metrics["train_seconds"] = sum(r["seconds"] for r in history)
         metrics["epochs"] = len(history)
         write_json(out / "metrics.json", metrics)

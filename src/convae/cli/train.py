@@ -223,7 +223,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     else:
         print(f"run directory: {out}")
         print(
-            f"test MSE {metrics['mse']:.5f}  PSNR {metrics['psnr']:.2f} dB  SSIM {metrics['ssim']:.4f}  "
+            f"{metrics.get('split', 'test')} MSE {metrics['mse']:.5f}  PSNR {metrics['psnr']:.2f} dB  "
+            f"SSIM {metrics['ssim']:.4f}  "
             f"latent {metrics['latent_dim']} ({metrics['compression_ratio']:.1f}:1)  "
             f"trained {metrics['train_seconds']:.1f} s"
         )

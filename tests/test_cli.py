@@ -601,3 +601,17 @@ def test_a_folder_too_small_for_a_test_split_says_which_split_it_reports(
     assert rc == 0, err
     assert "training MSE" in out and "test MSE" not in out
     assert json.loads((tmp_path / "r" / "metrics.json").read_text())["split"] == "training"
+
+
+def test_latent_and_generate_refuse_an_output_format_they_cannot_write(run, tmp_path):
+    run_dir, _ = run
+    msg = assert_one_line_error(*run_cli("latent", str(run_dir), "--out", str(tmp_path / "m.txt"),
+                                         "--csv", str(tmp_path / "c.csv")))  # fmt: skip
+    assert "a figure is written as .png, .pdf, .svg, not .txt" in msg
+    assert not (tmp_path / "m.txt").exists() and not (tmp_path / "c.csv").exists()
+    z = ",".join(["0"] * 8)
+    msg = assert_one_line_error(*run_cli("generate", str(run_dir), "--z", z, "--out", str(tmp_path / "g.pdf")))
+    assert "the decoded image is written as .png" in msg
+    rc, _, err = run_cli("latent", str(run_dir), "--out", str(tmp_path / "m.pdf"))
+    assert rc == 0, err
+    assert (tmp_path / "m.pdf").read_bytes().startswith(b"%PDF")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import os
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -27,12 +28,28 @@ def to_display(img: torch.Tensor | np.ndarray) -> np.ndarray:
     return a[0] if a.shape[0] == 1 else a.transpose(1, 2, 0)
 
 
+FIGURE_FORMATS = {".png": "png", ".pdf": "pdf", ".svg": "svg"}
+
+
+def figure_format(path: str | os.PathLike) -> str:
+    """The format a figure at ``path`` is written in, from its suffix (none: PNG)."""
+    suffix = Path(path).suffix.lower()
+    if not suffix:
+        return "png"
+    if suffix not in FIGURE_FORMATS:
+        raise ValueError(
+            f"{path}: a figure is written as {', '.join(FIGURE_FORMATS)}, not {suffix}"
+        )
+    return FIGURE_FORMATS[suffix]
+
+
 def save_figure(fig: Figure, path: str | os.PathLike, dpi: int = 100) -> None:
-    """Render to PNG bytes and write atomically (a crash never leaves half a PNG)."""
+    """Render in the format of ``path``'s suffix (PNG, PDF or SVG) and write atomically (a crash
+    never leaves half a file)."""
     from .checkpoint import atomic_write
 
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight")
+    fig.savefig(buf, format=figure_format(path), dpi=dpi, bbox_inches="tight")
     atomic_write(path, buf.getvalue())
 
 

@@ -85,10 +85,11 @@ def _latent_parser(sub) -> None:
 
 def cmd_latent(args: argparse.Namespace) -> int:
     from ..latent import latent_map_figure, project, silhouette, write_codes_csv
-    from ..plots import save_figure
+    from ..plots import figure_format, save_figure
     from ..train import load
 
     check_out_file(args.out, run_inputs(args.run))
+    figure_format(args.out)
     if args.csv:
         check_out_file(args.csv, run_inputs(args.run), flag="--csv")
         check_distinct([("--out", args.out), ("--csv", args.csv)])
@@ -176,10 +177,17 @@ def cmd_generate(args: argparse.Namespace) -> int:
         mosaic,
         project,
     )
-    from ..plots import save_figure, to_display
+    from ..plots import figure_format, save_figure, to_display
     from ..train import load
 
     check_out_file(args.out, run_inputs(args.run))
+    if (
+        args.z is not None
+        and not args.with_map
+        and Path(args.out).suffix.lower() not in ("", ".png")
+    ):
+        raise ValueError(f"{args.out}: the decoded image is written as .png")
+    figure_format(args.out)
     model = load(args.run, args.device)
     L = model.latent_dim
     res: dict[str, Any] = {"out": args.out, "latent_dim": L}
@@ -286,7 +294,7 @@ def _interpolate_parser(sub) -> None:
 def cmd_interpolate(args: argparse.Namespace) -> int:
     from ..data import read_image_files, write_png
     from ..latent import decode_codes, encode_images, interpolate_codes, interpolation_figure
-    from ..plots import save_figure
+    from ..plots import figure_format, save_figure
     from ..train import load, to_float
 
     for f in (args.a, args.b):
@@ -297,6 +305,7 @@ def cmd_interpolate(args: argparse.Namespace) -> int:
     # every output checked before anything is computed or written
     inputs = [args.a, args.b, *run_inputs(args.run)]
     check_out_file(args.out, inputs)
+    figure_format(args.out)
     frame_files = []
     if args.frames:
         names = [f"step-{i:03d}.png" for i in range(args.steps)]

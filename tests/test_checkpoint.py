@@ -88,7 +88,7 @@ def test_run_config_roundtrip():
         ("data", "val_fraction", "x", "data.val_fraction must be a number, not str 'x'"),
         ("data", "classes", "abc", "data.classes must be a list of integers or null, not str"),
         ("train", "noise", [1], "train.noise must be a list of strings, not list"),
-        ("train", "lr", True, "train.lr must be a number, not bool True"),
+        ("train", "lr", True, "train.lr must be a number or null, not bool True"),
     ],
 )
 def test_run_config_values_of_the_wrong_type_are_named(section, key, value, message):

@@ -116,7 +116,7 @@ def test_the_adamw_half_matches_torch_adamw():
 def test_build_optimizer_splits_matrices_from_biases():
     model = build_model(ModelConfig(arch="convae", width=4, latent_dim=8, image_size=16))
     params = list(model.parameters())
-    opt = build_optimizer(params, TrainConfig(optimizer="muon"))
+    opt = build_optimizer(params, TrainConfig(optimizer="muon", lr=1e-2))
     muon, adamw = (
         (g for g in opt.param_groups if g["muon"]),
         (g for g in opt.param_groups if not g["muon"]),
@@ -124,6 +124,10 @@ def test_build_optimizer_splits_matrices_from_biases():
     mats, rest = next(muon)["params"], next(adamw)["params"]
     assert all(p.ndim >= 2 for p in mats) and all(p.ndim < 2 for p in rest)
     assert len(mats) + len(rest) == len(params)
-    assert isinstance(build_optimizer(params, TrainConfig(optimizer="adamw")), torch.optim.AdamW)
+    assert isinstance(
+        build_optimizer(params, TrainConfig(optimizer="adamw", lr=1e-2)), torch.optim.AdamW
+    )
     with pytest.raises(ValueError, match="optimizer must be one of"):
-        build_optimizer(params, TrainConfig(optimizer="sgd"))
+        build_optimizer(params, TrainConfig(optimizer="sgd", lr=1e-2))
+    with pytest.raises(ValueError, match="no learning rate: resolve the recipe first"):
+        build_optimizer(params, TrainConfig(optimizer="adamw"))

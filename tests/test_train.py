@@ -411,14 +411,17 @@ def test_default_recipe_comes_from_the_architecture(make_images):
     from convae.models import default_recipe
     from convae.train import resolve_config
 
-    assert TrainConfig().epochs is None and TrainConfig().optimizer is None
-    assert default_recipe("seed-pool") == {"epochs": 10, "optimizer": "adamw"}
+    t = TrainConfig()
+    assert t.epochs is None and t.optimizer is None and t.lr is None and t.warmup is None
+    assert default_recipe("seed-pool") == {"epochs": 10, "optimizer": "adamw", "lr": 1e-2, "warmup": 0.15}
     assert default_recipe("convae")["optimizer"] == "muon"
     strided = resolve_config(RunConfig(model=ModelConfig(arch="seed-strided"))).train
-    assert (strided.epochs, strided.optimizer) == tuple(default_recipe("seed-strided").values())
+    keys = ("epochs", "optimizer", "lr", "warmup")
+    assert tuple(getattr(strided, k) for k in keys) == tuple(default_recipe("seed-strided").values())
+    assert (strided.epochs, strided.lr, strided.warmup) == (6, 1.5e-2, 0.1)  # measured for it
     assert resolve_config(RunConfig()).train.epochs == 10
-    explicit = resolve_config(RunConfig(train=TrainConfig(epochs=3, optimizer="adam"))).train
-    assert (explicit.epochs, explicit.optimizer) == (3, "adam")  # --epochs / --optimizer win
+    explicit = resolve_config(RunConfig(train=TrainConfig(epochs=3, optimizer="adam", lr=3e-3))).train
+    assert (explicit.epochs, explicit.optimizer, explicit.lr) == (3, "adam", 3e-3)  # flags win
     with pytest.raises(ValueError, match="optimizer must be one of"):
         register("never-built", lambda cfg: 4, optimizer="sgd")
     model = build_model(ModelConfig(arch="convae", width=4, latent_dim=4, image_size=16))

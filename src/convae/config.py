@@ -64,11 +64,11 @@ class DataConfig:
 class TrainConfig:
     epochs: int | None = None  # passes over the training split; None = the arch's default
     batch_size: int = 32  # images per optimizer step (per process under DDP)
-    lr: float = 1e-2  # peak learning rate of the one-cycle schedule
+    lr: float | None = None  # peak learning rate of the schedule; None = the arch's default (1e-2)
     optimizer: str | None = None  # "adamw", "adam" or "muon" (convae.optim); None: the arch's
     weight_decay: float = 1e-4  # decoupled weight decay (adamw, muon; ignored by adam)
     schedule: str = "onecycle"  # "onecycle", "cosine" or "constant"
-    warmup: float = 0.15  # fraction of steps spent warming up (onecycle/cosine)
+    warmup: float | None = None  # fraction of steps warming up; None = the arch's default (0.15)
     loss: str = "mse"  # "mse" or "bce"
     precision: str = "auto"  # "auto", "fp32", "bf16" or "fp16"
     channels_last: bool | None = None  # None = on (measured faster on CPU and CUDA)

@@ -47,12 +47,15 @@ def register(
     epochs: int = 10,
     optimizer: str = "adamw",
     mean_image: bool = False,
+    lr: float = 1e-2,
+    warmup: float = 0.15,
 ):
     """Decorator adding an architecture builder under ``name`` (duplicate names raise).
 
-    ``epochs`` and ``optimizer`` are the architecture's default recipe: what ``TrainConfig`` fields
-    left ``None`` become (``--epochs`` / ``--optimizer`` win). ``mean_image`` is what
-    ``ModelConfig.mean_image=None`` becomes. All are measured choices, see docs/benchmarks.md.
+    ``epochs``, ``optimizer``, ``lr`` (peak) and ``warmup`` are the architecture's default recipe:
+    what ``TrainConfig`` fields left ``None`` become (``--epochs``, ``--optimizer``, ``--lr`` win).
+    ``mean_image`` is what ``ModelConfig.mean_image=None`` becomes. All are measured choices, see
+    docs/benchmarks.md.
     """
     if optimizer not in OPTIMIZERS:
         raise ValueError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, not {optimizer!r}")
@@ -64,7 +67,12 @@ def register(
         _REGISTRY[name] = fn
         _DEFAULT_LATENT[name] = default_latent
         _DESCRIPTIONS[name] = description or (doc_lines[0] if doc_lines else name)
-        _DEFAULT_RECIPE[name] = {"epochs": epochs, "optimizer": optimizer}
+        _DEFAULT_RECIPE[name] = {
+            "epochs": epochs,
+            "optimizer": optimizer,
+            "lr": lr,
+            "warmup": warmup,
+        }
         _DEFAULT_MEAN_IMAGE[name] = mean_image
         return fn
 
@@ -82,7 +90,7 @@ def default_latent_dim(cfg: ModelConfig) -> int:
 
 
 def default_recipe(arch: str) -> dict[str, Any]:
-    """The default recipe's ``epochs`` and ``optimizer`` for ``arch``."""
+    """The default recipe's ``epochs``, ``optimizer``, ``lr`` and ``warmup`` for ``arch``."""
     _check_arch(arch)
     return dict(_DEFAULT_RECIPE[arch])
 
@@ -201,9 +209,13 @@ def _seed_latent_strided(cfg: ModelConfig) -> int:
     "seed-strided",
     _seed_latent_strided,
     "strided convs to a 1x1 code, ConvTranspose decoder (seeds 000/002)",
-    epochs=8,  # with its mean image, 8 epochs end below what 10 did without (docs/benchmarks.md)
+    # With its mean image, a shorter, hotter schedule reaches the seeds' quality soonest
+    # (docs/benchmarks.md, "The mean image").
+    epochs=6,
     optimizer="muon",
     mean_image=True,
+    lr=1.5e-2,
+    warmup=0.1,
 )
 def seed_strided(cfg: ModelConfig) -> AutoEncoder:
     c, s = cfg.channels, cfg.image_size

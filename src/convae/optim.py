@@ -265,6 +265,8 @@ def _dense(p: Tensor) -> bool:
 
 def build_optimizer(params: list[Tensor], cfg: TrainConfig) -> torch.optim.Optimizer:
     """The optimizer ``cfg.optimizer`` names, at peak lr ``cfg.lr`` (the schedule sets it per step)."""
+    if cfg.lr is None:  # the architecture decides it: convae.train.resolve_recipe fills it in
+        raise ValueError("no learning rate: resolve the recipe first (convae.train.resolve_recipe)")
     fused = _fusable(params) or None  # None: torch picks (a for-loop on the CPU, foreach on CUDA)
     if cfg.optimizer == "adamw":
         return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=fused)

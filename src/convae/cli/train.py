@@ -76,7 +76,11 @@ def _train_parser(sub) -> None:
         help="passes over the training split (default: the architecture's, 10)",
     )
     g.add_argument("--batch-size", type=_positive_int)
-    g.add_argument("--lr", type=float, help="peak learning rate")
+    g.add_argument(
+        "--lr",
+        type=float,
+        help="peak learning rate (default: the architecture's, 1e-2; 1.5e-2 for seed-strided)",
+    )
     g.add_argument(
         "--optimizer",
         choices=OPTIMIZERS,

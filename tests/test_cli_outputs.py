@@ -212,6 +212,15 @@ def test_interpolate_frames_refuse_existing_files_unless_overwrite(run, digits, 
     assert (frames / "step-002.png").read_bytes()[:4] == b"\x89PNG"
 
 
+def test_interpolate_strip_cannot_be_one_of_its_frames(run, digits, tmp_path):
+    frames = tmp_path / "frames"
+    cmd = ["interpolate", run, digits / "d0.png", digits / "d1.png", "--steps", "4",
+           "--out", frames / "step-001.png", "--frames", frames]  # fmt: skip
+    line = one_line_error(*run_cli(*cmd))
+    assert "step-001.png is also --out" in line
+    assert not frames.exists() or not any(frames.iterdir())
+
+
 def test_single_file_outputs_still_replace_a_file_of_that_name(run, digits, tmp_path):
     strip = tmp_path / "s.png"
     strip.write_bytes(b"old")

@@ -312,10 +312,7 @@ def cmd_interpolate(args: argparse.Namespace) -> int:
         frame_files = folder_targets(
             args.frames, names, inputs, overwrite=args.overwrite, flag="--frames"
         )
-        if Path(args.out).resolve() in {f.resolve() for f in frame_files}:
-            raise ValueError(
-                f"--out {args.out} is also one of the --frames files; choose another name"
-            )
+        check_distinct([("--out", args.out), *(("--frames", f) for f in frame_files)])
     model = load(args.run, args.device)
     x, _ = read_image_files(
         [args.a, args.b], model.config.channels, model.config.image_size, resize=args.resize

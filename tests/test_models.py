@@ -268,3 +268,45 @@ def test_mean_image_default_is_the_architectures():
 def test_summary_still_lists_the_final_sigmoid():
     rows = summary(build_model(_cfg("seed-strided")))["layers"]
     assert rows[-1]["part"] == "decoder" and rows[-1]["kind"] == "Sigmoid"
+
+
+@pytest.mark.parametrize("fmt", [torch.contiguous_format, torch.channels_last])
+@pytest.mark.parametrize("bias", [True, False])
+def test_code_layers_are_the_convolutions_they_replace(fmt, bias):
+    """CodeConv2d / CodeConvTranspose2d compute the 1x1-code layers as matrix products: same
+    outputs, input and weight gradients as nn.Conv2d / nn.ConvTranspose2d, in either layout."""
+    from torch import nn
+
+    torch.manual_seed(0)
+    pairs = [
+        (models.CodeConv2d(6, 5, 4, bias=bias), nn.Conv2d(6, 5, 4, bias=bias), (3, 6, 4, 4)),
+        (
+            models.CodeConvTranspose2d(5, 6, 4, bias=bias),
+            nn.ConvTranspose2d(5, 6, 4, bias=bias),
+            (3, 5, 1, 1),
+        ),
+        # any other input size takes the convolution's own path
+        (models.CodeConv2d(6, 5, 4, bias=bias), nn.Conv2d(6, 5, 4, bias=bias), (3, 6, 9, 7)),
+        (
+            models.CodeConvTranspose2d(5, 6, 4, bias=bias),
+            nn.ConvTranspose2d(5, 6, 4, bias=bias),
+            (3, 5, 2, 3),
+        ),
+    ]
+    for fast, ref, shape in pairs:
+        ref.load_state_dict(fast.state_dict())  # same parameters, same state-dict keys
+        fast.to(memory_format=fmt)
+        ref.to(memory_format=fmt)
+        x = torch.randn(shape).contiguous(memory_format=fmt)
+        outs = []
+        for m in (fast, ref):
+            xi = x.clone().requires_grad_()
+            y = m(xi)
+            y.backward(torch.linspace(-1, 1, y.numel()).view_as(y))
+            outs.append([y.detach(), xi.grad] + [p.grad for p in m.parameters()])
+        assert outs[0][0].shape == outs[1][0].shape
+        for a, b in zip(*outs, strict=True):
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+    # the channels-last code layer hands the next convolution a channels-last map
+    up = models.CodeConvTranspose2d(5, 6, 4).to(memory_format=torch.channels_last)
+    assert up(torch.randn(2, 5, 1, 1)).is_contiguous(memory_format=torch.channels_last)

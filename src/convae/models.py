@@ -32,6 +32,78 @@ __all__ = [
     "LayerRow",
 ]
 
+# ---------------------------------------------------------------------------------------------
+# The 1x1-code layers of the seed models, as the matrix products they are.
+
+
+def _channels_last(t: Tensor) -> bool:
+    return (
+        t.dim() == 4
+        and not t.is_contiguous()
+        and t.is_contiguous(memory_format=torch.channels_last)
+    )
+
+
+class CodeConv2d(nn.Conv2d):
+    """``nn.Conv2d(in, out, k)`` (stride 1, no padding) whose kernel covers its whole k x k input,
+    giving a 1x1 code: a matrix product ``[B, in*k*k] @ [in*k*k, out]``, computed as one.
+
+    The same parameters and state-dict keys as ``nn.Conv2d``; any other input size takes
+    ``nn.Conv2d``'s path. On this CPU the product runs the layer's forward + backward in ~60 % of
+    oneDNN's convolution time (docs/benchmarks.md, conv_layers.py). Channels-last inputs and
+    kernels are read in their memory order, so no copy is made.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, bias: bool = True):
+        super().__init__(in_channels, out_channels, kernel_size, bias=bias)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if x.dim() != 4 or tuple(x.shape[-2:]) != self.kernel_size:
+            return super().forward(x)
+        w = self.weight
+        if _channels_last(x) or _channels_last(w):  # [B, k, k, in] order, a view of both
+            xm, wm = x.permute(0, 2, 3, 1), w.permute(0, 2, 3, 1)
+        else:
+            xm, wm = x, w
+        y = nn.functional.linear(xm.reshape(len(x), -1), wm.reshape(len(w), -1), self.bias)
+        return y[:, :, None, None]  # [B, out, 1, 1]
+
+
+class CodeConvTranspose2d(nn.ConvTranspose2d):
+    """``nn.ConvTranspose2d(in, out, k)`` (stride 1, no padding) from a 1x1 code to a k x k map: a
+    matrix product ``[B, in] @ [in, out*k*k]``, computed as one (see :class:`CodeConv2d`).
+
+    With a channels-last kernel the product is laid out ``[B, k, k, out]``, so the output is
+    channels-last, as the next layer wants it.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, bias: bool = True):
+        super().__init__(in_channels, out_channels, kernel_size, bias=bias)
+
+    def forward(self, x: Tensor, output_size: list[int] | None = None) -> Tensor:
+        if x.dim() != 4 or tuple(x.shape[-2:]) != (1, 1) or output_size is not None:
+            return super().forward(x, output_size)
+        w = self.weight  # [in, out, k, k]
+        i, o, kh, kw = w.shape
+        z = x.reshape(len(x), i)
+        if _channels_last(w):
+            wm, b = w.permute(0, 2, 3, 1).reshape(i, -1), self.bias  # columns (h, w, out)
+            b = b.repeat(kh * kw) if b is not None else None
+        else:
+            wm, b = w.reshape(i, -1), self.bias  # columns (out, h, w)
+            b = b.repeat_interleave(kh * kw) if b is not None else None
+        y = torch.addmm(b, z, wm) if b is not None else z @ wm
+        # A view of the product would make the in-place ReLU that follows cost two copies and a
+        # mismatched-layout backward; an own tensor is one small copy.
+        if _channels_last(w):
+            return (
+                y.view(len(x), kh, kw, o)
+                .permute(0, 3, 1, 2)
+                .clone(memory_format=torch.channels_last)
+            )
+        return y.view(len(x), o, kh, kw).clone()
+
+
 Builder = Callable[[ModelConfig], "AutoEncoder"]
 _REGISTRY: dict[str, Builder] = {}
 _DEFAULT_LATENT: dict[str, Callable[[ModelConfig], int]] = {}
@@ -226,10 +298,10 @@ def seed_strided(cfg: ModelConfig) -> AutoEncoder:
         nn.ReLU(inplace=True),
         nn.Conv2d(16, 32, 3, stride=2, padding=1),  # [B, 32, s/4, s/4]
         nn.ReLU(inplace=True),
-        nn.Conv2d(32, L, k),  # [B, L, 1, 1]
+        CodeConv2d(32, L, k),  # [B, L, 1, 1]
     )
     dec = nn.Sequential(
-        nn.ConvTranspose2d(L, 32, k),  # [B, 32, s/4, s/4]
+        CodeConvTranspose2d(L, 32, k),  # [B, 32, s/4, s/4]
         nn.ReLU(inplace=True),
         nn.ConvTranspose2d(32, 16, 3, stride=2, padding=1, output_padding=1),  # [B, 16, s/2, s/2]
         nn.ReLU(inplace=True),
@@ -352,10 +424,10 @@ def seed_keras2d(cfg: ModelConfig) -> AutoEncoder:
         nn.ReLU(inplace=True),
         nn.Conv2d(32, 64, 3, stride=2, padding=1),  # "same": [B, 64, s/4, s/4]
         nn.ReLU(inplace=True),
-        nn.Conv2d(64, L, k),  # "valid": [B, L, 1, 1]
+        CodeConv2d(64, L, k),  # "valid": [B, L, 1, 1]
     )
     dec = nn.Sequential(
-        nn.ConvTranspose2d(L, 64, k),  # "valid": [B, 64, s/4, s/4]
+        CodeConvTranspose2d(L, 64, k),  # "valid": [B, 64, s/4, s/4]
         nn.ReLU(inplace=True),
         nn.ConvTranspose2d(
             64, 32, 3, stride=2, padding=1, output_padding=1
@@ -475,6 +547,13 @@ class LayerRow:
     params: int
 
 
+def _kind(m: nn.Module) -> str:
+    """The layer's class name; the code layers show as the convolutions they are."""
+    if isinstance(m, (CodeConv2d, CodeConvTranspose2d)):
+        return type(m).__mro__[1].__name__
+    return type(m).__name__
+
+
 def summary(model: AutoEncoder, batch: int = 1) -> dict:
     """Per-layer output shapes and parameter counts, latent size and compression ratio."""
     rows: list[LayerRow] = []
@@ -487,7 +566,7 @@ def summary(model: AutoEncoder, batch: int = 1) -> dict:
                     LayerRow(
                         part_name,
                         name,
-                        type(m).__name__,
+                        _kind(m),
                         tuple(out.shape),
                         sum(p.numel() for p in m.parameters()),
                     )

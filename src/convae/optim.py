@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Iterable
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
@@ -28,22 +29,20 @@ from .config import OPTIMIZERS, TrainConfig
 # Quintic Newton-Schulz coefficients from Keller Jordan's Muon: they push all singular values of
 # the normalized update into ~[0.7, 1.2] in five iterations, which is all Muon needs.
 _NS_COEFFS = (3.4445, -4.7750, 2.0315)
-# How the matrices of one step are batched for Newton-Schulz (see plan_batches): a call costs a
-# fixed ~15 dispatches plus its multiply-adds. _CALL_MACS is the dispatch cost in multiply-adds
-# (~0.2 ms of the ~50 G multiply-adds/s that small fp32 batched GEMMs reach on this 2-core CPU).
+# How the matrices of one step are batched for Newton-Schulz (see plan_batches): a batched call
+# costs a fixed ~20 dispatches plus its multiply-adds. _CALL_MACS is the dispatch cost in
+# multiply-adds (~0.2 ms of the ~50 G multiply-adds/s that small fp32 batched GEMMs reach on this
+# 2-core CPU).
 _CALL_MACS = 10_000_000
-# Calls of at least this many multiply-adds iterate in bf16 where the hardware has fast bf16
-# GEMMs: on this CPU bf16 measured 1.3x faster at 130-150 M, 1.9x at 535 M and 3.4x for
-# seed-dense's two 200 x 3136 matrices (2.6 G), and no faster below ~60 M.
-_BF16_MACS = 100_000_000
 
 
 def orthogonalize(g: Tensor, steps: int = 5, dtype: torch.dtype = torch.float32) -> Tensor:
     """Approximately the nearest semi-orthogonal matrix to ``g`` (U V^T of its SVD).
 
     ``g`` is ``[rows, cols]`` or a batch ``[n, rows, cols]`` of same-shaped matrices; the
-    iterations run in ``dtype`` (bf16 is enough for Muon: its singular values only need to land
-    near 1) and the result comes back in float32.
+    iterations run in ``dtype`` and the result comes back in float32. This is the textbook
+    iteration on the matrix itself; Muon computes the same result in Gram form
+    (:func:`orthogonalize_gram`), which is cheaper for the wide matrices of a conv net.
     """
     a, b, c = _NS_COEFFS
     x = g.float()
@@ -64,27 +63,76 @@ def orthogonalize(g: Tensor, steps: int = 5, dtype: torch.dtype = torch.float32)
     return x.mT if tall else x
 
 
-def _ns_macs(count: int, k: int, n: int, steps: int = 5) -> int:
-    """Multiply-adds of Newton-Schulz (``steps`` iterations) on ``count`` matrices ``[k, n]``, k <= n."""
-    return steps * count * (2 * k * k * n + k**3)
+def ns_coefficients(
+    gram: Tensor, steps: int = 5, eye_a: Tensor | None = None
+) -> tuple[Tensor, Tensor]:
+    """Newton-Schulz in Gram form: ``(M, s)`` with ``orthogonalize(X) == M @ X * s``.
+
+    ``gram`` is a batch ``[n, k, k]`` of ``X X^T`` for wide matrices ``X`` ``[k, cols]`` (float32;
+    zero-padded rows and columns stay exact). Every Newton-Schulz iterate of the normalized
+    ``X0 = X s`` is ``M X0`` with ``M`` a polynomial in ``A = X0 X0^T``, so the iteration runs on
+    ``k x k`` matrices only: ``P = a I + b A + c A^2``, ``M <- P M``, ``A <- P A P``. One product
+    with ``X`` at the end replaces the two ``[k, cols]`` products of every iteration; for
+    seed-strided's ``12 x 1568`` code layers that is ~30x fewer multiply-adds, and all of a small
+    model's matrices fit one batched call. ``s`` is ``[n, 1, 1]``: 1 / (Frobenius norm + 1e-7),
+    as :func:`orthogonalize` normalizes. ``eye_a`` is ``a * I``, cached by callers that repeat.
+
+    Precision: the Gram matrix squares the condition number, so in float32 singular values below
+    ~3e-4 of the largest are resolved only to rounding, against ~1e-7 for the textbook float32
+    iteration and ~4e-3 for the bf16 iteration that Muon commonly runs on GPUs. Training quality
+    measured the same as with the textbook float32 iteration (docs/benchmarks.md).
+    """
+    a, b, c = _NS_COEFFS
+    k = gram.size(-1)
+    s = gram.diagonal(dim1=-2, dim2=-1).sum(-1).sqrt_().add_(1e-7).reciprocal_()[:, None, None]
+    A = gram * (s * s)
+    if eye_a is None:
+        eye_a = torch.eye(k, dtype=A.dtype, device=A.device).mul_(a)
+    M = None
+    for i in range(steps):
+        P = torch.baddbmm(torch.add(eye_a, A, alpha=b), A, A, alpha=c)
+        M = P if M is None else torch.bmm(P, M)
+        if i + 1 < steps:
+            A = torch.bmm(torch.bmm(P, A), P)
+    assert M is not None, "steps must be >= 1"
+    return M, s
 
 
-def plan_batches(shapes: list[tuple[int, int]]) -> list[list[int]]:
-    """Group matrices ``[k, n]`` (k <= n) into Newton-Schulz batches, cheapest first.
+def orthogonalize_gram(g: Tensor, steps: int = 5) -> Tensor:
+    """:func:`orthogonalize` computed in Gram form (:func:`ns_coefficients`), float32."""
+    x = g.float()
+    tall = x.size(-2) > x.size(-1)
+    if tall:
+        x = x.mT
+    batched = x.dim() == 3
+    if not batched:
+        x = x.unsqueeze(0)
+    M, s = ns_coefficients(torch.bmm(x, x.mT), steps)
+    o = torch.bmm(M * s, x)
+    if not batched:
+        o = o.squeeze(0)
+    return o.mT if tall else o
 
-    A batch is zero-padded to its largest k and n, which is exact (NS of ``[[A, 0], [0, 0]]`` is
-    ``[[NS(A), 0], [0, 0]]``) but costs arithmetic; each batch costs a call's dispatches. Start
-    with one batch per shape and merge the pair that saves most, while any merge saves: a small
-    model's dozen tiny matrices end up in one or two calls, while a 2 x 3136 code layer is not
-    padded to 64 rows to join the 64 x 288 convs.
+
+def _ns_macs(count: int, k: int, steps: int = 5) -> int:
+    """Multiply-adds of Gram-form Newton-Schulz (``steps`` iterations) on ``count`` ``[k, k]`` Grams."""
+    return 4 * steps * count * k**3
+
+
+def plan_batches(sizes: list[int]) -> list[list[int]]:
+    """Group Gram matrices ``[k, k]`` (one per weight matrix) into Newton-Schulz batches.
+
+    A batch is zero-padded to its largest k, which is exact (the padded rows and columns of
+    ``A`` stay zero) but costs arithmetic; each batch costs a call's dispatches. Start with one
+    batch per size and merge the pair that saves most, while any merge saves: a small model's
+    dozen matrices end up in one call, while seed-dense's two 200-row code layers do not pad the
+    9-row first conv to 200.
     """
 
     def cost(batch: list[int]) -> int:
-        k = max(shapes[i][0] for i in batch)
-        n = max(shapes[i][1] for i in batch)
-        return _CALL_MACS + _ns_macs(len(batch), k, n)
+        return _CALL_MACS + _ns_macs(len(batch), max(sizes[i] for i in batch))
 
-    batches = list({s: [i for i, t in enumerate(shapes) if t == s] for s in shapes}.values())
+    batches = list({k: [i for i, t in enumerate(sizes) if t == k] for k in sizes}.values())
     while len(batches) > 1:
         saving, a, b = max(
             (cost(x) + cost(y) - cost(x + y), i, j)
@@ -117,14 +165,91 @@ def _cpu_has_bf16() -> bool:
         return False
 
 
+@dataclass(frozen=True)
+class _NSBatch:
+    """One Newton-Schulz call: ``groups`` of same-shaped matrices at rows ``starts`` of a
+    ``[count, k, k]`` Gram batch ``gram`` (zeros outside the matrices, reused every step);
+    ``scale`` is each row's ``0.2 * sqrt(max(rows, cols))``."""
+
+    groups: list[list[int]]
+    starts: list[int]
+    gram: Tensor
+    scale: Tensor
+    eye_a: Tensor  # a * I, the constant term of every Newton-Schulz polynomial
+
+
+@dataclass(frozen=True)
+class _MuonLayout:
+    """How one param group's matrices are read, batched and written back (made once)."""
+
+    tall: list[bool]  # the matrix has more rows than columns: iterate on its transpose
+    # channels_last kernels [O, I, kh, kw] are read as [O, kh*kw*I], their memory order: a view,
+    # not a copy. Orthogonalization commutes with permuting columns, so the update is the same.
+    last: list[bool]
+    batches: list[_NSBatch]
+
+    @staticmethod
+    def build(params: list[Tensor], steps: int) -> _MuonLayout:
+        last = [
+            p.dim() == 4
+            and not p.is_contiguous()
+            and p.is_contiguous(memory_format=torch.channels_last)
+            for p in params
+        ]
+        shapes = [(p.size(0), p[0].numel()) for p in params]
+        wide = [(min(r, c), max(r, c)) for r, c in shapes]
+        device = params[0].device
+        batches = []
+        for members in plan_batches([k for k, _ in wide]):
+            groups: dict[tuple[int, int], list[int]] = {}
+            for i in members:
+                groups.setdefault(wide[i], []).append(i)
+            starts, scale, at = [], [], 0
+            for idx in groups.values():
+                starts.append(at)
+                at += len(idx)
+                scale += [0.2 * wide[i][1] ** 0.5 for i in idx]
+            k = max(wide[i][0] for i in members)
+            batches.append(
+                _NSBatch(
+                    groups=list(groups.values()),
+                    starts=starts,
+                    gram=torch.zeros(at, k, k, device=device),
+                    scale=torch.tensor(scale, device=device)[:, None, None],
+                    eye_a=torch.eye(k, device=device).mul_(_NS_COEFFS[0]),
+                )
+            )
+        return _MuonLayout([r > c for r, c in shapes], last, batches)
+
+    def matrix(self, i: int, t: Tensor) -> Tensor:
+        """Parameter-shaped ``t`` as the wide float32 matrix that is orthogonalized."""
+        m = (
+            t.permute(0, 2, 3, 1).reshape(t.size(0), -1)
+            if self.last[i]
+            else t.reshape(t.size(0), -1)
+        )
+        m = m.float()
+        return m.mT if self.tall[i] else m
+
+    def add_to(self, i: int, p: Tensor, o: Tensor) -> None:
+        """``p += o``, ``o`` being the wide matrix that :meth:`matrix` made of ``p``'s shape."""
+        if self.tall[i]:
+            o = o.mT
+        if self.last[i]:
+            q = p.permute(0, 2, 3, 1)
+            q.add_(o.reshape(q.shape))
+        else:
+            p.add_(o.reshape(p.shape))
+
+
 class Muon(torch.optim.Optimizer):
     """Muon for parameters with >= 2 dims, AdamW for the rest; decoupled weight decay on both.
 
     Param groups carry ``muon=True`` (matrices) or ``muon=False`` (AdamW); build them with
     :func:`build_optimizer`. A small model's step is dominated by per-operation overhead, so the
     momentum uses foreach ops, the AdamW half torch's fused kernel, and the matrices are
-    orthogonalized in as few batched Newton-Schulz calls as pay (:func:`plan_batches`), large
-    batches in bf16 where that is fast.
+    orthogonalized in Gram form (:func:`ns_coefficients`) in as few batched calls as pay
+    (:func:`plan_batches`).
     """
 
     def __init__(
@@ -147,7 +272,7 @@ class Muon(torch.optim.Optimizer):
             muon=True,
         )
         super().__init__(params, defaults)
-        self._plans: dict[tuple, list[list[int]]] = {}  # (group, shapes) -> Newton-Schulz batches
+        self._plans: dict[tuple, _MuonLayout] = {}  # (group, its parameters) -> Newton-Schulz calls
 
     @torch.no_grad()
     def step(self, closure=None):  # type: ignore[override]
@@ -180,33 +305,30 @@ class Muon(torch.optim.Optimizer):
         torch._foreach_mul_(bufs, mom)
         torch._foreach_add_(bufs, grads)
         updates = torch._foreach_add(grads, bufs, alpha=mom)  # Nesterov
-        # Orthogonalize in as few batched calls as possible (plan_batches; the plan depends only on
-        # the shapes, so it is made once per group).
-        mats = [u.reshape(u.size(0), -1) for u in updates]
-        wide = [m if m.size(0) <= m.size(1) else m.mT for m in mats]
-        shapes = [(m.size(0), m.size(1)) for m in wide]
-        key = (id(group), tuple(shapes))
-        if key not in self._plans:
-            self._plans[key] = plan_batches(shapes)
-        bf16 = bf16_is_fast(params[0].device)
-        for idx in self._plans[key]:
-            k = max(shapes[i][0] for i in idx)
-            n = max(shapes[i][1] for i in idx)
-            if all(shapes[i] == (k, n) for i in idx):
-                x = torch.stack([wide[i] for i in idx])
-            else:
-                x = wide[idx[0]].new_zeros(len(idx), k, n)
+        # The layout depends only on the parameters, so it is made once per group: a small
+        # model's step is per-operation overhead, and this keeps it to ~40 tensor operations.
+        steps = group["ns_steps"]
+        key = (id(group), steps, tuple(id(p) for p in params))
+        layout = self._plans.get(key)
+        if layout is None:
+            layout = self._plans[key] = _MuonLayout.build(params, steps)
+        lr = group["lr"]
+        for batch in layout.batches:
+            xs = []
+            for idx, start in zip(batch.groups, batch.starts, strict=True):
+                # same-shaped matrices: one stacked Gram product, written into the padded batch
+                mats = [layout.matrix(i, updates[i]) for i in idx]
+                x = torch.stack(mats) if len(mats) > 1 else mats[0][None]
+                k = x.size(1)
+                batch.gram[start : start + len(idx), :k, :k] = torch.bmm(x, x.mT)
+                xs.append(x)
+            m, s = ns_coefficients(batch.gram, steps, batch.eye_a)
+            m.mul_(s.mul_(batch.scale).mul_(-lr))  # AdamW-matched update RMS
+            for x, idx, start in zip(xs, batch.groups, batch.starts, strict=True):
+                k = x.size(1)
+                o = torch.bmm(m[start : start + len(idx), :k, :k], x)
                 for j, i in enumerate(idx):
-                    x[j, : shapes[i][0], : shapes[i][1]] = wide[i]
-            big = bf16 and _ns_macs(len(idx), k, n, group["ns_steps"]) >= _BF16_MACS
-            o = orthogonalize(x, group["ns_steps"], torch.bfloat16 if big else torch.float32)
-            for j, i in enumerate(idx):
-                oi = o[j, : shapes[i][0], : shapes[i][1]]
-                if wide[i] is not mats[i]:
-                    oi = oi.mT
-                rows, cols = mats[i].shape
-                scale = -group["lr"] * 0.2 * max(rows, cols) ** 0.5  # AdamW-matched update RMS
-                params[i].add_(oi.reshape(params[i].shape).to(params[i].dtype), alpha=scale)
+                    layout.add_to(i, params[i], o[j])
 
     def _adamw(self, group: dict, params: list[Tensor], grads: list[Tensor]) -> None:
         avgs, sqs, steps = [], [], []

@@ -27,6 +27,7 @@ __all__ = [
     "build_model",
     "default_latent_dim",
     "default_recipe",
+    "cpu_bf16",
     "resolve_mean_image",
     "summary",
     "LayerRow",
@@ -110,6 +111,7 @@ _DEFAULT_LATENT: dict[str, Callable[[ModelConfig], int]] = {}
 _DESCRIPTIONS: dict[str, str] = {}
 _DEFAULT_RECIPE: dict[str, dict[str, Any]] = {}
 _DEFAULT_MEAN_IMAGE: dict[str, bool] = {}
+_CPU_BF16: dict[str, bool] = {}
 
 
 def register(
@@ -121,12 +123,15 @@ def register(
     mean_image: bool = False,
     lr: float = 1e-2,
     warmup: float = 0.15,
+    cpu_bf16: bool = True,
 ):
     """Decorator adding an architecture builder under ``name`` (duplicate names raise).
 
     ``epochs``, ``optimizer``, ``lr`` (peak) and ``warmup`` are the architecture's default recipe:
     what ``TrainConfig`` fields left ``None`` become (``--epochs``, ``--optimizer``, ``--lr`` win).
-    ``mean_image`` is what ``ModelConfig.mean_image=None`` becomes. All are measured choices, see
+    ``mean_image`` is what ``ModelConfig.mean_image=None`` becomes. ``cpu_bf16``: whether
+    ``--precision auto`` trains it under bf16 autocast on a CPU with fast bf16 (False: fp32, for a
+    model whose step measured faster without autocast). All are measured choices, see
     docs/benchmarks.md.
     """
     if optimizer not in OPTIMIZERS:
@@ -146,6 +151,7 @@ def register(
             "warmup": warmup,
         }
         _DEFAULT_MEAN_IMAGE[name] = mean_image
+        _CPU_BF16[name] = cpu_bf16
         return fn
 
     return deco
@@ -165,6 +171,12 @@ def default_recipe(arch: str) -> dict[str, Any]:
     """The default recipe's ``epochs``, ``optimizer``, ``lr`` and ``warmup`` for ``arch``."""
     _check_arch(arch)
     return dict(_DEFAULT_RECIPE[arch])
+
+
+def cpu_bf16(arch: str) -> bool:
+    """Whether ``--precision auto`` uses bf16 autocast for ``arch`` on a CPU with fast bf16."""
+    _check_arch(arch)
+    return _CPU_BF16[arch]
 
 
 def _check_arch(name: str) -> None:
@@ -288,6 +300,8 @@ def _seed_latent_strided(cfg: ModelConfig) -> int:
     mean_image=True,
     lr=1.5e-2,
     warmup=0.1,
+    # Its convolutions have 1-32 channels: autocast's casts cost more than bf16 saves here.
+    cpu_bf16=False,
 )
 def seed_strided(cfg: ModelConfig) -> AutoEncoder:
     c, s = cfg.channels, cfg.image_size

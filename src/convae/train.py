@@ -40,7 +40,9 @@ from .data import load_split
 from .metrics import summarize
 from .models import (
     AutoEncoder,
+    available,
     build_model,
+    cpu_bf16,
     default_latent_dim,
     default_recipe,
     resolve_mean_image,
@@ -96,8 +98,12 @@ def resolve_device(name: str = "auto") -> torch.device:
     return torch.device(name)
 
 
-def resolve_precision(precision: str, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype (None = fp32). ``auto`` picks bf16 where measured faster (docs/benchmarks.md)."""
+def resolve_precision(
+    precision: str, device: torch.device, arch: str | None = None
+) -> torch.dtype | None:
+    """The autocast dtype (None = fp32). ``auto`` picks bf16 where measured faster: CUDA, and a CPU
+    with fast bf16 unless ``arch`` measured faster in fp32 there (``models.cpu_bf16``;
+    docs/benchmarks.md)."""
     if precision not in ("auto", "fp32", "bf16", "fp16"):
         raise ValueError(f"precision must be auto, fp32, bf16 or fp16, not {precision!r}")
     if precision == "fp32":
@@ -111,7 +117,7 @@ def resolve_precision(precision: str, device: torch.device) -> torch.dtype | Non
     # auto
     if device.type == "cuda":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    if device.type == "cpu" and bf16_is_fast(device):
+    if device.type == "cpu" and bf16_is_fast(device) and (arch not in available() or cpu_bf16(arch)):
         return torch.bfloat16
     return None
 
@@ -277,7 +283,7 @@ def fit(
     _validate_train_cfg(cfg)
     rank, world = _world()
     device = next(model.parameters()).device
-    amp_dtype = resolve_precision(cfg.precision, device)
+    amp_dtype = resolve_precision(cfg.precision, device, model.config.arch)
     # channels_last measured faster for every registered arch on CPU (oneDNN) and CUDA; MPS is untested.
     channels_last = (
         cfg.channels_last if cfg.channels_last is not None else device.type in ("cpu", "cuda")

@@ -6,9 +6,10 @@
 For each architecture, in one run on the same data split and machine, each job in its own
 subprocess (so peak memory is per job):
 
-* ``reference``: written the seeds' way - a Dataset converting every image on its own (as
-  torchvision's ToTensor does), DataLoader batch 20, Adam 1e-3, MSE, ``loss.item()`` every step,
-  30 epochs (10 for seed-keras2d, as seed 004 trains);
+* ``reference``: written the seeds' way - torch's own conv modules (convae's matrix-product code
+  layers swapped back), a Dataset converting every image on its own (as torchvision's ToTensor
+  does), DataLoader batch 20, Adam 1e-3, MSE, ``loss.item()`` every step, 30 epochs (10 for
+  seed-keras2d, as seed 004 trains);
 * ``convae``: ``convae.train.train`` with the default recipe (``--epochs`` per arch below), the
   whole command's work timed from data loading on; the test MSE is measured after every epoch
   with the clock paused, to find when it first reaches the reference's final test MSE.
@@ -46,6 +47,23 @@ def _peak_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
+def _torch_modules(model) -> None:
+    """Swap convae's matrix-product code layers (models.CodeConv2d / CodeConvTranspose2d) for the
+    torch modules the seeds use: the same parameters and function, torch's convolution kernels."""
+    from torch import nn
+
+    from convae.models import CodeConv2d, CodeConvTranspose2d
+
+    for parent in model.modules():
+        for name, child in parent.named_children():
+            if isinstance(child, (CodeConv2d, CodeConvTranspose2d)):
+                kind = nn.Conv2d if isinstance(child, CodeConv2d) else nn.ConvTranspose2d
+                plain = kind(child.in_channels, child.out_channels, child.kernel_size,
+                             bias=child.bias is not None)
+                plain.load_state_dict(child.state_dict())
+                setattr(parent, name, plain)
+
+
 def job_reference(arch: str, latent: int, epochs: int, seed: int) -> dict:
     import torch
     from torch.utils.data import DataLoader, Dataset
@@ -67,6 +85,7 @@ def job_reference(arch: str, latent: int, epochs: int, seed: int) -> dict:
 
     torch.manual_seed(seed)
     model = build_model(ModelConfig(arch=arch, latent_dim=latent, mean_image=False))  # as the seeds
+    _torch_modules(model)  # and with torch's own layers, as the seeds write them
     loader = DataLoader(PerItem(), batch_size=20, shuffle=True, num_workers=0)
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     crit = torch.nn.MSELoss()

@@ -62,3 +62,26 @@ def test_conv_layers_benchmark_matches_the_modules(capsys):
     ]
     assert all(r["gemm_max_rel_err"] < 1e-4 for r in rows)
     assert all(set(r["us_fwd_bwd"]) == {"torch fp32", "torch bf16", "GEMM fp32"} for r in rows)
+
+
+def test_speed_reference_runs_the_seeds_torch_modules():
+    """speed.py's reference loop trains the seeds' model as the seeds write it: torch's conv
+    modules, not convae's matrix-product code layers - the same function and parameters."""
+    import torch
+
+    from convae.config import ModelConfig
+    from convae.models import CodeConv2d, CodeConvTranspose2d, build_model
+
+    speed = _script("speed")
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(arch="seed-strided", latent_dim=12, mean_image=False))
+    assert any(isinstance(m, (CodeConv2d, CodeConvTranspose2d)) for m in model.modules())
+    x = torch.rand(3, 1, 28, 28)
+    with torch.no_grad():
+        before = model(x)
+        speed._torch_modules(model)
+        after = model(x)
+    assert not any(isinstance(m, (CodeConv2d, CodeConvTranspose2d)) for m in model.modules())
+    assert type(model.encoder[4]) is torch.nn.Conv2d
+    assert type(model.decoder[0]) is torch.nn.ConvTranspose2d
+    torch.testing.assert_close(after, before, rtol=1e-5, atol=1e-6)

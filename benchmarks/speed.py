@@ -85,7 +85,8 @@ def job_reference(arch: str, latent: int, epochs: int, seed: int) -> dict:
 
     torch.manual_seed(seed)
     model = build_model(ModelConfig(arch=arch, latent_dim=latent, mean_image=False))  # as the seeds
-    _torch_modules(model)  # and with torch's own layers, as the seeds write them
+    with torch.random.fork_rng(devices=[]):  # new modules draw an init: keep the loader's shuffles
+        _torch_modules(model)  # and with torch's own layers, as the seeds write them
     loader = DataLoader(PerItem(), batch_size=20, shuffle=True, num_workers=0)
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     crit = torch.nn.MSELoss()

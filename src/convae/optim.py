@@ -189,7 +189,7 @@ class _MuonLayout:
     batches: list[_NSBatch]
 
     @staticmethod
-    def build(params: list[Tensor], steps: int) -> _MuonLayout:
+    def build(params: list[Tensor]) -> _MuonLayout:
         last = [
             p.dim() == 4
             and not p.is_contiguous()
@@ -308,10 +308,10 @@ class Muon(torch.optim.Optimizer):
         # The layout depends only on the parameters, so it is made once per group: a small
         # model's step is per-operation overhead, and this keeps it to ~40 tensor operations.
         steps = group["ns_steps"]
-        key = (id(group), steps, tuple(id(p) for p in params))
+        key = (id(group), tuple(id(p) for p in params))
         layout = self._plans.get(key)
         if layout is None:
-            layout = self._plans[key] = _MuonLayout.build(params, steps)
+            layout = self._plans[key] = _MuonLayout.build(params)
         lr = group["lr"]
         for batch in layout.batches:
             xs = []

@@ -117,7 +117,11 @@ def resolve_precision(
     # auto
     if device.type == "cuda":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    if device.type == "cpu" and bf16_is_fast(device) and (arch not in available() or cpu_bf16(arch)):
+    if (
+        device.type == "cpu"
+        and bf16_is_fast(device)
+        and (arch not in available() or cpu_bf16(arch))
+    ):
         return torch.bfloat16
     return None
 

@@ -36,33 +36,6 @@ _NS_COEFFS = (3.4445, -4.7750, 2.0315)
 _CALL_MACS = 10_000_000
 
 
-def orthogonalize(g: Tensor, steps: int = 5, dtype: torch.dtype = torch.float32) -> Tensor:
-    """Approximately the nearest semi-orthogonal matrix to ``g`` (U V^T of its SVD).
-
-    ``g`` is ``[rows, cols]`` or a batch ``[n, rows, cols]`` of same-shaped matrices; the
-    iterations run in ``dtype`` and the result comes back in float32. This is the textbook
-    iteration on the matrix itself; Muon computes the same result in Gram form
-    (:func:`orthogonalize_gram`), which is cheaper for the wide matrices of a conv net.
-    """
-    a, b, c = _NS_COEFFS
-    x = g.float()
-    x = (x / (x.norm(dim=(-2, -1), keepdim=True) + 1e-7)).to(dtype)  # spectral <= Frobenius <= 1
-    tall = x.size(-2) > x.size(-1)
-    if tall:  # iterate on the smaller Gram matrix
-        x = x.mT
-    batched = x.dim() == 3
-    if not batched:
-        x = x.unsqueeze(0)
-    for _ in range(steps):  # x <- a x + (b S + c S^2) x with S = x x^T, as two fused GEMMs
-        s = torch.bmm(x, x.mT)
-        p = torch.baddbmm(s, s, s, beta=b, alpha=c)
-        x = torch.baddbmm(x, p, x, beta=a)
-    if not batched:
-        x = x.squeeze(0)
-    x = x.float()
-    return x.mT if tall else x
-
-
 def ns_coefficients(
     gram: Tensor, steps: int = 5, eye_a: Tensor | None = None
 ) -> tuple[Tensor, Tensor]:
@@ -75,7 +48,7 @@ def ns_coefficients(
     with ``X`` at the end replaces the two ``[k, cols]`` products of every iteration; for
     seed-strided's ``12 x 1568`` code layers that is ~30x fewer multiply-adds, and all of a small
     model's matrices fit one batched call. ``s`` is ``[n, 1, 1]``: 1 / (Frobenius norm + 1e-7),
-    as :func:`orthogonalize` normalizes. ``eye_a`` is ``a * I``, cached by callers that repeat.
+    as the textbook iteration normalizes. ``eye_a`` is ``a * I``, cached by callers that repeat.
 
     Precision: the Gram matrix squares the condition number, so in float32 singular values below
     ~3e-4 of the largest are resolved only to rounding, against ~1e-7 for the textbook float32
@@ -98,11 +71,16 @@ def ns_coefficients(
     return M, s
 
 
-def orthogonalize_gram(g: Tensor, steps: int = 5) -> Tensor:
-    """:func:`orthogonalize` computed in Gram form (:func:`ns_coefficients`), float32."""
+def orthogonalize(g: Tensor, steps: int = 5) -> Tensor:
+    """Approximately the nearest semi-orthogonal matrix to ``g`` (U V^T of its SVD), float32.
+
+    ``g`` is ``[rows, cols]`` or a batch ``[n, rows, cols]`` of same-shaped matrices. Five
+    Newton-Schulz iterations, computed in Gram form (:func:`ns_coefficients`) as Muon's step does;
+    ``tests/test_optim.py`` checks it against the textbook iteration on the matrix itself.
+    """
     x = g.float()
     tall = x.size(-2) > x.size(-1)
-    if tall:
+    if tall:  # iterate on the smaller Gram matrix
         x = x.mT
     batched = x.dim() == 3
     if not batched:

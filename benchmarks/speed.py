@@ -176,7 +176,7 @@ def job_convae(arch: str, latent: int, epochs: int | None, seed: int, target: fl
             "images_per_s": len(hist) * n_train / fit_seconds, "peak_mb": _peak_mb(),
             "threads": torch.get_num_threads(), "startup_seconds": startup,
             "recipe": {**{k: getattr(resolve_recipe(cfg.train, arch), k)
-                          for k in ("epochs", "optimizer", "batch_size", "lr", "precision")},
+                          for k in ("epochs", "optimizer", "batch_size", "lr", "warmup", "precision")},
                        "mean_image": cfg.model.mean_image}}
 
 
@@ -343,11 +343,11 @@ def main() -> int:
     import torch
 
     from convae.config import TrainConfig
+    from convae.train import resolve_recipe
 
     report = {"machine": {"cpus": os.cpu_count(), "torch": torch.__version__,
                           "threads": torch.get_num_threads(), "cuda": torch.cuda.is_available()},
               "data": _run_job(["data"]), "archs": {}}
-    batch = TrainConfig().batch_size
     variants: dict[str, list[dict]] = {}
     for v in a.variant:
         arch, _, kv = v.partition(":")
@@ -379,6 +379,7 @@ def main() -> int:
                 print(f"{arch} #{rep} variant {recipe}: {var_runs[k][-1]['seconds']:.1f}s mse "
                       f"{var_runs[k][-1]['test_mse']:.5f} reach {var_runs[k][-1]['time_to_target']}",
                       file=sys.stderr, flush=True)
+        batch = resolve_recipe(TrainConfig(), arch).batch_size  # the step at the recipe's batch
         step = _run_job(["step", arch, str(latent), str(batch)])
         r_sec, c_reach = _median(refs, "seconds"), _median(ours, "time_to_target")
         report["archs"][arch] = {

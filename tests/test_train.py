@@ -413,20 +413,35 @@ def test_default_recipe_comes_from_the_architecture(make_images):
 
     t = TrainConfig()
     assert t.epochs is None and t.optimizer is None and t.lr is None and t.warmup is None
-    assert default_recipe("seed-pool") == {"epochs": 10, "optimizer": "adamw", "lr": 1e-2, "warmup": 0.15}
+    assert t.batch_size is None
+    assert default_recipe("seed-pool") == {
+        "epochs": 10,
+        "optimizer": "adamw",
+        "lr": 1e-2,
+        "warmup": 0.15,
+        "batch_size": 32,
+    }
     assert default_recipe("convae")["optimizer"] == "muon"
     strided = resolve_config(RunConfig(model=ModelConfig(arch="seed-strided"))).train
-    keys = ("epochs", "optimizer", "lr", "warmup")
+    keys = ("epochs", "optimizer", "lr", "warmup", "batch_size")
     assert tuple(getattr(strided, k) for k in keys) == tuple(default_recipe("seed-strided").values())
-    assert (strided.epochs, strided.lr, strided.warmup) == (7, 1.5e-2, 0.1)  # measured for it
+    # measured for it (docs/benchmarks.md, "Session 7")
+    assert (strided.epochs, strided.lr, strided.warmup, strided.batch_size) == (9, 1.5e-2, 0.02, 64)
     assert resolve_config(RunConfig()).train.epochs == 10
-    explicit = resolve_config(RunConfig(train=TrainConfig(epochs=3, optimizer="adam", lr=3e-3))).train
+    assert resolve_config(RunConfig()).train.batch_size == 32
+    explicit = resolve_config(
+        RunConfig(train=TrainConfig(epochs=3, optimizer="adam", lr=3e-3, batch_size=16))
+    ).train
     assert (explicit.epochs, explicit.optimizer, explicit.lr) == (3, "adam", 3e-3)  # flags win
+    assert explicit.batch_size == 16
     with pytest.raises(ValueError, match="optimizer must be one of"):
         register("never-built", lambda cfg: 4, optimizer="sgd")
     model = build_model(ModelConfig(arch="convae", width=4, latent_dim=4, image_size=16))
     hist = fit(model, make_images(8, 1, 16), None, TrainConfig(batch_size=8))  # fit resolves it too
     assert len(hist) == 10
+    strided_model = build_model(ModelConfig(arch="seed-strided", image_size=16))
+    hist = fit(strided_model, make_images(130, 1, 16), None, TrainConfig(epochs=1))
+    assert hist[0]["step"] == 2  # 130 images in batches of 64 (seed-strided's own batch size)
 
 
 # ---------------------------------------------------------------------------------------------

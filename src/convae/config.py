@@ -63,7 +63,7 @@ class DataConfig:
 @dataclass(frozen=True)
 class TrainConfig:
     epochs: int | None = None  # passes over the training split; None = the arch's default
-    batch_size: int = 32  # images per optimizer step (per process under DDP)
+    batch_size: int | None = None  # images per step (per process under DDP); None = the arch's (32)
     lr: float | None = None  # peak learning rate of the schedule; None = the arch's default (1e-2)
     optimizer: str | None = None  # "adamw", "adam" or "muon" (convae.optim); None: the arch's
     weight_decay: float = 1e-4  # decoupled weight decay (adamw, muon; ignored by adam)

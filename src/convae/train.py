@@ -599,7 +599,8 @@ def resolve_config(cfg: RunConfig) -> RunConfig:
 
 
 def resolve_recipe(cfg: TrainConfig, arch: str) -> TrainConfig:
-    """Fill the fields left ``None`` (epochs, optimizer, lr, warmup) from ``arch``'s default recipe."""
+    """Fill the fields left ``None`` (epochs, batch_size, optimizer, lr, warmup) from ``arch``'s
+    default recipe."""
     fill = {k: v for k, v in default_recipe(arch).items() if getattr(cfg, k) is None}
     return replace(cfg, **fill) if fill else cfg
 

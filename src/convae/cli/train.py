@@ -74,9 +74,13 @@ def _train_parser(sub) -> None:
     g.add_argument(
         "--epochs",
         type=_positive_int,
-        help="passes over the training split (default: the architecture's, 10)",
+        help="passes over the training split (default: the architecture's, 10; 9 for seed-strided)",
     )
-    g.add_argument("--batch-size", type=_positive_int)
+    g.add_argument(
+        "--batch-size",
+        type=_positive_int,
+        help="images per step, per process (default: the architecture's, 32; 64 for seed-strided)",
+    )
     g.add_argument(
         "--lr",
         type=float,

@@ -417,6 +417,11 @@ def test_interrupted_run_resumes_exactly(tmp_path, monkeypatch):
         rc, out, err = run_cli("train", *RESUMABLE, "--out", tmp_path / "cut", "--device", "cpu")
     assert rc == 130 and "interrupted" in err
     assert not (tmp_path / "cut" / "metrics.json").exists()
+    # A null in config.json means the architecture's default (64 for seed-strided, as given above)
+    cfg_file = tmp_path / "cut" / "config.json"
+    saved = json.loads(cfg_file.read_text())
+    saved["train"]["batch_size"] = None
+    cfg_file.write_text(json.dumps(saved))
     rc, out, err = run_cli("train", "--resume", "--out", tmp_path / "cut", "--device", "cpu")
     assert rc == 0, err
     assert "run directory" in out

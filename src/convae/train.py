@@ -658,7 +658,8 @@ def train(
         torch.manual_seed(cfg.train.seed)  # identical init on every rank and every run
         model = build_model(cfg.model)
     # The user's mistakes in the training flags surface before anything is logged or written.
-    _validate_train_cfg(cfg.train)
+    # (resolved: a resumed run's hand-edited config.json may hold nulls, which mean the defaults)
+    _validate_train_cfg(resolve_recipe(cfg.train, cfg.model.arch))
     resolve_precision(cfg.train.precision, dev)
     _loss_fn(cfg.train.loss, model.sigmoid_output)
     model.to(dev)

@@ -566,6 +566,13 @@ def test_tiny_folder_without_test_or_val_split(tmp_path, make_images, write_imag
     assert "no test images" in err
     for name in ("metrics.json", "loss.png", "reconstructions.png"):
         assert (tmp_path / "r" / name).is_file()
+    # with the progress bar on, the warning gets its own line, not the end of the bar's
+    rc, out, err = run_cli("train", "--data", f"folder:{tmp_path / 'imgs'}", "--val-fraction", "0",
+                           "--arch", "seed-strided", "--epochs", "1", "--out", tmp_path / "r2",
+                           "--device", "cpu")  # fmt: skip
+    assert rc == 0, err
+    line = next(ln for ln in err.split("\n") if "no test images" in ln)  # "\r" redraws the bar
+    assert "step" not in line and "epoch" not in line, line
 
 
 def test_unreadable_images_skipped_and_counted_or_strict(

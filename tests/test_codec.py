@@ -241,6 +241,15 @@ def test_refitted_tables_are_detected(codec, test_x):
         C.decode(other, data)
 
 
+def test_a_header_with_the_wrong_latent_size_is_corrupt(codec, test_x):
+    header, payload = C.unpack(C.encode(codec, test_x[:4]))
+    lv = codec.levels[header.level]
+    crafted = C.pack(replace(header, latent_dim=lv.latent_dim + 1), payload)
+    with pytest.raises(C.CodecError, match="corrupt file: its header says") as e:
+        C.decode(codec, crafted)
+    assert lv.hash().hex() not in str(e.value)  # not the refitted-tables message (hash twice)
+
+
 # ---------------------------------------------------------------------------------------------
 # Codec behaviour
 

@@ -617,7 +617,8 @@ def train(
 
     Loads the data of ``cfg.data``, builds ``cfg.model``, fits, then (rank 0) writes test metrics,
     ``loss.png`` and ``reconstructions.png``. With ``resume``, ``out`` must be an existing run and
-    its own ``config.json`` is used.
+    its own ``config.json`` is used. ``progress`` receives :func:`fit`'s events, then
+    ``{"event": "done"}`` once fitting is over.
     """
     from .plots import loss_figure, reconstruction_figure, save_figure
 
@@ -688,6 +689,8 @@ def train(
         resume=resume,
         progress=progress,
     )
+    if progress is not None:  # training is over: a progress bar closes before what follows logs
+        progress({"event": "done"})
     if rank == 0:
         best = load(out, dev)
         test_x, _ = load_split(cfg.data, "test")

@@ -193,6 +193,9 @@ class _ProgressBar:
     def __call__(self, ev: dict[str, Any]) -> None:
         if not self.enabled:
             return
+        if ev["event"] == "done":  # train() finished fitting: later warnings get their own lines
+            self.close()
+            return
         if self.bar is None:
             from tqdm import tqdm
 
@@ -216,6 +219,7 @@ class _ProgressBar:
     def close(self) -> None:
         if self.bar is not None:
             self.bar.close()
+            self.bar = None
 
 
 def _check_images_fit(model, x, what: str) -> None:

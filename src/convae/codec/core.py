@@ -203,10 +203,15 @@ def check_header(codec: Codec, header: Header) -> Level:
             f"the file uses quality level {header.level}, the codec has {len(codec.levels)}"
         )
     lv = codec.levels[header.level]
-    if header.tables_hash != lv.hash() or header.latent_dim != lv.latent_dim:
+    if header.tables_hash != lv.hash():
         raise CodecError(
             f"the file's quantizer/probability tables ({header.tables_hash.hex()}) differ from "
             f"the run's codec ({lv.hash().hex()}): was the codec refitted after encoding?"
+        )
+    if header.latent_dim != lv.latent_dim:  # the same tables, another size: the header is damaged
+        raise CodecError(
+            f"corrupt file: its header says {header.latent_dim} latent values per image, its "
+            f"quality level has {lv.latent_dim}"
         )
     return lv
 

@@ -10,7 +10,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def _script(name: str):
-    spec = importlib.util.spec_from_file_location(f"bench_{name}", ROOT / "benchmarks" / f"{name}.py")
+    spec = importlib.util.spec_from_file_location(
+        f"bench_{name}", ROOT / "benchmarks" / f"{name}.py"
+    )
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod
@@ -18,9 +20,13 @@ def _script(name: str):
 
 def test_gpu_benchmark_runs_on_cpu(capsys):
     gpu = _script("gpu")
-    assert gpu.main(["--device", "cpu", "--images", "100", "--epochs", "1", "--batch-size", "32"]) == 0
+    assert (
+        gpu.main(["--device", "cpu", "--images", "100", "--epochs", "1", "--batch-size", "32"]) == 0
+    )
     res = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    assert res["images"] == 100 and res["epochs"] == 1 and res["device"] == "cpu"  # sample repeated/cut
+    assert (
+        res["images"] == 100 and res["epochs"] == 1 and res["device"] == "cpu"
+    )  # sample repeated/cut
     assert res["seconds"] > 0 and 0 < res["test_mse"] < 1 and res["peak_gpu_mb"] is None
 
 

@@ -80,7 +80,12 @@ def test_run_config_roundtrip():
 @pytest.mark.parametrize(
     "section, key, value, message",
     [
-        ("model", "latent_dim", "two", "model.latent_dim must be an integer or null, not str 'two'"),
+        (
+            "model",
+            "latent_dim",
+            "two",
+            "model.latent_dim must be an integer or null, not str 'two'",
+        ),
         ("model", "latent_dim", 2.5, "model.latent_dim must be an integer or null, not float 2.5"),
         ("model", "image_size", "28", "model.image_size must be an integer, not str '28'"),
         ("model", "mean_image", 1, "model.mean_image must be true or false or null, not int 1"),
@@ -106,7 +111,9 @@ def test_a_malformed_config_json_names_the_file(tmp_path):
     d = RunConfig().to_dict()
     d["model"] = "abc"
     path.write_text(json.dumps(d))
-    with pytest.raises(ValueError, match=r"config.json: model must be a JSON object, not str 'abc'"):
+    with pytest.raises(
+        ValueError, match=r"config.json: model must be a JSON object, not str 'abc'"
+    ):
         read_run_config(path)
     path.write_text("{not json")
     with pytest.raises(ValueError, match=r"config.json: not valid JSON"):

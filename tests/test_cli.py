@@ -622,7 +622,9 @@ def test_latent_and_generate_refuse_an_output_format_they_cannot_write(run, tmp_
     assert "a figure is written as .png, .pdf, .svg, not .txt" in msg
     assert not (tmp_path / "m.txt").exists() and not (tmp_path / "c.csv").exists()
     z = ",".join(["0"] * 8)
-    msg = assert_one_line_error(*run_cli("generate", str(run_dir), "--z", z, "--out", str(tmp_path / "g.pdf")))
+    msg = assert_one_line_error(
+        *run_cli("generate", str(run_dir), "--z", z, "--out", str(tmp_path / "g.pdf"))
+    )
     assert "the decoded image is written as .png" in msg
     rc, _, err = run_cli("latent", str(run_dir), "--out", str(tmp_path / "m.pdf"))
     assert rc == 0, err

@@ -454,7 +454,9 @@ def test_folder_formats_and_labels(tmp_path, make_images, write_image_folder, fm
         assert np.abs(x.astype(int) - imgs.numpy().astype(int)).mean() < 12
 
 
-def test_folder_grey_stored_as_rgb_is_one_channel_unless_forced(tmp_path, make_images, write_image_folder):
+def test_folder_grey_stored_as_rgb_is_one_channel_unless_forced(
+    tmp_path, make_images, write_image_folder
+):
     grey = make_images(4, 1, 16, seed=2)
     write_image_folder(tmp_path / "g", grey.repeat(1, 3, 1, 1), None, "png")  # RGB files, R = G = B
     x, _, _ = read_folder(tmp_path / "g")
@@ -467,7 +469,9 @@ def test_folder_grey_stored_as_rgb_is_one_channel_unless_forced(tmp_path, make_i
     from convae.data import _luma
 
     rgb = make_images(3, 3, 16, seed=5).numpy()  # the luma matches Pillow's convert("L") exactly
-    want = np.stack([np.asarray(Image.fromarray(a.transpose(1, 2, 0)).convert("L"))[None] for a in rgb])
+    want = np.stack(
+        [np.asarray(Image.fromarray(a.transpose(1, 2, 0)).convert("L"))[None] for a in rgb]
+    )
     np.testing.assert_array_equal(_luma(rgb), want)
     colour = grey.repeat(1, 3, 1, 1).clone()
     colour[-1, 0] = 255 - colour[-1, 0]  # one image with colour in it: the folder stays RGB

@@ -493,7 +493,12 @@ def test_figures_follow_the_suffix_and_unknown_ones_are_refused(tmp_path):
 
     fig = Figure()
     fig.add_subplot().plot([0, 1])
-    for name, magic in (("a.png", b"\x89PNG"), ("a.pdf", b"%PDF"), ("a.svg", b"<?xml"), ("a", b"\x89PNG")):
+    for name, magic in (
+        ("a.png", b"\x89PNG"),
+        ("a.pdf", b"%PDF"),
+        ("a.svg", b"<?xml"),
+        ("a", b"\x89PNG"),
+    ):
         save_figure(fig, tmp_path / name)
         assert (tmp_path / name).read_bytes().startswith(magic), name
     with pytest.raises(ValueError, match=r"a figure is written as .png, .pdf, .svg, not .txt"):

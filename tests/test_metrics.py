@@ -35,9 +35,16 @@ def test_ssim_matches_scikit_image_and_its_map(c, s):
     got = ssim_per_image(x, y)
     small = s < 11
     for i in range(3):
-        want = structural_similarity(x[i].numpy(), y[i].numpy(), data_range=1.0, channel_axis=0,
-                                     gaussian_weights=not small, sigma=1.5, use_sample_covariance=small,
-                                     win_size=7 if small else None)
+        want = structural_similarity(
+            x[i].numpy(),
+            y[i].numpy(),
+            data_range=1.0,
+            channel_axis=0,
+            gaussian_weights=not small,
+            sigma=1.5,
+            use_sample_covariance=small,
+            win_size=7 if small else None,
+        )
         assert got[i] == pytest.approx(want, abs=1e-6)
     maps = ssim_maps(x, y)
     assert maps.shape == (3, s, s) and maps.dtype == np.float32

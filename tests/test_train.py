@@ -424,7 +424,9 @@ def test_default_recipe_comes_from_the_architecture(make_images):
     assert default_recipe("convae")["optimizer"] == "muon"
     strided = resolve_config(RunConfig(model=ModelConfig(arch="seed-strided"))).train
     keys = ("epochs", "optimizer", "lr", "warmup", "batch_size")
-    assert tuple(getattr(strided, k) for k in keys) == tuple(default_recipe("seed-strided").values())
+    assert tuple(getattr(strided, k) for k in keys) == tuple(
+        default_recipe("seed-strided").values()
+    )
     # measured for it (docs/benchmarks.md, "Session 7")
     assert (strided.epochs, strided.lr, strided.warmup, strided.batch_size) == (9, 1.5e-2, 0.02, 64)
     assert resolve_config(RunConfig()).train.epochs == 10

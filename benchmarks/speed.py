@@ -171,11 +171,12 @@ def job_convae(arch: str, latent: int, epochs: int | None, seed: int, target: fl
     fit_seconds = sum(r["seconds"] for r in hist)
     reach = next((t for t, m in curve if target is not None and m <= target), None)
     n_train = 3600
+    recipe_used = resolve_recipe(cfg.train, arch)
     return {"seconds": total, "fit_seconds": fit_seconds, "test_mse": metrics["mse"],
             "time_to_target": reach, "curve": curve, "epochs": len(hist),
             "images_per_s": len(hist) * n_train / fit_seconds, "peak_mb": _peak_mb(),
             "threads": torch.get_num_threads(), "startup_seconds": startup,
-            "recipe": {**{k: getattr(resolve_recipe(cfg.train, arch), k)
+            "recipe": {**{k: getattr(recipe_used, k)
                           for k in ("epochs", "optimizer", "batch_size", "lr", "warmup", "precision")},
                        "mean_image": cfg.model.mean_image}}
 

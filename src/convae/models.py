@@ -37,7 +37,8 @@ __all__ = [
 # The 1x1-code layers of the seed models, as the matrix products they are.
 
 
-def _channels_last(t: Tensor) -> bool:
+def is_channels_last(t: Tensor) -> bool:
+    """A 4-D tensor laid out channels-last (and not also contiguous, as 1-channel ones are)."""
     return (
         t.dim() == 4
         and not t.is_contiguous()
@@ -62,7 +63,7 @@ class CodeConv2d(nn.Conv2d):
         if x.dim() != 4 or tuple(x.shape[-2:]) != self.kernel_size:
             return super().forward(x)
         w = self.weight
-        if _channels_last(x) or _channels_last(w):  # [B, k, k, in] order, a view of both
+        if is_channels_last(x) or is_channels_last(w):  # [B, k, k, in] order, a view of both
             xm, wm = x.permute(0, 2, 3, 1), w.permute(0, 2, 3, 1)
         else:
             xm, wm = x, w
@@ -87,7 +88,7 @@ class CodeConvTranspose2d(nn.ConvTranspose2d):
         w = self.weight  # [in, out, k, k]
         i, o, kh, kw = w.shape
         z = x.reshape(len(x), i)
-        if _channels_last(w):
+        if is_channels_last(w):
             wm, b = w.permute(0, 2, 3, 1).reshape(i, -1), self.bias  # columns (h, w, out)
             b = b.repeat(kh * kw) if b is not None else None
         else:
@@ -96,7 +97,7 @@ class CodeConvTranspose2d(nn.ConvTranspose2d):
         y = torch.addmm(b, z, wm) if b is not None else z @ wm
         # A view of the product would make the in-place ReLU that follows cost two copies and a
         # mismatched-layout backward; an own tensor is one small copy.
-        if _channels_last(w):
+        if is_channels_last(w):
             return (
                 y.view(len(x), kh, kw, o)
                 .permute(0, 3, 1, 2)

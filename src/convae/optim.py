@@ -25,6 +25,7 @@ from torch import Tensor
 from torch.optim.adamw import adamw
 
 from .config import OPTIMIZERS, TrainConfig
+from .models import is_channels_last
 
 # Quintic Newton-Schulz coefficients from Keller Jordan's Muon: they push all singular values of
 # the normalized update into ~[0.7, 1.2] in five iterations, which is all Muon needs.
@@ -168,12 +169,7 @@ class _MuonLayout:
 
     @staticmethod
     def build(params: list[Tensor]) -> _MuonLayout:
-        last = [
-            p.dim() == 4
-            and not p.is_contiguous()
-            and p.is_contiguous(memory_format=torch.channels_last)
-            for p in params
-        ]
+        last = [is_channels_last(p) for p in params]
         shapes = [(p.size(0), p[0].numel()) for p in params]
         wide = [(min(r, c), max(r, c)) for r, c in shapes]
         device = params[0].device

@@ -40,7 +40,6 @@ from .data import load_split
 from .metrics import summarize
 from .models import (
     AutoEncoder,
-    available,
     build_model,
     cpu_bf16,
     default_latent_dim,
@@ -117,11 +116,7 @@ def resolve_precision(
     # auto
     if device.type == "cuda":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    if (
-        device.type == "cpu"
-        and bf16_is_fast(device)
-        and (arch not in available() or cpu_bf16(arch))
-    ):
+    if device.type == "cpu" and bf16_is_fast(device) and (arch is None or cpu_bf16(arch)):
         return torch.bfloat16
     return None
 
@@ -633,6 +628,8 @@ def train(
                 f"{out}: not a run directory (no config.json) - nothing to resume"
             )
         cfg = read_run_config(out / "config.json")
+        # a hand-edited config.json may hold nulls, which mean the architecture's recipe
+        cfg = replace(cfg, train=resolve_recipe(cfg.train, cfg.model.arch))
     else:
         cfg = cfg or RunConfig()
         out = Path(out) if out is not None else default_run_dir(cfg)
@@ -659,8 +656,7 @@ def train(
         torch.manual_seed(cfg.train.seed)  # identical init on every rank and every run
         model = build_model(cfg.model)
     # The user's mistakes in the training flags surface before anything is logged or written.
-    # (resolved: a resumed run's hand-edited config.json may hold nulls, which mean the defaults)
-    _validate_train_cfg(resolve_recipe(cfg.train, cfg.model.arch))
+    _validate_train_cfg(cfg.train)
     resolve_precision(cfg.train.precision, dev)
     _loss_fn(cfg.train.loss, model.sigmoid_output)
     model.to(dev)

@@ -4,7 +4,7 @@ One torchrun launch (module fixture) runs five jobs through tests/ddp_worker.py,
 CLI with every rank's final state and history dumped to disk:
 
 * ``bn``: the default ``convae`` architecture (BatchNorm), 2 processes x 16 images;
-* ``plain``: ``seed-strided`` (no normalization) with AdamW, to compare with one process exactly;
+* ``plain``: ``seed-strided`` (no normalization, its default Muon), to compare with one process;
 * ``resumed``: ``bn`` again, crashed on purpose after epoch 1, then continued with ``--resume``;
 * ``frozen``: a learning rate too small to move a float32 weight, so the validation loss cannot
   improve and ``--patience 1`` must stop every rank after epoch 2 of 3.
@@ -34,9 +34,8 @@ from convae.train import evaluate
 WORKER = Path(__file__).with_name("ddp_worker.py")
 # 360 training digits (all ones), 11 steps of 2 x 16 images per epoch, a narrow model.
 DATA = ["--classes", "1", "--epochs", "2", "--width", "8", "--precision", "fp32", "-q", "--json"]
-# AdamW, not the arch's Muon: Muon orthogonalizes its update, which lifts the gradient's weakest
-# directions - where the two runs' different float summation orders live - to full size, so
-# after 22 steps the weights differ by ~1e-2 although every step computed the same thing.
+# seed-strided keeps its default optimizer, Muon: test_matches_one_process_with_the_same_global_batch
+# says why its weights are compared through outputs and losses.
 PLAIN = ["--arch", "seed-strided"]
 FROZEN = [
     "--norm",

@@ -37,8 +37,9 @@ from safetensors.torch import load_file, save_file
 from convae import codec as C
 from convae.config import ModelConfig, RunConfig, TrainConfig
 from convae.data import load_dataset
+from convae.inference import evaluate
 from convae.models import build_model
-from convae.train import evaluate, fit
+from convae.train import fit
 
 # (model overrides, train overrides): the candidates compared in docs/codec.md. The dense
 # bottleneck (`convae`) tops out near 27.3 dB on the 1,000 test digits; the code map
@@ -209,7 +210,7 @@ def _timing(args: argparse.Namespace, out: Path, train_x, test_x) -> None:
 def _gap(args: argparse.Namespace, out: Path, train_x, test_x) -> None:
     """Generalization of each candidate: float-latent PSNR on the train and the test split; for a
     code map, the spread (std over the training digits) of its code at each of the 7x7 positions."""
-    from convae.train import to_float
+    from convae.inference import to_float
 
     for i, (m_over, t_over) in enumerate(GRID):
         if args.only and i not in args.only:

@@ -190,7 +190,7 @@ def run_one(row: dict, args, out: Path) -> dict:
 def _resolved(precision: str, device: str) -> str:
     import torch
 
-    from convae.train import resolve_precision
+    from convae.runtime import resolve_precision
 
     dtype = resolve_precision(precision, torch.device(device))
     return "fp32" if dtype is None else str(dtype).replace("torch.", "")

@@ -25,8 +25,10 @@ import torch
 
 from convae.config import ModelConfig, TrainConfig
 from convae.data import load_dataset
+from convae.inference import evaluate
 from convae.models import build_model
-from convae.train import evaluate, fit, resolve_device
+from convae.runtime import resolve_device
+from convae.train import fit
 
 
 def main(argv: list[str] | None = None) -> int:

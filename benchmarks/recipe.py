@@ -20,8 +20,9 @@ import torch
 
 from convae.config import ModelConfig, TrainConfig
 from convae.data import load_dataset
+from convae.inference import evaluate
 from convae.models import build_model
-from convae.train import evaluate, fit
+from convae.train import fit
 
 
 def _bool(v: str) -> bool:

@@ -121,9 +121,11 @@ def job_convae(arch: str, latent: int, epochs: int | None, seed: int, target: fl
     import torch
     import torch._dynamo  # noqa: F401
 
-    from convae.config import ModelConfig, RunConfig, TrainConfig
+    from convae.config import ModelConfig, RunConfig, TrainConfig, recipe_for
     from convae.data import load_dataset
-    from convae.train import auto_threads, evaluate, resolve_recipe, train
+    from convae.inference import evaluate
+    from convae.runtime import auto_threads
+    from convae.train import train
 
     torch.set_num_threads(auto_threads())  # as `convae train` does
     startup = time.perf_counter() - t_import
@@ -171,7 +173,7 @@ def job_convae(arch: str, latent: int, epochs: int | None, seed: int, target: fl
     fit_seconds = sum(r["seconds"] for r in hist)
     reach = next((t for t, m in curve if target is not None and m <= target), None)
     n_train = 3600
-    recipe_used = resolve_recipe(cfg.train, arch)
+    recipe_used = recipe_for(arch).fill(cfg.train)
     return {"seconds": total, "fit_seconds": fit_seconds, "test_mse": metrics["mse"],
             "time_to_target": reach, "curve": curve, "epochs": len(hist),
             "images_per_s": len(hist) * n_train / fit_seconds, "peak_mb": _peak_mb(),
@@ -186,17 +188,17 @@ def job_step(arch: str, latent: int, batch: int, steps: int = 60, rounds: int = 
     import torch
     import torch.nn.functional as F
 
-    from convae.config import ModelConfig, TrainConfig
+    from convae.config import ModelConfig, TrainConfig, recipe_for
     from convae.data import load_dataset
     from convae.models import build_model
     from convae.optim import build_optimizer
-    from convae.train import fit, resolve_recipe
+    from convae.train import fit
 
     tr, _ = load_dataset("mnist-sample", "train")
     xf = tr.float().div(255.0)
     # The hand-written step uses the optimizer of convae's default recipe for the arch (Muon or
     # AdamW), so the ratio measures the loop, not the optimizer; "adamw" rows show what Muon costs.
-    default_opt = resolve_recipe(TrainConfig(), arch).optimizer
+    default_opt = recipe_for(arch).optimizer
     steppers = {}
     for opt_name, amp, cl in itertools.product(dict.fromkeys((default_opt, "adamw")), (False, True), (False, True)):
         torch.manual_seed(0)
@@ -343,8 +345,7 @@ def main() -> int:
 
     import torch
 
-    from convae.config import TrainConfig
-    from convae.train import resolve_recipe
+    from convae.config import recipe_for
 
     report = {"machine": {"cpus": os.cpu_count(), "torch": torch.__version__,
                           "threads": torch.get_num_threads(), "cuda": torch.cuda.is_available()},
@@ -380,7 +381,7 @@ def main() -> int:
                 print(f"{arch} #{rep} variant {recipe}: {var_runs[k][-1]['seconds']:.1f}s mse "
                       f"{var_runs[k][-1]['test_mse']:.5f} reach {var_runs[k][-1]['time_to_target']}",
                       file=sys.stderr, flush=True)
-        batch = resolve_recipe(TrainConfig(), arch).batch_size  # the step at the recipe's batch
+        batch = recipe_for(arch).batch_size  # the step at the recipe's batch
         step = _run_job(["step", arch, str(latent), str(batch)])
         r_sec, c_reach = _median(refs, "seconds"), _median(ours, "time_to_target")
         report["archs"][arch] = {

@@ -11,13 +11,16 @@ import torch
 
 from convae import checkpoint, load
 from convae.checkpoint import (
+    TrainState,
     atomic_write,
     check_run_dir,
+    commit_epoch,
     fingerprint,
-    load_trainer_state,
     load_weights,
     read_json,
-    save_trainer_state,
+    read_state,
+    restore_state,
+    run_lock,
     save_weights,
     write_json,
 )
@@ -141,26 +144,20 @@ def test_save_load_identical_outputs(tmp_path, arch):
         other.load_state_dict(load_weights(tmp_path / "w.safetensors"))
         assert torch.equal(model(x), other(x))
         assert torch.equal(model.encode(x), other.encode(x))
-    assert fingerprint(model.state_dict(), RunConfig(model=cfg)) == fingerprint(
-        other.state_dict(), RunConfig(model=cfg)
-    )
+    assert fingerprint(model.state_dict(), cfg) == fingerprint(other.state_dict(), cfg)
 
 
 def test_fingerprint(make_images):
-    cfg = RunConfig(model=ModelConfig(arch="seed-strided"))
-    model = build_model(cfg.model)
+    cfg = ModelConfig(arch="seed-strided")
+    model = build_model(cfg)
     fp = fingerprint(model.state_dict(), cfg)
     assert isinstance(fp, bytes) and len(fp) == 16
     assert fingerprint(model.state_dict(), cfg) == fp  # stable
     sd = {k: v.clone() for k, v in model.state_dict().items()}
     sd["encoder.0.bias"][0] += 1e-6
     assert fingerprint(sd, cfg) != fp  # any weight change
-    other = RunConfig(model=ModelConfig(arch="seed-strided", latent_dim=12, image_size=28, width=8))
+    other = ModelConfig(arch="seed-strided", latent_dim=12, image_size=28, width=8)
     assert fingerprint(model.state_dict(), other) != fp  # the model config is part of it
-    # the training config is not: the same weights are the same model
-    assert (
-        fingerprint(model.state_dict(), RunConfig(model=cfg.model, train=TrainConfig(lr=1.0))) == fp
-    )
 
 
 def test_load_weights_errors(tmp_path):
@@ -183,22 +180,44 @@ def _stepped_optimizer(model: torch.nn.Module) -> torch.optim.Optimizer:
     return opt
 
 
-def test_trainer_state_roundtrip(tmp_path):
+def _committed(run, model, opt, epochs: int, best_epoch: int | None = None) -> TrainState:
+    """Commit ``epochs`` epochs of a fake history; the best loss is at ``best_epoch``."""
+    state = TrainState()
+    for e in range(1, epochs + 1):
+        loss = 0.1 if e == (best_epoch or e) else 1.0 + e
+        state.record({"epoch": e, "step": 2 * e, "train_loss": loss, "val_loss": loss}, loss, 0)
+        with torch.no_grad():
+            next(model.parameters()).add_(0.01)  # each epoch's weights differ
+        commit_epoch(run, model, opt, state)
+    return state
+
+
+def test_commit_and_restore_roundtrip(tmp_path):
     torch.manual_seed(0)
     model = build_model(ModelConfig(arch="convae", image_size=16, width=4))
     opt = _stepped_optimizer(model)
-    save_trainer_state(
-        tmp_path, opt, {"epoch": 3, "step": 7, "best": 0.25, "history": [{"epoch": 1}]}
-    )
-    opt2 = torch.optim.AdamW(model.parameters(), lr=5.0)
-    info = load_trainer_state(tmp_path, opt2)
-    assert info["epoch"] == 3 and info["step"] == 7 and info["best"] == 0.25
+    _committed(tmp_path, model, opt, 3, best_epoch=2)
+    state, manifest = read_state(tmp_path)
+    assert (state.epoch, state.step, state.best_epoch, state.best) == (3, 6, 2, 0.1)
+    assert sorted(p.name for p in tmp_path.glob("state-*")) == [
+        "state-0002.safetensors",  # the best epoch's, kept while it is older than the last
+        "state-0003.safetensors",
+    ]
+    lines = (tmp_path / "history.jsonl").read_text().splitlines()
+    assert [json.loads(r)["epoch"] for r in lines] == [1, 2, 3]
+    torch.manual_seed(5)
+    fresh = build_model(ModelConfig(arch="convae", image_size=16, width=4))
+    opt2 = torch.optim.AdamW(fresh.parameters(), lr=5.0)
+    restore_state(tmp_path, manifest, fresh, opt2)
+    for (k, a), b in zip(model.state_dict().items(), fresh.state_dict().values(), strict=True):
+        assert torch.equal(a, b), k
     a, b = opt.state_dict(), opt2.state_dict()
     assert a["param_groups"][0]["lr"] == b["param_groups"][0]["lr"] == 1e-2
-    assert a["state"].keys() == b["state"].keys()
     for pid in a["state"]:
         for k, v in a["state"][pid].items():
             assert torch.equal(torch.as_tensor(v), torch.as_tensor(b["state"][pid][k])), (pid, k)
+    best = load_weights(tmp_path / "model.safetensors")  # epoch 2's weights, not the last
+    assert not torch.equal(best["encoder.0.weight"], model.state_dict()["encoder.0.weight"])
 
 
 @pytest.mark.parametrize("optimizer", ["adamw", "muon"])
@@ -228,9 +247,11 @@ def test_restored_state_takes_the_layout_of_channels_last_weights(tmp_path, opti
     m = model()
     opt = opt_for(m)
     steps(m, opt, 3)
-    save_trainer_state(tmp_path, opt, {"epoch": 1})
+    state = TrainState()
+    state.record({"epoch": 1, "step": 3}, 1.0, 0)
+    commit_epoch(tmp_path, m, opt, state)
     resumed = opt_for(m)
-    load_trainer_state(tmp_path, resumed)
+    restore_state(tmp_path, read_state(tmp_path)[1], m, resumed)
     for p in m.parameters():
         for v in resumed.state[p].values():
             if isinstance(v, torch.Tensor) and v.shape == p.shape:
@@ -240,19 +261,61 @@ def test_restored_state_takes_the_layout_of_channels_last_weights(tmp_path, opti
         torch.testing.assert_close(a, b, rtol=0, atol=0)
 
 
-def test_trainer_state_mismatch_and_corruption(tmp_path):
+def test_a_kill_between_the_writes_leaves_the_last_commit(tmp_path):
     torch.manual_seed(0)
     model = build_model(ModelConfig(arch="seed-strided", image_size=16))
     opt = _stepped_optimizer(model)
-    save_trainer_state(tmp_path, opt, {"epoch": 1})
-    stale = (tmp_path / "trainer.safetensors").read_bytes()
-    save_trainer_state(tmp_path, opt, {"epoch": 2})
-    (tmp_path / "trainer.safetensors").write_bytes(stale)  # a crash between the two writes
-    with pytest.raises(ValueError, match="do not match"):
-        load_trainer_state(tmp_path, opt)
-    (tmp_path / "trainer.safetensors").write_bytes(b"garbage")
+    _committed(tmp_path, model, opt, 2)
+    committed = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    # killed after writing epoch 3's state file, before trainer.json named it
+    (tmp_path / "state-0003.safetensors").write_bytes(b"half")
+    (tmp_path / ".convae-abc.tmp").write_bytes(b"temp")
+    state, manifest = read_state(tmp_path)
+    assert state.epoch == 2 and manifest["state_file"] == "state-0002.safetensors"
+    # killed after trainer.json, before model.safetensors and history.jsonl were derived
+    (tmp_path / "model.safetensors").write_bytes(b"stale")
+    (tmp_path / "history.jsonl").write_text("")
+    from convae.checkpoint import reconcile
+
+    reconcile(tmp_path, manifest)
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == committed
+
+
+def test_a_damaged_state_is_one_clear_error(tmp_path):
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(arch="seed-strided", image_size=16))
+    opt = _stepped_optimizer(model)
+    assert read_state(tmp_path) is None  # nothing committed yet
+    _committed(tmp_path, model, opt, 1)
+    (tmp_path / "state-0001.safetensors").write_bytes(b"garbage")
     with pytest.raises(ValueError, match="corrupt"):
-        load_trainer_state(tmp_path, opt)
+        restore_state(tmp_path, read_state(tmp_path)[1], model, opt)
+    (tmp_path / "state-0001.safetensors").unlink()
+    with pytest.raises(FileNotFoundError, match="named by trainer.json"):
+        read_state(tmp_path)
+    (tmp_path / "trainer.json").write_text('{"epoch": 3}')
+    with pytest.raises(ValueError, match="not a training state this convae can resume"):
+        read_state(tmp_path)
+    other = build_model(ModelConfig(arch="seed-strided", image_size=16, latent_dim=5))
+    _committed(tmp_path, model, opt, 1)
+    with pytest.raises(ValueError, match=r"encoder.4.weight is \[12, 32, 4, 4\] in the file, \[5, 32, 4, 4\] in the model"):
+        restore_state(tmp_path, read_state(tmp_path)[1], other, opt)
+
+
+def test_one_writer_per_run(tmp_path):
+    with run_lock(tmp_path):
+        with pytest.raises(FileExistsError, match=f"another convae process \\(PID {os.getpid()}"):
+            with run_lock(tmp_path):
+                pass
+    with run_lock(tmp_path):  # released when the holder is done
+        pass
+    (tmp_path / "elsewhere").write_text("x")
+    (tmp_path / "link").mkdir()
+    os.symlink(tmp_path / "elsewhere", tmp_path / "link" / ".lock")
+    with pytest.raises(ValueError, match="symlink"):
+        with run_lock(tmp_path / "link"):
+            pass
+    assert (tmp_path / "elsewhere").read_text() == "x"
 
 
 def test_check_run_dir(tmp_path):

@@ -96,8 +96,8 @@ def test_train_json_line(run):
 def test_run_directory_contents(run):
     d, res = run
     names = {p.name for p in d.iterdir()}
-    assert {"config.json", "model.safetensors", "last.safetensors", "history.jsonl", "metrics.json",
-            "loss.png", "reconstructions.png", "trainer.json", "trainer.safetensors"} <= names  # fmt: skip
+    assert {"config.json", "model.safetensors", "state-0001.safetensors", "history.jsonl",
+            "metrics.json", "loss.png", "reconstructions.png", "trainer.json"} == names  # fmt: skip
     assert not [n for n in names if n.startswith(".")]  # no temp files left by atomic writes
 
     cfg = json.loads((d / "config.json").read_text())
@@ -106,7 +106,6 @@ def test_run_directory_contents(run):
     assert cfg["model"] == {**cfg["model"], "arch": "convae", "width": 4, "latent_dim": 8, "channels": 1,
                             "image_size": 28}  # fmt: skip
     assert cfg["data"]["spec"] == "mnist-sample" and cfg["data"]["classes"] == [1, 7]
-    assert cfg["data"]["normalization"] == "unit"
     assert (
         cfg["train"]["seed"] == 0
         and cfg["train"]["epochs"] == 1
@@ -128,7 +127,9 @@ def test_run_directory_contents(run):
     w, h = _png_ok(d / "reconstructions.png")
     assert w > 2 * h  # a row of 10 inputs above a row of 10 reconstructions
 
-    best, last = load_file(d / "model.safetensors"), load_file(d / "last.safetensors")
+    best = load_file(d / "model.safetensors")
+    last = {k[len("model.") :]: v for k, v in load_file(d / "state-0001.safetensors").items()
+            if k.startswith("model.")}  # fmt: skip
     model = convae.load(d)
     assert best.keys() == last.keys() == model.state_dict().keys()
 
@@ -425,7 +426,7 @@ def test_interrupted_run_resumes_exactly(tmp_path, monkeypatch):
     rc, out, err = run_cli("train", "--resume", "--out", tmp_path / "cut", "--device", "cpu")
     assert rc == 0, err
     assert "run directory" in out
-    for name in ("model.safetensors", "last.safetensors"):
+    for name in ("model.safetensors", "state-0002.safetensors"):
         assert (tmp_path / "full" / name).read_bytes() == (tmp_path / "cut" / name).read_bytes(), (
             name
         )
@@ -439,18 +440,18 @@ def test_interrupted_run_resumes_exactly(tmp_path, monkeypatch):
 
 def test_nan_loss_stops_with_a_clear_error(tmp_path, monkeypatch):
     saved = {}
-    real_save = train_mod.save_trainer_state
+    real_commit = train_mod.commit_epoch
     real_loss_fn = train_mod._loss_fn
 
-    def save_then_remember(run_dir, opt, info):  # after epoch 1 is safely on disk ...
-        real_save(run_dir, opt, info)
+    def save_then_remember(run_dir, model, opt, state):  # after epoch 1 is safely on disk ...
+        real_commit(run_dir, model, opt, state)
         saved["model"] = (Path(run_dir) / "model.safetensors").read_bytes()
 
     def loss_fn(name, sigmoid_output):  # ... every later loss is NaN
         f = real_loss_fn(name, sigmoid_output)
         return lambda y, x: f(y, x) * (float("nan") if saved else 1.0)
 
-    monkeypatch.setattr(train_mod, "save_trainer_state", save_then_remember)
+    monkeypatch.setattr(train_mod, "commit_epoch", save_then_remember)
     monkeypatch.setattr(train_mod, "_loss_fn", loss_fn)
     out_dir = tmp_path / "run"
     line = assert_one_line_error(

@@ -449,10 +449,10 @@ def test_cli_decode_without_recorded_run_needs_model(codec_run, test_x, tmp_path
     assert not (tmp_path / "dec").exists()
 
 
-def test_principal_axes_decorrelate_and_invert():
+def testprincipal_axes_decorrelate_and_invert():
     g = torch.Generator().manual_seed(0)
     y = torch.randn(500, 6, generator=g) @ torch.randn(6, 6, generator=g)  # correlated codes
-    mean, basis = C._principal_axes(y)
+    mean, basis = C.principal_axes(y)
     assert np.allclose(basis @ basis.T, np.eye(6), atol=1e-5)
     lv = C.Level(
         0.01,

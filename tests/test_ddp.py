@@ -26,6 +26,7 @@ import torch
 from safetensors.torch import load_file
 
 import convae
+from convae.checkpoint import last_weights
 from convae.cli import main
 from convae.data import load_split
 from convae.models import build_model
@@ -125,14 +126,14 @@ def _max_diff(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
 def test_every_rank_holds_the_same_weights_and_buffers(ddp, job):
     r0 = load_file(ddp / f"dump-{job}" / "rank0.safetensors")
     r1 = load_file(ddp / f"dump-{job}" / "rank1.safetensors")
-    saved = load_file(ddp / job / "last.safetensors")  # what rank 0 wrote
+    saved = last_weights(ddp / job)  # what rank 0 wrote
     assert r0.keys() == r1.keys() == saved.keys()
     if job in ("bn", "resumed"):  # BatchNorm running statistics are part of what must agree
         assert any(k.endswith("running_var") for k in r0)
     for k in r0:
         assert torch.equal(r0[k], r1[k]), f"{job}: ranks differ in {k}"
         assert torch.equal(r0[k], saved[k]), (
-            f"{job}: last.safetensors differs from the ranks in {k}"
+            f"{job}: the last committed epoch differs from the ranks in {k}"
         )
 
 
@@ -209,7 +210,7 @@ def test_matches_one_process_with_the_same_global_batch(ddp, single):
 
 def test_resume_under_torchrun_replays_the_uninterrupted_run(ddp):
     resumed, whole = ddp / "resumed", ddp / "bn"
-    a, b = load_file(resumed / "last.safetensors"), load_file(whole / "last.safetensors")
+    a, b = last_weights(resumed), last_weights(whole)
     assert _max_diff(a, b) < 1e-6
     assert [r["val_loss"] for r in _history(resumed)] == pytest.approx(
         [r["val_loss"] for r in _history(whole)]

@@ -437,23 +437,6 @@ def test_sweep_command(tmp_path, capsys):
     assert "another recipe" in capsys.readouterr().err
 
 
-def test_same_recipe_compares_what_is_built():
-    from dataclasses import replace
-
-    from convae.config import ModelConfig, RunConfig
-    from convae.train import resolve_config
-
-    def cfg(**m):
-        return resolve_config(RunConfig(model=ModelConfig(**m)))
-
-    k16, k32 = cfg(arch="seed-keras2d", width=16), cfg(arch="seed-keras2d", width=32)
-    assert latent.same_recipe(k16, k32)  # the seed models ignore width: the same network
-    assert not latent.same_recipe(cfg(arch="convae", width=4), cfg(arch="convae", width=8))
-    assert not latent.same_recipe(k16, cfg(arch="seed-keras2d", latent_dim=3))
-    assert not latent.same_recipe(k16, replace(k16, train=replace(k16.train, epochs=3)))
-    assert not latent.same_recipe(k16, replace(k16, data=replace(k16.data, classes=(1,))))
-
-
 def test_sweep_refuses_a_size_the_architecture_cannot_take(tmp_path, capsys):
     # seed-pool keeps a 7x7 map: 10 is no multiple of 49; nothing is trained before the error
     argv = [

@@ -186,9 +186,9 @@ def test_register_duplicate_raises():
 @pytest.fixture
 def scratch_registry(monkeypatch):
     """Registry dicts copied for the test, so a test architecture never leaks into the others."""
-    monkeypatch.setattr(models, "_REGISTRY", dict(models._REGISTRY))
-    monkeypatch.setattr(models, "_DEFAULT_LATENT", dict(models._DEFAULT_LATENT))
-    monkeypatch.setattr(models, "_DESCRIPTIONS", dict(models._DESCRIPTIONS))
+    from convae.models import core
+
+    monkeypatch.setattr(core, "_REGISTRY", dict(core._REGISTRY))
 
 
 def test_register_new_architecture(scratch_registry):
@@ -215,7 +215,7 @@ def test_register_new_architecture(scratch_registry):
 def test_register_without_description_or_docstring(scratch_registry):
     @register("test-nodoc", lambda cfg: 12)
     def nodoc(cfg):
-        return models.seed_strided(cfg)
+        return models.seeds.seed_strided(cfg)
 
     assert "test-nodoc" in available()
     assert build_model(ModelConfig(arch="test-nodoc")).latent_dim == 12

@@ -158,5 +158,5 @@ def test_build_optimizer_splits_matrices_from_biases():
     )
     with pytest.raises(ValueError, match="optimizer must be one of"):
         build_optimizer(params, TrainConfig(optimizer="sgd", lr=1e-2))
-    with pytest.raises(ValueError, match="no learning rate: resolve the recipe first"):
+    with pytest.raises(ValueError, match="no learning rate: fill the recipe first"):
         build_optimizer(params, TrainConfig(optimizer="adamw"))

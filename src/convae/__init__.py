@@ -9,18 +9,19 @@ Public API::
     convae.evaluate(model, x)
 """
 
-__version__ = "0.1.0"
-
-from .config import DataConfig, ModelConfig, RunConfig, TrainConfig  # noqa: E402
-from .data import load_dataset  # noqa: E402
-from .models import AutoEncoder, available, build_model, register, summary  # noqa: E402
-from .train import evaluate, fit, load, reconstruct, train  # noqa: E402
+from .config import DataConfig, ModelConfig, Recipe, RunConfig, TrainConfig
+from .data import load_dataset
+from .inference import evaluate, load, reconstruct
+from .models import AutoEncoder, available, build_model, register, summary
+from .train import fit, train
+from .version import __version__
 
 __all__ = [
     "__version__",
     "AutoEncoder",
     "DataConfig",
     "ModelConfig",
+    "Recipe",
     "RunConfig",
     "TrainConfig",
     "available",

@@ -28,8 +28,9 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -39,8 +40,12 @@ from matplotlib.figure import Figure
 from torch import Tensor
 
 from .checkpoint import fingerprint, read_json, write_json
+from .data import load_split
+from .inference import reconstruct, run_path, to_float
 from .metrics import ssim_maps, ssim_per_image
-from .train import reconstruct, to_float
+from .runs import resolve_config
+from .runtime import resolve_device
+from .train import fit_config
 
 log = logging.getLogger(__name__)
 
@@ -185,7 +190,7 @@ def _dssim_maps(x: Tensor, y: Tensor) -> np.ndarray:
 
 def model_fingerprint(model) -> str:
     """Hex fingerprint of a loaded model's weights and config: ties a detector to its model."""
-    return fingerprint(model.state_dict(), model.run_config).hex()
+    return fingerprint(model.state_dict(), model.config).hex()
 
 
 def threshold_at_fpr(normal_scores: np.ndarray, fpr: float) -> float:
@@ -284,9 +289,7 @@ def ensure_detector(
     validation split (normal images: the data the run was trained on); the result is stored so every
     later command uses the same threshold.
     """
-    from .data import load_split
-
-    run_dir = Path(model.run_dir)
+    run_dir = run_path(model)
     det = load_detector(run_dir)
     fp = model_fingerprint(model)
     reasons = []
@@ -484,16 +487,9 @@ def one_class_benchmark(
     The PCA baseline is fitted on the same training images. ``progress(row)`` gets each class's row.
     Returns per-class rows and means; AUROC/AUPRC in [0, 1].
     """
-    import time
-    from dataclasses import replace
-
-    from .data import load_split
-    from .models import build_model
-    from .train import fit, resolve_config, resolve_device
-
     for s in scores:
         _check_score(s)
-    dev = resolve_device(device) if isinstance(device, str) else device
+    dev = resolve_device(device)
     test_x, test_y = load_split(replace(data, classes=None), "test")
     labels = sorted(set(test_y.tolist()))
     classes = list(classes) if classes else labels
@@ -503,21 +499,8 @@ def one_class_benchmark(
         dc = replace(data, classes=(c,))
         train_x, _ = load_split(dc, "train")
         val_x, _ = load_split(dc, "val")
-        cfg = resolve_config(
-            replace(
-                recipe,
-                data=dc,
-                model=replace(
-                    recipe.model, channels=train_x.shape[1], image_size=train_x.shape[-1]
-                ),
-            )
-        )
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(cfg.train.seed)
-            model = build_model(cfg.model)
-        model.to(dev)
-        fit(model, train_x, val_x, cfg.train)
-        model.run_config = cfg
+        cfg = resolve_config(replace(recipe, data=dc), train_x.shape[1], train_x.shape[-1])
+        model, _ = fit_config(cfg, train_x, val_x, device=dev)
         train_s = time.perf_counter() - t0
         is_anom = (test_y != c).numpy()
         recon = reconstruct(model, test_x)

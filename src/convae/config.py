@@ -20,6 +20,9 @@ __all__ = [
     "DataConfig",
     "TrainConfig",
     "RunConfig",
+    "Recipe",
+    "recipe_for",
+    "register_recipe",
     "PRESETS",
     "apply_preset",
     "read_run_config",
@@ -54,10 +57,13 @@ class DataConfig:
     classes: tuple[int, ...] | None = None  # keep only these labels
     channels: int | None = None  # force 1 or 3 channels (folders); None = the dataset's own
     image_size: int | None = None  # resize + centre-crop folders to this side
+    max_side: int | None = None  # folders: shrink images whose longer side is above this
     val_fraction: float = 0.1  # fraction of train carved out (stratified) for validation
     strict: bool = False  # folders: unreadable files are an error instead of skipped
     split_seed: int = 0  # seed of the deterministic train/val split
-    normalization: str = "unit"  # pixels enter the model as uint8 / 255, in [0, 1]
+    split_by: str = "file"  # folders: hold out whole "file"s or whole sub-"folder"s
+    crop: int | None = None  # train on random crop x crop crops (+ flips) of images of any size
+    crops_per_epoch: int | None = None  # crops in an epoch; None = 64 per training image, >= 2048
 
 
 @dataclass(frozen=True)
@@ -76,6 +82,57 @@ class TrainConfig:
     seed: int = 0  # one seed: init, shuffling, noise
     noise: tuple[str, ...] = ()  # input corruptions for denoising, e.g. ("gaussian:0.4",)
     eval_every: int = 1  # validate every N epochs (always on the last)
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """An architecture's default training recipe: what :class:`TrainConfig` fields left ``None``
+    become. Each value is a measured choice (docs/benchmarks.md)."""
+
+    epochs: int = 10
+    batch_size: int = 32
+    optimizer: str = "adamw"
+    lr: float = 1e-2  # peak of the schedule
+    warmup: float = 0.15  # fraction of the steps warming up
+    cpu_bf16: bool = True  # --precision auto trains under bf16 autocast on a CPU with fast bf16
+
+    def __post_init__(self) -> None:
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(
+                f"optimizer must be one of {', '.join(OPTIMIZERS)}, not {self.optimizer!r}"
+            )
+
+    def fill(self, cfg: TrainConfig) -> TrainConfig:
+        """``cfg`` with every field left ``None`` taken from this recipe."""
+        names = ("epochs", "batch_size", "optimizer", "lr", "warmup")
+        over = {k: getattr(self, k) for k in names if getattr(cfg, k) is None}
+        return replace(cfg, **over) if over else cfg
+
+
+_RECIPES: dict[str, Recipe] = {
+    # Muon: without normalization and with a 7x7 conv into a 1x1 code this model needs optimizer
+    # steps, not images; Muon's orthogonalized updates reach the seeds' quality in about half of
+    # AdamW's steps. With its mean image a short, hot schedule gets there soonest; batch 64
+    # because its step is per-operation overhead (an epoch of 64s costs ~0.7x an epoch of 32s);
+    # fp32 because autocast's casts cost more than bf16 saves on convolutions of 1-32 channels.
+    "seed-strided": Recipe(
+        epochs=9, batch_size=64, optimizer="muon", lr=1.5e-2, warmup=0.02, cpu_bf16=False
+    ),
+    "seed-upsample": Recipe(optimizer="muon"),
+    "seed-dense": Recipe(optimizer="muon"),
+    "convae": Recipe(optimizer="muon"),
+    "convae-map": Recipe(optimizer="muon"),
+}
+
+
+def recipe_for(arch: str) -> Recipe:
+    """The default recipe of architecture ``arch`` (:class:`Recipe`'s defaults when it has none)."""
+    return _RECIPES.get(arch, Recipe())
+
+
+def register_recipe(arch: str, recipe: Recipe) -> None:
+    """Give architecture ``arch`` its own default recipe (for architectures users register)."""
+    _RECIPES[arch] = recipe
 
 
 @dataclass(frozen=True)

@@ -660,3 +660,43 @@ def _resize_batch(x: np.ndarray, size: int) -> np.ndarray:
         t, size=(size, size), mode="bilinear", antialias=True, align_corners=False
     )
     return t.round().clamp(0, 255).to(torch.uint8).numpy()
+
+
+class ArrayImages:
+    """A split's images, labels and names, each image read on demand at its own size: the store
+    that whole-image commands and crop training read from (see :class:`convae.sampling.ImageStore`).
+    This one holds images of one size in memory."""
+
+    def __init__(
+        self, x: np.ndarray | torch.Tensor, labels: np.ndarray, names: list[str] | None = None
+    ) -> None:
+        self.x = x.numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
+        self.labels = np.asarray(labels, dtype=np.int64)
+        self.names = names if names is not None else [""] * len(self.x)
+        self.channels = int(self.x.shape[1]) if self.x.ndim == 4 else 1
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        return self.image(i)
+
+    def sizes(self) -> np.ndarray:
+        return np.tile(np.asarray(self.x.shape[-2:], dtype=np.int64), (len(self.x), 1))
+
+    def image(self, i: int) -> torch.Tensor:
+        """uint8 [C, H, W]."""
+        return torch.from_numpy(np.array(self.x[i]))
+
+    def crop(self, i: int, top: int, left: int, h: int, w: int) -> np.ndarray:
+        return self.x[i, :, top : top + h, left : left + w]
+
+    def stacked(self) -> torch.Tensor:
+        """All images as one uint8 tensor [N, C, H, W]."""
+        return torch.from_numpy(np.array(self.x))
+
+
+def load_images(cfg: DataConfig, split: str) -> ArrayImages:
+    """One split of a run's data as an image store (images read one at a time, any size)."""
+    x, y = load_split(cfg, split)
+    return ArrayImages(x, y.numpy())

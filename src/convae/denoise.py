@@ -387,7 +387,7 @@ def benchmark(
     other noise. Returns one dict per level: ``{"noise", "methods": [{"method", "psnr", "ssim",
     "params", "ms_per_image"}...], "examples": {"clean" | "noisy" | method: [show, C, H, W]}}``.
     """
-    from .train import to_float
+    from .inference import to_float
 
     if len(models) != len(levels):
         raise ValueError(f"{len(models)} model(s) for {len(levels)} noise level(s)")
@@ -415,7 +415,7 @@ def benchmark(
             {
                 "method": "convae",
                 **_score(clean, y),
-                "params": {"run": str(getattr(model, "run_dir", ""))},
+                "params": {"run": str(model.run_dir or "")},
                 "ms_per_image": ms,
             }
         )

@@ -25,10 +25,11 @@ from matplotlib.figure import Figure
 from torch import Tensor
 
 from .checkpoint import atomic_write, read_json, write_json
-from .config import RunConfig, read_run_config
-from .models import AutoEncoder, build_model, default_recipe
+from .config import RunConfig, recipe_for
+from .inference import load, reconstruct, to_float
+from .models import AutoEncoder, build_model
 from .plots import to_display
-from .train import load, reconstruct, resolve_config, to_float, train
+from .train import train_or_reuse
 
 log = logging.getLogger(__name__)
 
@@ -45,8 +46,6 @@ __all__ = [
     "checkerboard_energy",
     "write_codes_csv",
     "read_codes_csv",
-    "same_recipe",
-    "train_or_reuse",
     "sweep",
     "sweep_markdown",
     "mosaic",
@@ -289,53 +288,6 @@ def read_codes_csv(path: str | os.PathLike) -> tuple[Tensor, Tensor]:
 _SWEEP_COLUMNS = ("latent_dim", "compression_ratio", "mse", "psnr", "ssim", "train_seconds")
 
 
-def same_recipe(a: RunConfig, b: RunConfig) -> bool:
-    """Do two resolved configs train the same network on the same data with the same recipe?
-
-    Models are compared by what they build (the module tree), so a field an architecture ignores
-    (``width`` for the seed models) does not make two runs differ.
-    """
-    if (a.data, a.train) != (b.data, b.train):
-        return False
-    ma, mb = a.model, b.model
-    if (ma.arch, ma.latent_dim, ma.channels, ma.image_size) != (
-        mb.arch,
-        mb.latent_dim,
-        mb.channels,
-        mb.image_size,
-    ):
-        return False
-    return repr(build_model(ma)) == repr(build_model(mb))
-
-
-def train_or_reuse(
-    cfg: RunConfig,
-    run: str | os.PathLike,
-    *,
-    device: str | torch.device = "auto",
-    progress: Any = None,
-) -> str:
-    """Make sure ``run`` holds a finished training of ``cfg``; return "reused", "resumed" or "trained".
-
-    A finished run of the same recipe is reused and a stopped one resumed; a run of another recipe
-    raises ``FileExistsError`` (nothing is overwritten).
-    """
-    run = Path(run)
-    if (run / "config.json").is_file():
-        stored = read_run_config(run / "config.json")
-        if not same_recipe(stored, resolve_config(cfg)):
-            raise FileExistsError(f"{run} holds a run with another recipe; choose another --out")
-        if (run / "metrics.json").is_file():
-            log.info("reusing the finished run in %s", run)
-            return "reused"
-        if (run / "trainer.json").is_file():
-            log.info("resuming the stopped run in %s", run)
-            train(None, run, resume=True, device=device, progress=progress)
-            return "resumed"
-    train(cfg, run, device=device, progress=progress)
-    return "trained"
-
-
 def sweep(
     base: RunConfig,
     latent_dims: Sequence[int],
@@ -410,7 +362,7 @@ def sweep(
         "arch": base.model.arch,
         "data": base.data.spec,
         "classes": base.data.classes,
-        "epochs": base.train.epochs or default_recipe(base.model.arch)["epochs"],
+        "epochs": base.train.epochs or recipe_for(base.model.arch).epochs,
         "seed": base.train.seed,
         "rows": rows,
     }

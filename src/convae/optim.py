@@ -16,7 +16,7 @@ decay serve both kinds of parameter.
 
 from __future__ import annotations
 
-import functools
+import math
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -123,25 +123,6 @@ def plan_batches(sizes: list[int]) -> list[list[int]]:
         batches[a] = sorted(batches[a] + batches[b])
         del batches[b]
     return batches
-
-
-def bf16_is_fast(device: torch.device) -> bool:
-    """Whether bf16 GEMMs are fast here: CUDA, or a CPU with AVX512-BF16 / AMX."""
-    if device.type == "cuda":
-        return True
-    if device.type != "cpu":
-        return False
-    return _cpu_has_bf16()
-
-
-@functools.cache
-def _cpu_has_bf16() -> bool:
-    try:
-        with open("/proc/cpuinfo") as f:
-            flags = f.read()
-        return "avx512_bf16" in flags or "amx_bf16" in flags
-    except OSError:
-        return False
 
 
 @dataclass(frozen=True)
@@ -361,8 +342,8 @@ def _dense(p: Tensor) -> bool:
 
 def build_optimizer(params: list[Tensor], cfg: TrainConfig) -> torch.optim.Optimizer:
     """The optimizer ``cfg.optimizer`` names, at peak lr ``cfg.lr`` (the schedule sets it per step)."""
-    if cfg.lr is None:  # the architecture decides it: convae.train.resolve_recipe fills it in
-        raise ValueError("no learning rate: resolve the recipe first (convae.train.resolve_recipe)")
+    if cfg.lr is None:  # the architecture decides it: Recipe.fill puts it in
+        raise ValueError("no learning rate: fill the recipe first (convae.config.Recipe.fill)")
     fused = _fusable(params) or None  # None: torch picks (a for-loop on the CPU, foreach on CUDA)
     if cfg.optimizer == "adamw":
         return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=fused)
@@ -376,3 +357,25 @@ def build_optimizer(params: list[Tensor], cfg: TrainConfig) -> torch.optim.Optim
         groups = [g for g in groups if g["params"]]
         return Muon(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
     raise ValueError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, not {cfg.optimizer!r}")
+
+
+SCHEDULES = ("onecycle", "cosine", "constant")
+
+
+def lr_at(
+    step: int, total: int, peak: float, schedule: str = "onecycle", warmup: float = 0.15
+) -> float:
+    """The learning rate at ``step`` of ``total``: a pure function, so resuming needs no state.
+
+    ``onecycle``: linear warm-up from peak/25 over the first ``warmup`` fraction of the steps, then
+    cosine decay to peak/1e4. ``cosine``: the same from and to 0. ``constant``: ``peak``.
+    """
+    if schedule == "constant" or total <= 1:
+        return peak
+    warm = max(1, int(warmup * total))
+    if step < warm:
+        start = peak / 25 if schedule == "onecycle" else 0.0
+        return start + (peak - start) * step / warm
+    t = (step - warm) / max(1, total - warm)
+    floor = peak / 1e4 if schedule == "onecycle" else 0.0
+    return floor + (peak - floor) * 0.5 * (1 + math.cos(math.pi * min(1.0, t)))

@@ -77,7 +77,8 @@ def image_grid_figure(
     titles: Sequence[str] | None = None,
     scale: float = 1.2,
 ) -> Figure:
-    """A grid: one row per tensor [K, C, H, W] (all with the same K), optional row labels."""
+    """A grid: one row per sequence of images [C, H, W] (a tensor [K, C, H, W] is one), each image
+    at its own size; optional row labels."""
     nrows, ncols = len(rows), max(len(r) for r in rows)
     fig = Figure(figsize=(scale * ncols, scale * nrows + 0.3))
     axes = fig.subplots(nrows, ncols, squeeze=False)
@@ -102,7 +103,9 @@ def image_grid_figure(
 
 
 def reconstruction_figure(
-    inputs: torch.Tensor, outputs: torch.Tensor, noisy: torch.Tensor | None = None
+    inputs: Sequence[torch.Tensor],
+    outputs: Sequence[torch.Tensor],
+    noisy: Sequence[torch.Tensor] | None = None,
 ) -> Figure:
     """Inputs above their reconstructions (and the noisy inputs between, when denoising)."""
     if noisy is None:

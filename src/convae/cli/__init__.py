@@ -47,7 +47,7 @@ _BENCHES: list = [_bench_codec_parser, _bench_denoise_parser, _bench_anomaly_par
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .. import __version__
+    from ..version import __version__
 
     parser = _Parser(
         prog="convae",

@@ -103,7 +103,7 @@ def _anomaly_parser(sub) -> None:
 
 def cmd_anomaly(args: argparse.Namespace) -> int:
     from ..anomaly import ensure_detector
-    from ..train import load
+    from ..inference import load
 
     if args.inputs and args.data:
         raise ValueError("give image files/folders or --data SPEC, not both")
@@ -196,8 +196,8 @@ def _anomaly_outputs(model, det, x, names: list[str], titles: list[str], args, o
     returns (scores, flags, files)."""
     from ..anomaly import heatmap_figure, score_images
     from ..checkpoint import atomic_write
+    from ..inference import reconstruct, to_float
     from ..plots import save_figure
-    from ..train import reconstruct, to_float
 
     recon = reconstruct(model, x)
     scores = score_images(model, x, det, recon=recon)

@@ -111,7 +111,7 @@ def set_threads(args: argparse.Namespace) -> int:
     """Apply ``--threads`` or :func:`convae.train.auto_threads` (never oversubscribe a busy CPU)."""
     import torch
 
-    from ..train import auto_threads
+    from ..runtime import auto_threads
 
     torch.set_num_threads(args.threads or auto_threads())
     return torch.get_num_threads()

@@ -67,8 +67,8 @@ def cmd_denoise(args: argparse.Namespace) -> int:
 
     from ..data import write_png
     from ..denoise import denoise_images, mean_psnr, read_images
+    from ..inference import load
     from ..noise import corrupt
-    from ..train import load
 
     check_out_folder(args.out)
     model = load(args.run, args.device)
@@ -204,8 +204,9 @@ def cmd_bench_denoise(args: argparse.Namespace) -> int:
     from ..checkpoint import write_json
     from ..data import load_split
     from ..denoise import benchmark, comparison_figure, level_name, parse_levels, train_denoiser
+    from ..inference import load
     from ..plots import save_figure
-    from ..train import load, resolve_device
+    from ..runtime import resolve_device
 
     t_start = time.perf_counter()
     if args.out:

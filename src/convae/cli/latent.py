@@ -84,9 +84,9 @@ def _latent_parser(sub) -> None:
 
 
 def cmd_latent(args: argparse.Namespace) -> int:
+    from ..inference import load
     from ..latent import latent_map_figure, project, silhouette, write_codes_csv
     from ..plots import figure_format, save_figure
-    from ..train import load
 
     check_out_file(args.out, run_inputs(args.run))
     figure_format(args.out)
@@ -167,6 +167,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     import torch
 
     from ..data import write_png
+    from ..inference import load
     from ..latent import (
         code_range,
         decode_codes,
@@ -178,7 +179,6 @@ def cmd_generate(args: argparse.Namespace) -> int:
         project,
     )
     from ..plots import figure_format, save_figure, to_display
-    from ..train import load
 
     check_out_file(args.out, run_inputs(args.run))
     if (
@@ -293,9 +293,9 @@ def _interpolate_parser(sub) -> None:
 
 def cmd_interpolate(args: argparse.Namespace) -> int:
     from ..data import read_image_files, write_png
+    from ..inference import load, to_float
     from ..latent import decode_codes, encode_images, interpolate_codes, interpolation_figure
     from ..plots import figure_format, save_figure
-    from ..train import load, to_float
 
     for f in (args.a, args.b):
         if not Path(f).is_file():

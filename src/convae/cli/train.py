@@ -138,42 +138,6 @@ def build_run_config(args: argparse.Namespace):
     return replace(cfg, model=replace(cfg.model, **m), train=replace(cfg.train, **t), data=data)
 
 
-def _init_distributed(device: str = "auto"):
-    """Start the process group under torchrun (WORLD_SIZE > 1): nccl on CUDA, gloo on CPU.
-
-    Returns (rank, world, the device of this process or None when not distributed). Each process
-    takes the GPU of its LOCAL_RANK; ``--device cpu`` keeps a CUDA machine on gloo.
-    """
-    import torch
-    import torch.distributed as dist
-
-    world = (
-        dist.get_world_size() if dist.is_initialized() else int(os.environ.get("WORLD_SIZE", "1"))
-    )
-    if world <= 1:
-        return 0, 1, None
-    from ..train import resolve_device
-
-    # resolve_device also rejects unknown or unavailable devices
-    if resolve_device(device).type == "mps" and device != "auto":
-        raise ValueError("distributed training runs on cuda or cpu, not mps; pass --device cpu")
-    local = int(os.environ.get("LOCAL_RANK", "0"))
-    if device.startswith("cuda") or (device == "auto" and torch.cuda.is_available()):
-        gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
-        if local >= gpus:
-            raise ValueError(
-                f"process {local} of this node has no GPU ({gpus} found); start at most "
-                f"--nproc_per_node={gpus} processes per node, or pass --device cpu"
-            )
-        torch.cuda.set_device(local)
-        dev, backend = torch.device("cuda", local), "nccl"
-    else:
-        dev, backend = torch.device("cpu"), "gloo"
-    if not dist.is_initialized():  # else: the caller's own group (main() called from a DDP script)
-        dist.init_process_group(backend)
-    return dist.get_rank(), world, dev
-
-
 # Flags that define a run; with --resume the run's own config.json decides them.
 _DATA_FLAGS = ("data", "data_dir", "classes", "channels", "image_size", "strict", "val_fraction")
 _RUN_FLAGS = (*_DATA_FLAGS, *_MODEL_FLAGS, "preset", *_TRAIN_FLAGS, "noise")
@@ -181,19 +145,18 @@ _RUN_FLAGS = (*_DATA_FLAGS, *_MODEL_FLAGS, "preset", *_TRAIN_FLAGS, "noise")
 
 def cmd_train(args: argparse.Namespace) -> int:
     import torch
-    import torch.distributed as dist
 
+    from .. import distributed
     from ..train import train
 
     if args.out:  # before threads, torchrun or data: a file in the way is the user's mistake
         check_out_folder(args.out)
     set_threads(args)
     log.debug("torch CPU threads: %d", torch.get_num_threads())
-    owned = not dist.is_initialized()  # a group we start, we also end
-    rank, world, ddp_device = _init_distributed(args.device)
-    if rank != 0:  # one voice: the other ranks only warn
-        log.setLevel(logging.WARNING)
-    try:
+    with distributed.process_group(args.device) as device:
+        rank, world = distributed.world()
+        if rank != 0:  # one voice: the other ranks only warn
+            log.setLevel(logging.WARNING)
         if args.resume:
             if not args.out:
                 raise ValueError("--resume needs --out RUN (the run directory to continue)")
@@ -215,15 +178,11 @@ def cmd_train(args: argparse.Namespace) -> int:
             raise ValueError(
                 "under torchrun pass --out DIR so every process agrees on the run directory"
             )
-        device = ddp_device if ddp_device is not None else args.device
         bar = _ProgressBar(enabled=rank == 0 and not args.quiet and not args.json)
         try:
             out = train(cfg, args.out, resume=args.resume, device=device, progress=bar)
         finally:
             bar.close()
-    finally:
-        if world > 1 and owned:
-            dist.destroy_process_group()
     if rank != 0:
         return 0
     metrics = json.loads((Path(out) / "metrics.json").read_text())
@@ -261,7 +220,7 @@ def _eval_parser(sub) -> None:
 
 def cmd_eval(args: argparse.Namespace) -> int:
     from ..data import load_split
-    from ..train import evaluate, load
+    from ..inference import evaluate, load
 
     model = load(args.run, args.device)
     data = data_config_from_args(args, model.run_config.data)
@@ -298,7 +257,7 @@ def _reconstruct_parser(sub) -> None:
 
 def cmd_reconstruct(args: argparse.Namespace) -> int:
     from ..data import read_image_files, write_png
-    from ..train import load, reconstruct
+    from ..inference import load, reconstruct
 
     check_out_folder(args.out)
     model = load(args.run, args.device)
@@ -337,8 +296,8 @@ def _summary_parser(sub) -> None:
 
 def cmd_summary(args: argparse.Namespace) -> int:
     from ..config import ModelConfig
+    from ..inference import load
     from ..models import available, build_model, summary
-    from ..train import load
 
     if args.list or not args.target:
         archs = available()

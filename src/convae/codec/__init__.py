@@ -32,9 +32,8 @@ from .bench import BASELINES as BASELINES
 from .bench import baseline_rd, bytes_at_psnr, codec_rd, rd_figure, rd_markdown
 from .core import Codec, check_header, decode, dequantize, encode, quantize
 from .entropy import Level, decode_symbols, encode_symbols
-from .fit import CodecFitConfig, LogisticMixturePrior, fit_codec
+from .fit import CodecFitConfig, LogisticMixturePrior, fit_codec, principal_axes
 from .fit import Progress as Progress
-from .fit import _principal_axes as _principal_axes
 from .format import (
     CODERS,
     FORMAT_VERSION,
@@ -80,4 +79,5 @@ __all__ = [
     "dequantize",
     "check_header",
     "LogisticMixturePrior",
+    "principal_axes",
 ]

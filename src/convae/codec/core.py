@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import copy
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,6 +20,7 @@ from torch import Tensor, nn
 
 from ..checkpoint import fingerprint
 from ..config import RunConfig
+from ..inference import apply_batched
 from ..models import AutoEncoder
 from .entropy import Level, decode_symbols, encode_symbols
 from .format import CodecError, Header, pack, unpack
@@ -40,8 +41,8 @@ class Codec:
 
     def __post_init__(self) -> None:
         self.model = self.model.float().eval()
-        self.fingerprint = fingerprint(self.model.state_dict(), self.run_config)
-        self.fast = _inference_copy(self.model)  # what encode/decode run: same maths, faster
+        self.fingerprint = fingerprint(self.model.state_dict(), self.run_config.model)
+        self.fast = inference_copy(self.model)  # what encode/decode run: same maths, faster
 
     @property
     def input_shape(self) -> tuple[int, int, int]:
@@ -62,20 +63,7 @@ class Codec:
 _BATCH = 1024  # fixed chunking: the same file always decodes through the same batch shapes
 
 
-def _batches(
-    model: AutoEncoder, x_u8: Tensor, fn: Callable[[Tensor], Tensor], batch_size: int
-) -> Tensor:
-    from ..train import to_float
-
-    device = next(model.parameters()).device
-    outs = [
-        fn(to_float(x_u8[i : i + batch_size], device)).float().cpu()
-        for i in range(0, len(x_u8), batch_size)
-    ]
-    return torch.cat(outs) if outs else torch.zeros(0)
-
-
-def _inference_copy(model: AutoEncoder) -> AutoEncoder:
+def inference_copy(model: AutoEncoder) -> AutoEncoder:
     """A CPU copy for coding: each BatchNorm folded into the conv before it, channels_last memory.
 
     Measured about 2x faster than the training layout on CPU (docs/codec.md). Folding changes the
@@ -102,9 +90,12 @@ def _inference_copy(model: AutoEncoder) -> AutoEncoder:
 
 
 @torch.inference_mode()
-def _latents(fast: AutoEncoder, x_u8: Tensor) -> Tensor:
-    return _batches(
-        fast, x_u8, lambda x: fast.encode(x.contiguous(memory_format=torch.channels_last)), _BATCH
+def latents(fast: AutoEncoder, x_u8: Tensor) -> Tensor:
+    return apply_batched(
+        lambda x: fast.encode(x.contiguous(memory_format=torch.channels_last)),
+        x_u8,
+        torch.device("cpu"),
+        _BATCH,
     )
 
 
@@ -112,7 +103,7 @@ def quantize(codec: Codec, x_u8: Tensor, level: int | None = None) -> tuple[np.n
     """Images -> (int symbols [N, L] clipped to the level's tables, number of values clipped)."""
     lv = codec.level(level)
     _check_geometry(codec, tuple(x_u8.shape[1:]))
-    q = lv.quantize(_latents(codec.fast, x_u8))
+    q = lv.quantize(latents(codec.fast, x_u8))
     lo = torch.from_numpy(lv.lo.astype(np.int64))
     hi = lo + torch.from_numpy(lv.size.astype(np.int64)) - 1
     clipped = int(((q < lo) | (q > hi)).sum())

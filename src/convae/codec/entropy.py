@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .format import _CODER_IDS, CodecError
+from .format import CODER_IDS, CodecError
 
 
 @dataclass(frozen=True)
@@ -58,7 +58,7 @@ class Level:
 
     def to_components(self, y: Tensor) -> Tensor:
         """float32 latents [N, L] -> float64 components (the transform runs in float64)."""
-        return _rotate(y, self.mean, self.basis)
+        return rotate(y, self.mean, self.basis)
 
     def to_latent(self, z: Tensor) -> Tensor:
         """float64 components [N, L] -> float32 latents for the decoder."""
@@ -118,7 +118,7 @@ def encode_symbols(q: np.ndarray, level: Level, coder: str = "range") -> bytes:
         return zlib.compress(raw, 9)
     if coder == "lzma":
         return lzma.compress(raw, format=lzma.FORMAT_RAW, filters=_LZMA_FILTERS)
-    raise ValueError(f"unknown coder {coder!r}; choose one of {', '.join(_CODER_IDS)}")
+    raise ValueError(f"unknown coder {coder!r}; choose one of {', '.join(CODER_IDS)}")
 
 
 _LZMA_FILTERS = [{"id": lzma.FILTER_LZMA2, "preset": 9 | lzma.PRESET_EXTREME}]
@@ -170,7 +170,7 @@ def decode_symbols(payload: bytes, level: Level, n: int, coder: str = "range") -
     return rel + level.lo[None, :]
 
 
-def _rotate(y: Tensor, mean: np.ndarray | None, basis: np.ndarray | None) -> Tensor:
+def rotate(y: Tensor, mean: np.ndarray | None, basis: np.ndarray | None) -> Tensor:
     z = y.double()
     if basis is not None and mean is not None:
         z = (z - torch.from_numpy(mean).double()) @ torch.from_numpy(basis).double().T

@@ -21,10 +21,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..config import RunConfig, TrainConfig
+from ..config import RunConfig
+from ..inference import apply_batched, to_float
 from ..models import AutoEncoder
-from .core import Codec, _batches, _inference_copy, _latents
-from .entropy import Level, _rotate
+from ..optim import lr_at
+from .core import Codec, inference_copy, latents
+from .entropy import Level, rotate
 
 log = logging.getLogger(__name__)
 
@@ -100,8 +102,6 @@ def fit_codec(
     with ``u ~ U(-1/2, 1/2)`` (or straight-through rounding), then each level's probability
     tables are histograms of the training split's quantized codes.
     """
-    from ..train import lr_at, to_float
-
     cfg = cfg or CodecFitConfig()
     if cfg.quant not in ("noise", "ste"):
         raise ValueError(f"quant must be noise or ste, not {cfg.quant!r}")
@@ -121,7 +121,7 @@ def fit_codec(
         raise ValueError("at most 255 quality levels")
     if len(train_x) == 0:
         raise ValueError("no training images to fit the codec on")
-    run_config = run_config or getattr(model, "run_config", None) or RunConfig(model=model.config)
+    run_config = run_config or model.run_config or RunConfig(model=model.config)
     device = next(model.parameters()).device
     g = torch.Generator().manual_seed(cfg.seed)
     with torch.random.fork_rng(devices=[]):
@@ -130,7 +130,7 @@ def fit_codec(
         prior = LogisticMixturePrior(net.latent_dim, cfg.mixture).to(device)
     net.eval()
     with torch.inference_mode():
-        y0 = _batches(net, train_x, net.encode, 1024)
+        y0 = apply_batched(net.encode, train_x, device)
     prior.init_from(y0.to(device))
     opt = torch.optim.Adam(
         [
@@ -142,7 +142,6 @@ def fit_codec(
     batch = min(cfg.batch_size, n)
     steps_per_epoch = max(1, n // batch)
     total = steps_per_epoch * cfg.epochs
-    sched = TrainConfig(lr=1.0, schedule="cosine", warmup=0.05)  # multiplier of each group's lr
     pixels = math.prod(net.input_shape)
     step = 0
     t0 = time.perf_counter()
@@ -153,7 +152,7 @@ def fit_codec(
         r_sum = torch.zeros(())
         for i in range(steps_per_epoch):
             x = to_float(train_x[perm[i * batch : (i + 1) * batch]], device)
-            mult = lr_at(step, total, sched)
+            mult = lr_at(step, total, 1.0, "cosine", 0.05)  # multiplier of each group's lr
             for grp, base in zip(opt.param_groups, (cfg.lr, 10 * cfg.lr), strict=True):
                 grp["lr"] = base * mult
             y = net.encode(x)  # [B, L]
@@ -189,9 +188,9 @@ def fit_codec(
         if progress is not None:
             progress(row)
     net = net.cpu().eval()
-    y = _latents(_inference_copy(net), train_x)  # [N, L] float32, exactly as encode() computes it
-    mean, basis = _principal_axes(y) if cfg.decorrelate else (None, None)
-    z = _rotate(y, mean, basis)  # [N, L] float64
+    y = latents(inference_copy(net), train_x)  # [N, L] float32, exactly as encode() computes it
+    mean, basis = principal_axes(y) if cfg.decorrelate else (None, None)
+    z = rotate(y, mean, basis)  # [N, L] float64
     offset = z.median(dim=0).values.float().numpy()  # centre of each component's rounding grid
     levels = [_fit_level(z, offset, s, cfg.margin, mean, basis) for s in cfg.steps]
     info = {
@@ -203,7 +202,7 @@ def fit_codec(
     return Codec(net, levels, cfg.default_level, run_config, info=info)
 
 
-def _principal_axes(y: Tensor) -> tuple[np.ndarray, np.ndarray]:
+def principal_axes(y: Tensor) -> tuple[np.ndarray, np.ndarray]:
     """Mean and principal axes (rows, decreasing variance, sign-fixed) of codes ``y`` [N, L].
 
     Rotating onto them decorrelates the components, so per-component tables code them with

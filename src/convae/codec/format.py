@@ -16,7 +16,7 @@ from pathlib import Path
 MAGIC = b"\x89CAE"  # high bit set: a 7-bit channel or a text file can never start like this
 FORMAT_VERSION = 1  # the newest version this code writes; it reads every version <= this
 CODERS = {1: "range", 2: "zlib", 3: "lzma"}  # payload coder id -> name
-_CODER_IDS = {v: k for k, v in CODERS.items()}
+CODER_IDS = {v: k for k, v in CODERS.items()}
 MAX_IMAGES = 1 << 28  # a sanity bound on the count field (268 M images)
 _FLAG_NAMES = 0x01
 _FLAG_RUN = 0x02
@@ -80,8 +80,8 @@ def _check_names(names: tuple[str, ...], reading: bool) -> None:
 
 def pack(header: Header, payload: bytes) -> bytes:
     """Serialize ``header`` and ``payload`` into .cae bytes (CRC-32 over everything at the end)."""
-    if header.coder not in _CODER_IDS:
-        raise ValueError(f"unknown coder {header.coder!r}; choose one of {', '.join(_CODER_IDS)}")
+    if header.coder not in CODER_IDS:
+        raise ValueError(f"unknown coder {header.coder!r}; choose one of {', '.join(CODER_IDS)}")
     if len(header.fingerprint) != 16 or len(header.tables_hash) != 8:
         raise ValueError("fingerprint must be 16 bytes and tables hash 8 bytes")
     if not 1 <= header.count <= MAX_IMAGES:
@@ -104,7 +104,7 @@ def pack(header: Header, payload: bytes) -> bytes:
     fixed = _FIXED.pack(
         MAGIC,
         FORMAT_VERSION,
-        _CODER_IDS[header.coder],
+        CODER_IDS[header.coder],
         header.level,
         flags,
         header.fingerprint,

@@ -129,7 +129,7 @@ def load_codec(
 
 def _fit_and_save(p: Path, cfg: CodecFitConfig | None, progress: Progress | None) -> Codec:
     from ..data import load_split
-    from ..train import load
+    from ..inference import load
 
     model = load(p, "cpu")
     train_x, _ = load_split(model.run_config.data, "train")

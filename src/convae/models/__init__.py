@@ -1,0 +1,32 @@
+"""Architectures: the model contract and registry (:mod:`.core`), shared blocks (:mod:`.layers`),
+the tutorials' models (:mod:`.seeds`) and our own (:mod:`.ours`). Importing this package
+registers every built-in architecture."""
+
+from . import ours, seeds  # noqa: F401 - registers the built-in architectures
+from .core import (
+    AutoEncoder,
+    LayerRow,
+    available,
+    build_model,
+    default_latent_dim,
+    register,
+    resolve_model_config,
+    summary,
+)
+from .layers import CodeConv2d, CodeConvTranspose2d, conv_block, is_channels_last, up_block
+
+__all__ = [
+    "AutoEncoder",
+    "LayerRow",
+    "available",
+    "build_model",
+    "default_latent_dim",
+    "register",
+    "resolve_model_config",
+    "summary",
+    "CodeConv2d",
+    "CodeConvTranspose2d",
+    "conv_block",
+    "up_block",
+    "is_channels_last",
+]

@@ -1,0 +1,135 @@
+"""What the trainer draws its batches from: images held in memory as one tensor, or random crops
+(plus flips) of images of any size, read on demand from wherever they live (a folder's cache).
+
+Both are indexed the same way: an epoch has ``len(source)`` items, the trainer permutes them
+with a generator seeded by (seed, epoch) and asks for batches of item indices. A crop source
+draws the epoch's crops (image, position, flip) from the same seed, so every item of every epoch
+is a pure function of (seed, epoch, index): a resumed run and W processes x B images take exactly
+the batches of an uninterrupted single process x W*B.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import numpy as np
+import torch
+from torch import Tensor
+
+__all__ = ["ImageStore", "TensorImages", "RandomCrops", "fixed_crops", "epoch_generator"]
+
+
+class ImageStore(Protocol):
+    """Images of any size, readable one at a time (see :mod:`convae.data`)."""
+
+    channels: int
+
+    def __len__(self) -> int: ...
+
+    def sizes(self) -> np.ndarray:  # int64 [N, 2]: (height, width) of each image
+        ...
+
+    def crop(self, i: int, top: int, left: int, h: int, w: int) -> np.ndarray:  # uint8 [C, h, w]
+        ...
+
+
+def epoch_generator(seed: int, epoch: int, stream: int, device: torch.device) -> torch.Generator:
+    """The generator of one (seed, epoch, stream): shuffles, crops and noise never share one."""
+    g = torch.Generator(device=device if device.type == "cuda" else "cpu")
+    g.manual_seed((seed * 1_000_003 + epoch * 7_919 + stream) % (2**63))
+    return g
+
+
+class TensorImages:
+    """uint8 ``[N, C, H, W]`` images resident on the training device; an epoch is all of them."""
+
+    def __init__(self, x: Tensor, device: torch.device) -> None:
+        if x.dtype != torch.uint8 or x.ndim != 4:
+            raise ValueError(f"training images must be uint8 [N, C, H, W], not {x.dtype} {x.shape}")
+        self.x = x.to(device)  # 4,000 digits are 3 MB
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return tuple(self.x.shape[1:])  # type: ignore[return-value]
+
+    def start_epoch(self, seed: int, epoch: int) -> None:
+        """Nothing to draw: an epoch is the images themselves."""
+
+    def batch(self, idx: Tensor) -> Tensor:
+        """uint8 [B, C, H, W] on the training device."""
+        return self.x[idx.to(self.x.device)]
+
+    def mean_image(self) -> Tensor:
+        """[C, H, W] float mean in [0, 1] (float64 sums: exact for any count)."""
+        return (self.x.sum(0, dtype=torch.float64) / (255.0 * len(self.x))).float()
+
+
+class RandomCrops:
+    """``per_epoch`` random ``size x size`` crops of ``store``'s images per epoch (horizontal
+    flips with ``flip``), images picked in proportion to the crops they hold; an image smaller
+    than the crop is padded by repeating its edge."""
+
+    def __init__(
+        self, store: ImageStore, size: int, per_epoch: int, device: torch.device, flip: bool = True
+    ) -> None:
+        if len(store) == 0:
+            raise ValueError("no training images to crop from")
+        self.store, self.size, self.n, self.flip = store, size, per_epoch, flip
+        self.device = device
+        self.hw = np.asarray(store.sizes(), dtype=np.int64)  # [N, 2]
+        room = np.maximum(self.hw - size + 1, 1)
+        self.weights = torch.from_numpy((room[:, 0] * room[:, 1]).astype(np.float64))
+        self.plan = torch.zeros(0, 4, dtype=torch.long)
+
+    def __len__(self) -> int:
+        return self.n
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return (self.store.channels, self.size, self.size)
+
+    def start_epoch(self, seed: int, epoch: int) -> None:
+        """Draw the epoch's crops: [per_epoch, 4] rows of (image, top, left, flip)."""
+        g = epoch_generator(seed, epoch, 3, torch.device("cpu"))
+        img = torch.multinomial(self.weights, self.n, replacement=True, generator=g)
+        room = torch.from_numpy(np.maximum(self.hw - self.size + 1, 1))[img]  # [n, 2]
+        pos = (torch.rand(self.n, 2, generator=g, dtype=torch.float64) * room).long()
+        flip = torch.rand(self.n, generator=g) < (0.5 if self.flip else 0.0)
+        self.plan = torch.cat([img[:, None], pos, flip[:, None].long()], 1)
+
+    def _one(self, i: int, top: int, left: int, flip: int) -> np.ndarray:
+        h, w = self.hw[i]
+        s = self.size
+        a = self.store.crop(i, top, left, min(s, int(h)), min(s, int(w)))
+        if a.shape[1] < s or a.shape[2] < s:
+            a = np.pad(a, ((0, 0), (0, s - a.shape[1]), (0, s - a.shape[2])), mode="edge")
+        return a[:, :, ::-1] if flip else a
+
+    def batch(self, idx: Tensor) -> Tensor:
+        """uint8 [B, C, size, size] on the training device."""
+        rows = self.plan[idx.cpu()].tolist()
+        arr = np.stack([self._one(*r) for r in rows])
+        return torch.from_numpy(arr).to(self.device, non_blocking=True)
+
+    def mean_image(self) -> Tensor:
+        """The mean crop of this epoch-0 draw, [C, size, size] in [0, 1]."""
+        self.start_epoch(0, 0)
+        idx = torch.arange(min(self.n, 4096))
+        return self.batch(idx).double().mean(0).div(255.0).float().cpu()
+
+
+def fixed_crops(store: ImageStore, size: int, count: int, seed: int = 0) -> Tensor:
+    """``count`` crops of ``store``'s images at seeded positions, spread evenly over the images:
+    a fixed validation set for a run trained on crops. uint8 [count, C, size, size]."""
+    if len(store) == 0:
+        return torch.zeros(0, store.channels, size, size, dtype=torch.uint8)
+    sampler = RandomCrops(store, size, count, torch.device("cpu"), flip=False)
+    sampler.start_epoch(seed, -7)
+    sampler.plan[:, 0] = torch.arange(count) % len(store)  # every image, in turn
+    hw = torch.from_numpy(sampler.hw)[sampler.plan[:, 0]]
+    room = (hw - size + 1).clamp_min(1)
+    sampler.plan[:, 1:3] = sampler.plan[:, 1:3] % room
+    return sampler.batch(torch.arange(count))

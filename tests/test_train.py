@@ -427,7 +427,7 @@ def test_default_recipe_comes_from_the_architecture(make_images):
     assert tuple(getattr(strided, k) for k in keys) == tuple(
         default_recipe("seed-strided").values()
     )
-    # measured for it (docs/benchmarks.md, "Session 7")
+    # measured for it (docs/benchmarks.md, "`seed-strided`: batches of 64")
     assert (strided.epochs, strided.lr, strided.warmup, strided.batch_size) == (9, 1.5e-2, 0.02, 64)
     assert resolve_config(RunConfig()).train.epochs == 10
     assert resolve_config(RunConfig()).train.batch_size == 32

@@ -301,7 +301,8 @@ def _seed_latent_strided(cfg: ModelConfig) -> int:
     # With its mean image, a short, hot schedule reaches the seeds' quality soonest (docs/
     # benchmarks.md, "The mean image"). Batch 64, not 32: its step is per-operation overhead, so
     # an epoch of 64s takes ~0.7x the time of an epoch of 32s, and 9 epochs of them pass the
-    # seeds' quality ~30 % sooner than 7 epochs of 32s did (docs/benchmarks.md, "Session 7").
+    # seeds' quality ~30 % sooner than 7 epochs of 32s did (docs/benchmarks.md, "seed-strided:
+    # batches of 64").
     epochs=9,
     batch_size=64,
     optimizer="muon",

@@ -42,7 +42,7 @@ from torch import Tensor
 from .checkpoint import fingerprint, read_json, write_json
 from .data import load_split
 from .inference import reconstruct, run_path, to_float
-from .metrics import ssim_maps, ssim_per_image
+from .metrics import json_safe, ssim_maps, ssim_per_image
 from .runs import resolve_config
 from .runtime import resolve_device
 from .train import fit_config
@@ -66,6 +66,7 @@ __all__ = [
     "heatmap_figure",
     "pca_scores",
     "one_class_benchmark",
+    "bench_anomaly",
 ]
 
 SCORES = {
@@ -541,3 +542,30 @@ def one_class_benchmark(
         "data": data.spec,
         "test_images": len(test_x),
     }
+
+
+def bench_anomaly(
+    data,
+    recipe,
+    out: str | os.PathLike | None = None,
+    *,
+    classes: Sequence[int] | None = None,
+    fpr: float = DEFAULT_FPR,
+    pca_components: int = 16,
+    device: str | torch.device = "cpu",
+    progress=None,
+) -> dict[str, Any]:
+    """``convae bench anomaly``: :func:`one_class_benchmark` with every score, plus
+    ``beats_pca`` (per score, the classes where its AUROC is at least PCA's); written to
+    ``out/bench.json`` when ``out`` is given. Returns the report."""
+    scores = list(SCORES)
+    res = one_class_benchmark(data, recipe, classes=classes, fpr=fpr, scores=scores,
+                              pca_components=pca_components, device=device,
+                              progress=progress)  # fmt: skip
+    res["beats_pca"] = {
+        s: [r["class"] for r in res["classes"] if r[s]["auroc"] >= r["pca"]["auroc"]]
+        for s in scores
+    }
+    if out is not None:
+        write_json(Path(out) / "bench.json", json_safe(res))
+    return res

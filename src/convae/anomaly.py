@@ -469,6 +469,36 @@ def pca_scores(
     return ((x - r) ** 2).mean(1)
 
 
+def _one_class_row(
+    data, recipe, c: int, test_x: Tensor, test_y: Tensor, fpr: float, scores: Sequence[str],
+    pca_components: int, dev: torch.device,
+) -> dict[str, Any]:  # fmt: skip
+    """Class ``c`` of the one-class protocol: train on it, calibrate on its validation images,
+    score the test split (every other class anomalous) with each score and with PCA."""
+    t0 = time.perf_counter()
+    dc = replace(data, classes=(c,))
+    train_x, _ = load_split(dc, "train")
+    val_x, _ = load_split(dc, "val")
+    cfg = resolve_config(replace(recipe, data=dc), train_x.shape[1], train_x.shape[-1])
+    model, _ = fit_config(cfg, train_x, val_x, device=dev)
+    train_s = time.perf_counter() - t0
+    is_anom = (test_y != c).numpy()
+    recon = reconstruct(model, test_x)
+    val_recon = reconstruct(model, val_x)
+    row: dict[str, Any] = {"class": c, "train_images": len(train_x), "val_images": len(val_x)}
+    x = to_float(test_x)
+    parts = {p: _part(x, recon, p) for p in {p for s in scores for p in _PARTS[s]}}  # SSIM once
+    for s in scores:
+        det = calibrate(model, val_x, score=s, fpr=fpr, recon=val_recon)
+        row[s] = detection_metrics(_combine(parts, s, det.scales), is_anom, det.threshold)
+    pca = pca_scores(train_x, torch.cat([val_x, test_x]), pca_components, cfg.train.seed)
+    pca_threshold = threshold_at_fpr(pca[: len(val_x)], fpr)  # calibrated the same way
+    row["pca"] = detection_metrics(pca[len(val_x) :], is_anom, pca_threshold)
+    row["train_seconds"] = train_s
+    row["seconds"] = time.perf_counter() - t0
+    return row
+
+
 def one_class_benchmark(
     data,
     recipe,
@@ -496,31 +526,7 @@ def one_class_benchmark(
     classes = list(classes) if classes else labels
     rows = []
     for c in classes:
-        t0 = time.perf_counter()
-        dc = replace(data, classes=(c,))
-        train_x, _ = load_split(dc, "train")
-        val_x, _ = load_split(dc, "val")
-        cfg = resolve_config(replace(recipe, data=dc), train_x.shape[1], train_x.shape[-1])
-        model, _ = fit_config(cfg, train_x, val_x, device=dev)
-        train_s = time.perf_counter() - t0
-        is_anom = (test_y != c).numpy()
-        recon = reconstruct(model, test_x)
-        val_recon = reconstruct(model, val_x)
-        row: dict[str, Any] = {
-            "class": int(c),
-            "train_images": len(train_x),
-            "val_images": len(val_x),
-        }
-        x = to_float(test_x)
-        parts = {p: _part(x, recon, p) for p in {p for s in scores for p in _PARTS[s]}}  # SSIM once
-        for s in scores:
-            det = calibrate(model, val_x, score=s, fpr=fpr, recon=val_recon)
-            row[s] = detection_metrics(_combine(parts, s, det.scales), is_anom, det.threshold)
-        pca = pca_scores(train_x, torch.cat([val_x, test_x]), pca_components, cfg.train.seed)
-        pca_threshold = threshold_at_fpr(pca[: len(val_x)], fpr)  # calibrated the same way
-        row["pca"] = detection_metrics(pca[len(val_x) :], is_anom, pca_threshold)
-        row["train_seconds"] = train_s
-        row["seconds"] = time.perf_counter() - t0
+        row = _one_class_row(data, recipe, int(c), test_x, test_y, fpr, scores, pca_components, dev)
         rows.append(row)
         if progress is not None:
             progress(row)

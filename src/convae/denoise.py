@@ -416,38 +416,33 @@ def benchmark(
         t0 = time.perf_counter()
         y = denoise_tensor(model, noisy)
         ms = 1000 * (time.perf_counter() - t0) / len(clean)
-        rows.append(
-            {
-                "method": "convae",
-                **_score(clean, y),
-                "params": {"run": str(model.run_dir or "")},
-                "ms_per_image": ms,
-            }
-        )
+        rows.append({"method": "convae", **_score(clean, y),
+                     "params": {"run": str(model.run_dir or "")}, "ms_per_image": ms})  # fmt: skip
         examples["convae"] = y[shown]
         say(f"{name}: noisy {rows[0]['psnr']:.2f} dB, convae {rows[1]['psnr']:.2f} dB")
         tune_noisy = _noisy(tune_clean, level, seed, _VAL_STREAM)
         for f in filters:
-            if len(tune_clean):
-                params, tuned = tune_filter(f, tune_clean, tune_noisy)
-            else:  # no validation split: the first grid point, untuned (no validation PSNR)
-                params, tuned = FILTERS[f].grid[0], None
-            t0 = time.perf_counter()
-            y = apply_filter(f, noisy, params)
-            ms = 1000 * (time.perf_counter() - t0) / len(clean)
-            rows.append(
-                {
-                    "method": f,
-                    **_score(clean, y),
-                    "params": params,
-                    "ms_per_image": ms,
-                    "val_psnr": tuned,
-                }
-            )
+            row, y = _filter_row(f, clean, noisy, tune_clean, tune_noisy)
+            rows.append(row)
             examples[f] = y[shown]
-            say(f"{name}: {f} {params} -> {rows[-1]['psnr']:.2f} dB")
+            say(f"{name}: {f} {row['params']} -> {row['psnr']:.2f} dB")
         results.append({"noise": name, "images": len(clean), "methods": rows, "examples": examples})
     return results
+
+
+def _filter_row(
+    f: str, clean: Tensor, noisy: Tensor, tune_clean: Tensor, tune_noisy: Tensor
+) -> tuple[dict[str, Any], Tensor]:
+    """Filter ``f`` tuned on (tune_clean, tune_noisy), then scored on ``noisy``: (row, output)."""
+    if len(tune_clean):
+        params, tuned = tune_filter(f, tune_clean, tune_noisy)
+    else:  # no validation split: the first grid point, untuned (no validation PSNR)
+        params, tuned = FILTERS[f].grid[0], None
+    t0 = time.perf_counter()
+    y = apply_filter(f, noisy, params)
+    ms = 1000 * (time.perf_counter() - t0) / len(clean)
+    row = {"method": f, **_score(clean, y), "params": params, "ms_per_image": ms, "val_psnr": tuned}
+    return row, y
 
 
 def comparison_figure(examples: dict[str, Tensor], title: str | None = None):
@@ -509,6 +504,21 @@ def _bench_runs(
     return [str(d) for d in dirs], seconds
 
 
+def _bench_models(run_dirs: Sequence[str], dev, test_x: Tensor, spec: str) -> list[AutoEncoder]:
+    """Each run's model, checked against the test images (and warned about when it was trained
+    without noise)."""
+    models = [load(r, dev) for r in run_dirs]
+    for m, r in zip(models, run_dirs, strict=True):
+        if tuple(test_x.shape[1:]) != tuple(m.input_shape):
+            raise ValueError(
+                f"{spec} images are {tuple(test_x.shape[1:])} but the model takes "
+                f"{tuple(m.input_shape)}; pass --channels/--image-size to convert them"
+            )
+        if not m.run_config.train.noise:
+            log.warning("%s was trained without --noise; it is scored as a denoiser anyway", r)
+    return models
+
+
 def _level_report(r: dict[str, Any], run: str, figure: Path) -> dict[str, Any]:
     """One level of the report: its rows, and convae's gain over the best classical filter."""
     rows = r["methods"]
@@ -564,15 +574,7 @@ def bench_denoise(
     test_x, _ = load_split(data, "test")
     if images:
         test_x = test_x[spread_indices(len(test_x), images)]
-    models = [load(r, dev) for r in run_dirs]
-    for m, r in zip(models, run_dirs, strict=True):
-        if tuple(test_x.shape[1:]) != tuple(m.input_shape):
-            raise ValueError(
-                f"{data.spec} images are {tuple(test_x.shape[1:])} but the model takes "
-                f"{tuple(m.input_shape)}; pass --channels/--image-size to convert them"
-            )
-        if not m.run_config.train.noise:
-            log.warning("%s was trained without --noise; it is scored as a denoiser anyway", r)
+    models = _bench_models(run_dirs, dev, test_x, data.spec)
     results = benchmark(models, levels, val_x, test_x, filters=filters, seed=seed,
                         tune_images=tune_images, progress=log.info)  # fmt: skip
     report: dict[str, Any] = {

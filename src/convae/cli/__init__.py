@@ -4,6 +4,11 @@
 line on stderr with a non-zero exit code. Exit codes: 0 done, 1 an error (one ``convae: error:``
 line), 2 a bad command line, 130 interrupted by Ctrl-C (SIGINT), 143 stopped by SIGTERM - both
 128 + the signal's number, as a shell reports them.
+
+``--json`` prints one JSON object (or list) as the last stdout line. JSON has no infinity: an
+infinite number - the PSNR of a perfect reconstruction, whose MSE is 0 - is ``null`` there, with a
+sibling key ``"<name>_inf": "+inf"`` saying why (the text output prints ``inf dB``). A NaN is never
+printed: it is an error.
 """
 
 from __future__ import annotations

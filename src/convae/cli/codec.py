@@ -31,6 +31,7 @@ from .common import (
     output_names,
     positive_int,
     run_inputs,
+    run_outputs,
     set_threads,
 )
 
@@ -265,9 +266,13 @@ def cmd_bench_codec(args: argparse.Namespace) -> int:
     out = check_out_folder(args.out)
     check_no_links(out, [out / n for n in BENCH_FILES], "--out")
     data = data_config_from_args(args)
+    for run in args.runs or ():  # their codec is fitted and saved on first use
+        check_no_links(run, [Path(run) / CODEC_FILE, Path(run) / CODEC_JSON])
     if not args.runs:
         check_out_folder(args.work, flag="--work")
-        check_no_links(args.work, [default_codec_run(data, args.work)], "--work")
+        run = default_codec_run(data, args.work)
+        codec_files = [run / CODEC_FILE, run / CODEC_JSON]
+        check_no_links(args.work, [*run_outputs(run), *codec_files], "--work")
     set_threads(args)
     x, _ = load_data_split(data, args.split)
     if args.limit:

@@ -375,6 +375,19 @@ def run_inputs(run: str | os.PathLike) -> list[Path]:
     return [Path(run) / n for n in RUN_FILES]
 
 
+# What training writes into a run directory, besides its per-epoch state files.
+_TRAIN_OUTPUTS = ("config.json", "model.safetensors", "trainer.json", "history.jsonl",
+                  "metrics.json", "loss.png", "reconstructions.png")  # fmt: skip
+
+
+def run_outputs(run: str | os.PathLike) -> list[Path]:
+    """The files training writes into ``run`` (the state files already there included): what
+    :func:`check_no_links` checks before a command trains into a run directory."""
+    run = Path(run)
+    states = sorted(run.glob("state-*.safetensors")) if run.is_dir() else []
+    return [*(run / n for n in _TRAIN_OUTPUTS), *states]
+
+
 def check_no_links(
     root: str | os.PathLike, paths: Iterable[str | os.PathLike], flag: str | None = None
 ) -> None:

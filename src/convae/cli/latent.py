@@ -53,6 +53,7 @@ from .common import (
     load_data_split,
     positive_int,
     run_inputs,
+    run_outputs,
     set_threads,
 )
 
@@ -367,11 +368,12 @@ def _add_sweep_parser(sub) -> None:
 
 
 def _sweep_outputs(out: Path, dims) -> list[Path]:
-    """What convae.latent.sweep writes under ``out``."""
+    """What convae.latent.sweep writes under ``out``: its tables and figures, a run per size."""
     names = ["sweep.json", "sweep.csv", "sweep.md", "quality.png", "reconstructions.png"]
+    paths = [out / n for n in names]
     for L in dims:
-        names += [f"latent-{L}", f"reconstructions-latent-{L}.png"]
-    return [out / n for n in names]
+        paths += [out / f"reconstructions-latent-{L}.png", *run_outputs(out / f"latent-{L}")]
+    return paths
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:

@@ -47,6 +47,7 @@ from .common import (
     output_names,
     positive_int,
     run_inputs,
+    run_outputs,
     set_threads,
 )
 
@@ -221,6 +222,15 @@ def _show(dest: str, v: Any) -> str:
     return str(v)
 
 
+def _position(args: argparse.Namespace, dest: str) -> int:
+    """Where flag ``dest`` first appears on the command line (differences are named in that
+    order); flags not found sort last, in their usual order."""
+    flag = f"--{dest.replace('_', '-')}"
+    names = {flag, f"--no-{flag[2:]}"}
+    argv = getattr(args, "argv", [])
+    return next((i for i, a in enumerate(argv) if a.split("=", 1)[0] in names), len(argv))
+
+
 def resume_differences(args: argparse.Namespace, stored: RunConfig) -> list[str]:
     """Each run-defining flag whose value differs from the stored run's resolved config, as
     "--epochs 20 differs from the run's 9". A ``--preset``'s values count as given."""
@@ -236,7 +246,7 @@ def resume_differences(args: argparse.Namespace, stored: RunConfig) -> list[str]
             if v != have:
                 out.append(f"--preset {args.preset} ({name} {_show(name, v)}) differs from the "
                            f"run's {_show(name, have)}")  # fmt: skip
-    for dest, v in given.items():
+    for dest, v in sorted(given.items(), key=lambda kv: _position(args, kv[0])):
         section, name = _FIELDS[dest]
         have = getattr(getattr(stored, section), name)
         if v != have:
@@ -258,11 +268,6 @@ def _check_resume(args: argparse.Namespace, out: Path) -> None:
         raise ValueError("; ".join(diffs) + " (to train differently, start a new run)")
 
 
-# What train() writes in a run directory (state files are named per epoch).
-_RUN_OUTPUTS = ("config.json", "model.safetensors", "trainer.json", "history.jsonl",
-                "metrics.json", "loss.png", "reconstructions.png")  # fmt: skip
-
-
 def _config_and_run_dir(args: argparse.Namespace, world: int) -> tuple[RunConfig | None, Path]:
     """The config to train (None: the run's own, to resume) and the run directory, computed here
     so that an interrupted run can say where it is."""
@@ -279,8 +284,7 @@ def _config_and_run_dir(args: argparse.Namespace, world: int) -> tuple[RunConfig
                 "under torchrun pass --out DIR so every process agrees on the run directory"
             )
         out = Path(args.out) if args.out else default_run_dir(cfg)
-    states = list(out.glob("state-*.safetensors")) if out.is_dir() else []
-    check_no_links(out, [*(out / n for n in _RUN_OUTPUTS), *states], "--out")
+    check_no_links(out, run_outputs(out), "--out")
     return cfg, out
 
 

@@ -168,7 +168,7 @@ def _add_training_args(p) -> None:
 # ---------------------------------------------------------------------------------------------
 # train: flags -> config, and the same flags against a stored run
 
-# Each run-defining flag: (its dest, the config section and field it sets).
+# The run-defining flags by dest, and the config section and field each one sets.
 _MODEL_FLAGS = ("arch", "latent_dim", "width", "decoder", "norm", "mean_image")
 _TRAIN_FLAGS = ("epochs", "batch_size", "lr", "optimizer", "weight_decay", "schedule", "loss",
                 "precision", "patience", "seed")  # fmt: skip
@@ -237,7 +237,7 @@ def resume_differences(args: argparse.Namespace, stored: RunConfig) -> list[str]
     stored = replace(stored, train=recipe_for(stored.model.arch).fill(stored.train))
     out = []
     given = _given(args)
-    preset = PRESETS.get(args.preset or "", {}) if args.preset else {}
+    preset = PRESETS[args.preset] if args.preset else {}
     for section, fields in preset.items():
         for name, v in fields.items():
             if name in given and _FIELDS.get(name, (None,))[0] == section:

@@ -240,8 +240,8 @@ def resume_differences(args: argparse.Namespace, stored: RunConfig) -> list[str]
     preset = PRESETS[args.preset] if args.preset else {}
     for section, fields in preset.items():
         for name, v in fields.items():
-            if name in given and _FIELDS.get(name, (None,))[0] == section:
-                continue  # the explicit flag is compared instead
+            if v is None or (name in given and _FIELDS.get(name, (None,))[0] == section):
+                continue  # left to the architecture (resolved in the run), or given explicitly
             have = getattr(getattr(stored, section), name)
             if v != have:
                 out.append(f"--preset {args.preset} ({name} {_show(name, v)}) differs from the "

@@ -16,7 +16,14 @@ import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["ImageStore", "TensorImages", "RandomCrops", "fixed_crops", "epoch_generator"]
+__all__ = [
+    "ImageStore",
+    "TensorImages",
+    "RandomCrops",
+    "fixed_crops",
+    "epoch_generator",
+    "train_values",
+]
 
 
 class ImageStore(Protocol):
@@ -133,3 +140,10 @@ def fixed_crops(store: ImageStore, size: int, count: int, seed: int = 0) -> Tens
     room = (hw - size + 1).clamp_min(1)
     sampler.plan[:, 1:3] = sampler.plan[:, 1:3] % room
     return sampler.batch(torch.arange(count))
+
+
+def train_values(source: TensorImages | RandomCrops) -> int:
+    """Pixel values the training data holds (channels x pixels over its distinct images)."""
+    if isinstance(source, TensorImages):
+        return source.x.numel()
+    return int(source.store.channels * (source.hw[:, 0] * source.hw[:, 1]).sum())

@@ -298,7 +298,10 @@ def test_a_damaged_state_is_one_clear_error(tmp_path):
         read_state(tmp_path)
     other = build_model(ModelConfig(arch="seed-strided", image_size=16, latent_dim=5))
     _committed(tmp_path, model, opt, 1)
-    with pytest.raises(ValueError, match=r"encoder.4.weight is \[12, 32, 4, 4\] in the file, \[5, 32, 4, 4\] in the model"):
+    with pytest.raises(
+        ValueError,
+        match=r"encoder.4.weight is \[12, 32, 4, 4\] in the file, \[5, 32, 4, 4\] in the model",
+    ):
         restore_state(tmp_path, read_state(tmp_path)[1], other, opt)
 
 

@@ -103,3 +103,10 @@ def test_apply_batched_keeps_the_output_shape_of_an_empty_input():
     model = _model("convae")
     out = apply_batched(model, torch.zeros(0, 1, 16, 16, dtype=torch.uint8), torch.device("cpu"))
     assert out.shape == (0, 1, 16, 16)
+
+
+def test_reflect_padding_takes_tiny_and_odd_images():
+    model = _model("convae-map", channels=3, padding="reflect")
+    for shape in [(1, 1), (1, 9), (7, 3), (33, 47)]:
+        img = torch.randint(0, 256, (3, *shape), dtype=torch.uint8)
+        assert map_image(model, img).shape == (3, *shape)

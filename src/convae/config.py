@@ -47,6 +47,10 @@ class ModelConfig:
     norm: str = "batch"  # "batch" or "none" (the `convae` arch)
     depth: int | None = None  # stride-2 stages before the code map (convae-map); None = 2
     code_channels: int | None = None  # channels of a code map (convae-map); None = from latent_dim
+    # How convae-map's convolutions pad borders: "zeros" or "reflect". None = "reflect" when
+    # trained on crops (a crop's border then looks like the inside of a whole image, so the model
+    # runs on whole images as well as on crops), else "zeros".
+    padding: str | None = None
     # The decoder adds the training images' mean image to its output (before the sigmoid, as a
     # logit, where the output has one): it predicts each image's difference from the mean.
     # fit() sets it from the training split. None = the architecture's default (on where it was

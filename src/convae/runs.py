@@ -30,7 +30,9 @@ def resolve_config(
     channels = d.channels or channels or m.channels
     size = d.crop or d.image_size or image_size or m.image_size
     arch = m.arch or default_arch(d)
-    m = resolve_model_config(replace(m, arch=arch, channels=channels, image_size=size))
+    padding = m.padding or ("reflect" if d.crop else "zeros")
+    m = replace(m, arch=arch, channels=channels, image_size=size, padding=padding)
+    m = resolve_model_config(m)
     train = recipe_for(m.arch).fill(cfg.train, items)
     return replace(cfg, model=m, train=train, version=__version__)
 

@@ -104,6 +104,8 @@ def build_model(cfg: ModelConfig) -> AutoEncoder:
         raise ValueError(f"decoder must be 'upsample' or 'transpose', not {cfg.decoder!r}")
     if cfg.norm not in ("batch", "none"):
         raise ValueError(f"norm must be 'batch' or 'none', not {cfg.norm!r}")
+    if cfg.padding not in (None, "zeros", "reflect"):
+        raise ValueError(f"padding must be 'zeros' or 'reflect', not {cfg.padding!r}")
     if cfg.width < 1:
         raise ValueError(f"width must be positive, not {cfg.width}")
     for name in ("depth", "code_channels"):

@@ -87,16 +87,18 @@ class CodeConvTranspose2d(nn.ConvTranspose2d):
         return y.view(len(x), o, kh, kw).clone()
 
 
-def conv_block(cin: int, cout: int, stride: int, norm: bool) -> list[nn.Module]:
-    """3x3 conv (strided or not), BatchNorm when ``norm``, ReLU."""
+def conv_block(
+    cin: int, cout: int, stride: int, norm: bool, padding: str = "zeros"
+) -> list[nn.Module]:
+    """3x3 conv (strided or not, borders padded by ``padding``), BatchNorm when ``norm``, ReLU."""
     return [
-        nn.Conv2d(cin, cout, 3, stride=stride, padding=1, bias=not norm),
+        nn.Conv2d(cin, cout, 3, stride=stride, padding=1, bias=not norm, padding_mode=padding),
         *([nn.BatchNorm2d(cout)] if norm else []),
         nn.ReLU(inplace=True),
     ]
 
 
-def up_block(cin: int, cout: int, kind: str, norm: bool) -> list[nn.Module]:
+def up_block(cin: int, cout: int, kind: str, norm: bool, padding: str = "zeros") -> list[nn.Module]:
     """Double the resolution: a transposed conv, or nearest upsampling + 3x3 conv ("upsample")."""
     if kind == "transpose":
         conv: list[nn.Module] = [
@@ -105,7 +107,7 @@ def up_block(cin: int, cout: int, kind: str, norm: bool) -> list[nn.Module]:
     else:  # nearest-neighbour upsampling then a 3x3 conv: no checkerboard artifacts
         conv = [
             nn.Upsample(scale_factor=2, mode="nearest"),
-            nn.Conv2d(cin, cout, 3, padding=1, bias=not norm),
+            nn.Conv2d(cin, cout, 3, padding=1, bias=not norm, padding_mode=padding),
         ]
     return [*conv, *([nn.BatchNorm2d(cout)] if norm else []), nn.ReLU(inplace=True)]
 

@@ -67,22 +67,23 @@ def convae_map(cfg: ModelConfig) -> AutoEncoder:
     k = code_map_channels(cfg, 2**depth, 8)
     q = s // 2**depth
     norm = cfg.norm == "batch"
-    extra_down = [m for _ in range(depth - 2) for m in conv_block(2 * w, 2 * w, 2, norm)]
-    extra_up = [m for _ in range(depth - 2) for m in up_block(2 * w, 2 * w, cfg.decoder, norm)]
+    pad = cfg.padding or "zeros"
+    extra_down = [m for _ in range(depth - 2) for m in conv_block(2 * w, 2 * w, 2, norm, pad)]
+    extra_up = [m for _ in range(depth - 2) for m in up_block(2 * w, 2 * w, cfg.decoder, norm, pad)]
     enc = nn.Sequential(
-        *conv_block(c, w, 2, norm),  # [B, w, s/2, s/2]
-        *conv_block(w, 2 * w, 2, norm),  # [B, 2w, s/4, s/4]
+        *conv_block(c, w, 2, norm, pad),  # [B, w, s/2, s/2]
+        *conv_block(w, 2 * w, 2, norm, pad),  # [B, 2w, s/4, s/4]
         *extra_down,  # [B, 2w, s/2^depth, s/2^depth]
-        *conv_block(2 * w, 2 * w, 1, norm),
-        nn.Conv2d(2 * w, k, 3, padding=1),  # [B, K, q, q]: the code, linear
+        *conv_block(2 * w, 2 * w, 1, norm, pad),
+        nn.Conv2d(2 * w, k, 3, padding=1, padding_mode=pad),  # [B, K, q, q]: the code, linear
     )
     dec = nn.Sequential(
-        *conv_block(k, 2 * w, 1, norm),  # [B, 2w, q, q]
-        *conv_block(2 * w, 2 * w, 1, norm),
+        *conv_block(k, 2 * w, 1, norm, pad),  # [B, 2w, q, q]
+        *conv_block(2 * w, 2 * w, 1, norm, pad),
         *extra_up,  # [B, 2w, s/4, s/4]
-        *up_block(2 * w, w, cfg.decoder, norm),  # [B, w, s/2, s/2]
-        *up_block(w, w, cfg.decoder, norm),  # [B, w, s, s]
-        nn.Conv2d(w, c, 3, padding=1),  # [B, C, s, s]
+        *up_block(2 * w, w, cfg.decoder, norm, pad),  # [B, w, s/2, s/2]
+        *up_block(w, w, cfg.decoder, norm, pad),  # [B, w, s, s]
+        nn.Conv2d(w, c, 3, padding=1, padding_mode=pad),  # [B, C, s, s]
         nn.Sigmoid(),
     )
     return AutoEncoder(enc, dec, (k, q, q), cfg, fully_conv=True, stride=2**depth)

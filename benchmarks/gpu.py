@@ -32,9 +32,13 @@ from convae.train import fit
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--device", default="cuda", help="cuda (default), cpu or mps")
-    ap.add_argument("--data", default="mnist-sample", help="mnist-sample (repeated) or mnist (--data-dir)")
+    ap.add_argument(
+        "--data", default="mnist-sample", help="mnist-sample (repeated) or mnist (--data-dir)"
+    )
     ap.add_argument("--data-dir", help="folder holding the MNIST IDX files")
     ap.add_argument("--images", type=int, default=60000, help="training images per epoch")
     ap.add_argument("--epochs", type=int, default=30)
@@ -52,8 +56,12 @@ def main(argv: list[str] | None = None) -> int:
     test, _ = load_dataset("mnist-sample", "test")
     torch.manual_seed(a.seed)
     model = build_model(ModelConfig(arch="seed-strided", latent_dim=12)).to(device)
-    cfg = TrainConfig(epochs=a.epochs, batch_size=a.batch_size, lr=a.lr, precision=a.precision, seed=a.seed)
-    fit(model, x[: a.batch_size * 4], None, TrainConfig(epochs=1, batch_size=a.batch_size))  # warm-up
+    cfg = TrainConfig(
+        epochs=a.epochs, batch_size=a.batch_size, lr=a.lr, precision=a.precision, seed=a.seed
+    )
+    fit(
+        model, x[: a.batch_size * 4], None, TrainConfig(epochs=1, batch_size=a.batch_size)
+    )  # warm-up
     torch.manual_seed(a.seed)
     model = build_model(ModelConfig(arch="seed-strided", latent_dim=12)).to(device)
     if device.type == "cuda":
@@ -74,12 +82,16 @@ def main(argv: list[str] | None = None) -> int:
         "seconds": seconds,
         "images_per_s": len(history) * len(x) / seconds,
         "test_mse": evaluate(model, test, ssim=False)["mse"],
-        "peak_gpu_mb": torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None,
+        "peak_gpu_mb": torch.cuda.max_memory_allocated(device) / 2**20
+        if device.type == "cuda"
+        else None,
         "target_seconds": 10.0,
     }
-    print(f"seed-strided L12, {res['epochs']} epochs x {res['images']:,} images on {res['device']}: "
-          f"{seconds:.1f} s ({res['images_per_s']:,.0f} images/s), test MSE {res['test_mse']:.5f}",
-          file=sys.stderr)
+    print(
+        f"seed-strided L12, {res['epochs']} epochs x {res['images']:,} images on {res['device']}: "
+        f"{seconds:.1f} s ({res['images_per_s']:,.0f} images/s), test MSE {res['test_mse']:.5f}",
+        file=sys.stderr,
+    )
     print(json.dumps(res))
     return 0
 

@@ -32,9 +32,19 @@ def _bool(v: str) -> bool:
 
 
 MODEL_KEYS = {"width": int, "latent_dim": int, "decoder": str, "norm": str, "mean_image": _bool}
-TRAIN_KEYS = {"epochs": int, "batch_size": int, "patience": int, "seed": int, "lr": float,
-              "weight_decay": float, "warmup": float, "schedule": str, "optimizer": str,
-              "precision": str, "loss": str}
+TRAIN_KEYS = {
+    "epochs": int,
+    "batch_size": int,
+    "patience": int,
+    "seed": int,
+    "lr": float,
+    "weight_decay": float,
+    "warmup": float,
+    "schedule": str,
+    "optimizer": str,
+    "precision": str,
+    "loss": str,
+}
 
 
 def main(argv: list[str]) -> int:
@@ -62,8 +72,19 @@ def main(argv: list[str]) -> int:
     t0 = time.perf_counter()
     hist = fit(model, tr, va, cfg, progress=progress)
     seconds = time.perf_counter() - t0
-    print(json.dumps({"arch": arch, **m, **t, "test_mse": curve[-1], "val_loss": hist[-1]["val_loss"],
-                      "wall_seconds": round(seconds, 1), "curve": curve}))
+    print(
+        json.dumps(
+            {
+                "arch": arch,
+                **m,
+                **t,
+                "test_mse": curve[-1],
+                "val_loss": hist[-1]["val_loss"],
+                "wall_seconds": round(seconds, 1),
+                "curve": curve,
+            }
+        )
+    )
     return 0
 
 

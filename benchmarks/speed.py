@@ -58,8 +58,12 @@ def _torch_modules(model) -> None:
         for name, child in parent.named_children():
             if isinstance(child, (CodeConv2d, CodeConvTranspose2d)):
                 kind = nn.Conv2d if isinstance(child, CodeConv2d) else nn.ConvTranspose2d
-                plain = kind(child.in_channels, child.out_channels, child.kernel_size,
-                             bias=child.bias is not None)
+                plain = kind(
+                    child.in_channels,
+                    child.out_channels,
+                    child.kernel_size,
+                    bias=child.bias is not None,
+                )
                 plain.load_state_dict(child.state_dict())
                 setattr(parent, name, plain)
 
@@ -106,12 +110,22 @@ def job_reference(arch: str, latent: int, epochs: int, seed: int) -> dict:
         x = te.float() / 255.0
         y = model(x).clamp(0, 1)
         mse = float(((y - x) ** 2).mean())
-    return {"seconds": seconds, "test_mse": mse, "images_per_s": epochs * len(train_np) / seconds,
-            "peak_mb": _peak_mb()}
+    return {
+        "seconds": seconds,
+        "test_mse": mse,
+        "images_per_s": epochs * len(train_np) / seconds,
+        "peak_mb": _peak_mb(),
+    }
 
 
-def job_convae(arch: str, latent: int, epochs: int | None, seed: int, target: float | None,
-               recipe: dict | None = None) -> dict:
+def job_convae(
+    arch: str,
+    latent: int,
+    epochs: int | None,
+    seed: int,
+    target: float | None,
+    recipe: dict | None = None,
+) -> dict:
     # Start-up, excluded from the timed work as the issue asks: the imports a `convae train` process
     # pays once - torch, convae, matplotlib/scikit-image (plots, SSIM) and torch._dynamo, which
     # torch.optim imports when the first optimizer is built. Measured and reported separately.
@@ -132,8 +146,10 @@ def job_convae(arch: str, latent: int, epochs: int | None, seed: int, target: fl
     te, _ = load_dataset("mnist-sample", "test")
     overrides = {**({"epochs": epochs} if epochs else {}), **(recipe or {})}
     model_over = {k: overrides.pop(k) for k in list(overrides) if k in ("mean_image",)}
-    cfg = RunConfig(model=ModelConfig(arch=arch, latent_dim=latent, **model_over),
-                    train=TrainConfig(seed=seed, **overrides))
+    cfg = RunConfig(
+        model=ModelConfig(arch=arch, latent_dim=latent, **model_over),
+        train=TrainConfig(seed=seed, **overrides),
+    )
     paused = 0.0
     curve: list[tuple[float, float]] = []
     t0 = time.perf_counter()
@@ -153,7 +169,9 @@ def job_convae(arch: str, latent: int, epochs: int | None, seed: int, target: fl
     # Grab the model fit() trains, to score it per epoch without touching the run directory.
     import importlib
 
-    T = importlib.import_module("convae.train")  # the module (convae.train is also re-exported as a function)
+    T = importlib.import_module(
+        "convae.train"
+    )  # the module (convae.train is also re-exported as a function)
 
     orig_fit = T.fit
 
@@ -169,18 +187,33 @@ def job_convae(arch: str, latent: int, epochs: int | None, seed: int, target: fl
             T.fit = orig_fit
         total = time.perf_counter() - t0 - paused
         metrics = json.loads((Path(d) / "run" / "metrics.json").read_text())
-        hist = [json.loads(line) for line in (Path(d) / "run" / "history.jsonl").read_text().splitlines()]
+        hist = [
+            json.loads(line)
+            for line in (Path(d) / "run" / "history.jsonl").read_text().splitlines()
+        ]
     fit_seconds = sum(r["seconds"] for r in hist)
     reach = next((t for t, m in curve if target is not None and m <= target), None)
     n_train = 3600
     recipe_used = recipe_for(arch).fill(cfg.train)
-    return {"seconds": total, "fit_seconds": fit_seconds, "test_mse": metrics["mse"],
-            "time_to_target": reach, "curve": curve, "epochs": len(hist),
-            "images_per_s": len(hist) * n_train / fit_seconds, "peak_mb": _peak_mb(),
-            "threads": torch.get_num_threads(), "startup_seconds": startup,
-            "recipe": {**{k: getattr(recipe_used, k)
-                          for k in ("epochs", "optimizer", "batch_size", "lr", "warmup", "precision")},
-                       "mean_image": cfg.model.mean_image}}
+    return {
+        "seconds": total,
+        "fit_seconds": fit_seconds,
+        "test_mse": metrics["mse"],
+        "time_to_target": reach,
+        "curve": curve,
+        "epochs": len(hist),
+        "images_per_s": len(hist) * n_train / fit_seconds,
+        "peak_mb": _peak_mb(),
+        "threads": torch.get_num_threads(),
+        "startup_seconds": startup,
+        "recipe": {
+            **{
+                k: getattr(recipe_used, k)
+                for k in ("epochs", "optimizer", "batch_size", "lr", "warmup", "precision")
+            },
+            "mean_image": cfg.model.mean_image,
+        },
+    }
 
 
 def job_step(arch: str, latent: int, batch: int, steps: int = 60, rounds: int = 5) -> dict:
@@ -200,7 +233,9 @@ def job_step(arch: str, latent: int, batch: int, steps: int = 60, rounds: int = 
     # AdamW), so the ratio measures the loop, not the optimizer; "adamw" rows show what Muon costs.
     default_opt = recipe_for(arch).optimizer
     steppers = {}
-    for opt_name, amp, cl in itertools.product(dict.fromkeys((default_opt, "adamw")), (False, True), (False, True)):
+    for opt_name, amp, cl in itertools.product(
+        dict.fromkeys((default_opt, "adamw")), (False, True), (False, True)
+    ):
         torch.manual_seed(0)
         m = build_model(ModelConfig(arch=arch, latent_dim=latent))
         if cl:
@@ -247,7 +282,9 @@ def job_step(arch: str, latent: int, batch: int, steps: int = 60, rounds: int = 
     compiled = None
     try:
         torch.manual_seed(0)
-        m = build_model(ModelConfig(arch=arch, latent_dim=latent)).to(memory_format=torch.channels_last)
+        m = build_model(ModelConfig(arch=arch, latent_dim=latent)).to(
+            memory_format=torch.channels_last
+        )
         opt = torch.optim.AdamW(m.parameters(), lr=1e-3)
         cm = torch.compile(m)
         xs = xf.contiguous(memory_format=torch.channels_last)
@@ -267,12 +304,21 @@ def job_step(arch: str, latent: int, batch: int, steps: int = 60, rounds: int = 
         t = time.perf_counter()
         for i in range(steps):
             cstep(i)
-        compiled = {"images_per_s": steps * batch / (time.perf_counter() - t), "compile_seconds": warm}
+        compiled = {
+            "images_per_s": steps * batch / (time.perf_counter() - t),
+            "compile_seconds": warm,
+        }
     except Exception as e:  # noqa: BLE001 - no compiler toolchain: report it, don't fail the benchmark
         compiled = {"error": f"{type(e).__name__}: {str(e)[:200]}"}
     top = max(v for k, v in best.items() if k.startswith(default_opt + " "))
-    return {"optimizer": default_opt, "hand_written": best, "fastest": top, "convae": ours,
-            "ratio": ours / top, "compiled": compiled}
+    return {
+        "optimizer": default_opt,
+        "hand_written": best,
+        "fastest": top,
+        "convae": ours,
+        "ratio": ours / top,
+        "compiled": compiled,
+    }
 
 
 def job_data() -> dict:
@@ -286,7 +332,9 @@ def job_data() -> dict:
         for name, n in (("train", 60000), ("t10k", 10000)):
             imgs = rng.integers(0, 256, (n, 28, 28), dtype=np.uint8)
             hdr = np.array([0x00000803, n, 28, 28], dtype=">u4").tobytes()
-            (Path(d) / f"{name}-images-idx3-ubyte.gz").write_bytes(gzip.compress(hdr + imgs.tobytes(), 1))
+            (Path(d) / f"{name}-images-idx3-ubyte.gz").write_bytes(
+                gzip.compress(hdr + imgs.tobytes(), 1)
+            )
         t = time.perf_counter()
         a = read_idx(Path(d) / "train-images-idx3-ubyte.gz")
         b = read_idx(Path(d) / "t10k-images-idx3-ubyte.gz")
@@ -317,14 +365,23 @@ def _median(rows: list[dict], key: str):
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--archs", default=",".join(ARCHS))
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--convae-epochs", type=int, default=None, help="override convae's default epochs")
-    ap.add_argument("--variant", action="append", default=[], metavar="ARCH:KEY=VALUE,...",
-                    help="also train a labelled non-default recipe for ARCH, e.g. "
-                         "seed-strided:epochs=20,lr=0.02,precision=fp32 or seed-strided:mean_image=false "
-                         "(repeatable)")
+    ap.add_argument(
+        "--convae-epochs", type=int, default=None, help="override convae's default epochs"
+    )
+    ap.add_argument(
+        "--variant",
+        action="append",
+        default=[],
+        metavar="ARCH:KEY=VALUE,...",
+        help="also train a labelled non-default recipe for ARCH, e.g. "
+        "seed-strided:epochs=20,lr=0.02,precision=fp32 or seed-strided:mean_image=false "
+        "(repeatable)",
+    )
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--job", nargs="+", help=argparse.SUPPRESS)
     a = ap.parse_args()
@@ -333,9 +390,14 @@ def main() -> int:
         if kind == "reference":
             res = job_reference(rest[0], int(rest[1]), int(rest[2]), int(rest[3]))
         elif kind == "convae":
-            res = job_convae(rest[0], int(rest[1]), int(rest[2]) or None, int(rest[3]),
-                             float(rest[4]) if rest[4] != "none" else None,
-                             json.loads(rest[5]) if len(rest) > 5 else None)
+            res = job_convae(
+                rest[0],
+                int(rest[1]),
+                int(rest[2]) or None,
+                int(rest[3]),
+                float(rest[4]) if rest[4] != "none" else None,
+                json.loads(rest[5]) if len(rest) > 5 else None,
+            )
         elif kind == "step":
             res = job_step(rest[0], int(rest[1]), int(rest[2]))
         else:
@@ -347,21 +409,34 @@ def main() -> int:
 
     from convae.config import recipe_for
 
-    report = {"machine": {"cpus": os.cpu_count(), "torch": torch.__version__,
-                          "threads": torch.get_num_threads(), "cuda": torch.cuda.is_available()},
-              "data": _run_job(["data"]), "archs": {}}
+    report = {
+        "machine": {
+            "cpus": os.cpu_count(),
+            "torch": torch.__version__,
+            "threads": torch.get_num_threads(),
+            "cuda": torch.cuda.is_available(),
+        },
+        "data": _run_job(["data"]),
+        "archs": {},
+    }
     variants: dict[str, list[dict]] = {}
     for v in a.variant:
         arch, _, kv = v.partition(":")
         if arch not in ARCHS or not kv:
-            ap.error(f"--variant {v!r}: expected ARCH:KEY=VALUE,... with ARCH one of {', '.join(ARCHS)}")
+            ap.error(
+                f"--variant {v!r}: expected ARCH:KEY=VALUE,... with ARCH one of {', '.join(ARCHS)}"
+            )
         recipe = {}
         for item in kv.split(","):
             k, _, val = item.partition("=")
             if k == "mean_image":
                 recipe[k] = val.lower() in ("1", "true", "on", "yes")
             else:
-                recipe[k] = val if k in ("precision", "optimizer") else (int(val) if k in ("epochs", "batch_size") else float(val))
+                recipe[k] = (
+                    val
+                    if k in ("precision", "optimizer")
+                    else (int(val) if k in ("epochs", "batch_size") else float(val))
+                )
         variants.setdefault(arch, []).append(recipe)
     for arch in a.archs.split(","):
         latent, ref_epochs, conv_epochs = ARCHS[arch]
@@ -371,62 +446,109 @@ def main() -> int:
         for rep in range(a.repeats):
             ref = _run_job(["reference", arch, str(latent), str(ref_epochs), str(rep)])
             refs.append(ref)
-            ours.append(_run_job(["convae", arch, str(latent), str(conv_epochs), str(rep), str(ref["test_mse"])]))
-            print(f"{arch} #{rep}: reference {ref['seconds']:.1f}s mse {ref['test_mse']:.5f} | convae "
-                  f"{ours[-1]['seconds']:.1f}s mse {ours[-1]['test_mse']:.5f} reach "
-                  f"{ours[-1]['time_to_target']}", file=sys.stderr, flush=True)
+            ours.append(
+                _run_job(
+                    ["convae", arch, str(latent), str(conv_epochs), str(rep), str(ref["test_mse"])]
+                )
+            )
+            print(
+                f"{arch} #{rep}: reference {ref['seconds']:.1f}s mse {ref['test_mse']:.5f} | convae "
+                f"{ours[-1]['seconds']:.1f}s mse {ours[-1]['test_mse']:.5f} reach "
+                f"{ours[-1]['time_to_target']}",
+                file=sys.stderr,
+                flush=True,
+            )
             for k, recipe in enumerate(variants.get(arch, [])):
-                var_runs[k].append(_run_job(["convae", arch, str(latent), "0", str(rep), str(ref["test_mse"]),
-                                             json.dumps(recipe)]))
-                print(f"{arch} #{rep} variant {recipe}: {var_runs[k][-1]['seconds']:.1f}s mse "
-                      f"{var_runs[k][-1]['test_mse']:.5f} reach {var_runs[k][-1]['time_to_target']}",
-                      file=sys.stderr, flush=True)
+                var_runs[k].append(
+                    _run_job(
+                        [
+                            "convae",
+                            arch,
+                            str(latent),
+                            "0",
+                            str(rep),
+                            str(ref["test_mse"]),
+                            json.dumps(recipe),
+                        ]
+                    )
+                )
+                print(
+                    f"{arch} #{rep} variant {recipe}: {var_runs[k][-1]['seconds']:.1f}s mse "
+                    f"{var_runs[k][-1]['test_mse']:.5f} reach {var_runs[k][-1]['time_to_target']}",
+                    file=sys.stderr,
+                    flush=True,
+                )
         batch = recipe_for(arch).batch_size  # the step at the recipe's batch
         step = _run_job(["step", arch, str(latent), str(batch)])
         r_sec, c_reach = _median(refs, "seconds"), _median(ours, "time_to_target")
         report["archs"][arch] = {
-            "latent": latent, "reference_epochs": ref_epochs, "convae_epochs": ours[0]["epochs"],
-            "reference_seconds": r_sec, "reference_mse": _median(refs, "test_mse"),
-            "reference_images_per_s": _median(refs, "images_per_s"), "reference_peak_mb": _median(refs, "peak_mb"),
-            "convae_seconds": _median(ours, "seconds"), "convae_fit_seconds": _median(ours, "fit_seconds"),
-            "convae_mse": _median(ours, "test_mse"), "convae_images_per_s": _median(ours, "images_per_s"),
-            "convae_peak_mb": _median(ours, "peak_mb"), "time_to_reference_mse": c_reach,
+            "latent": latent,
+            "reference_epochs": ref_epochs,
+            "convae_epochs": ours[0]["epochs"],
+            "reference_seconds": r_sec,
+            "reference_mse": _median(refs, "test_mse"),
+            "reference_images_per_s": _median(refs, "images_per_s"),
+            "reference_peak_mb": _median(refs, "peak_mb"),
+            "convae_seconds": _median(ours, "seconds"),
+            "convae_fit_seconds": _median(ours, "fit_seconds"),
+            "convae_mse": _median(ours, "test_mse"),
+            "convae_images_per_s": _median(ours, "images_per_s"),
+            "convae_peak_mb": _median(ours, "peak_mb"),
+            "time_to_reference_mse": c_reach,
             "reached_in_all_repeats": all(o["time_to_target"] is not None for o in ours),
             "speedup_to_reference_mse": (r_sec / c_reach) if c_reach else None,
             "startup_seconds": _median(ours, "startup_seconds"),
-            "step": step, "runs": {"reference": refs, "convae": ours},
-            "variants": [{"recipe": runs[0]["recipe"], "seconds": _median(runs, "seconds"),
-                          "test_mse": _median(runs, "test_mse"),
-                          "time_to_reference_mse": _median(runs, "time_to_target"),
-                          "reached_in_all_repeats": all(o["time_to_target"] is not None for o in runs),
-                          "speedup_to_reference_mse": (r_sec / _median(runs, "time_to_target"))
-                          if _median(runs, "time_to_target") else None, "runs": runs}
-                         for runs in var_runs],
+            "step": step,
+            "runs": {"reference": refs, "convae": ours},
+            "variants": [
+                {
+                    "recipe": runs[0]["recipe"],
+                    "seconds": _median(runs, "seconds"),
+                    "test_mse": _median(runs, "test_mse"),
+                    "time_to_reference_mse": _median(runs, "time_to_target"),
+                    "reached_in_all_repeats": all(o["time_to_target"] is not None for o in runs),
+                    "speedup_to_reference_mse": (r_sec / _median(runs, "time_to_target"))
+                    if _median(runs, "time_to_target")
+                    else None,
+                    "runs": runs,
+                }
+                for runs in var_runs
+            ],
         }
     if a.json:
         print(json.dumps(report))
         return 0
     print(f"machine: {report['machine']}")
     print(f"data: {json.dumps({k: round(v, 3) for k, v in report['data'].items()})}")
-    print("| arch | latent | reference (s) | ref. test MSE | convae (s) | convae test MSE | convae time to ref. MSE (s) | "
-          "speed-up | ref. img/s | convae img/s | ref. peak MB | convae peak MB | step vs fastest eager |")
+    print(
+        "| arch | latent | reference (s) | ref. test MSE | convae (s) | convae test MSE | convae time to ref. MSE (s) | "
+        "speed-up | ref. img/s | convae img/s | ref. peak MB | convae peak MB | step vs fastest eager |"
+    )
     print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for arch, r in report["archs"].items():
         reach = f"{r['time_to_reference_mse']:.2f}" if r["time_to_reference_mse"] else "not reached"
         sp = f"{r['speedup_to_reference_mse']:.1f}x" if r["speedup_to_reference_mse"] else "-"
-        print(f"| {arch} | {r['latent']} | {r['reference_seconds']:.1f} ({r['reference_epochs']} ep) | "
-              f"{r['reference_mse']:.5f} | {r['convae_seconds']:.1f} ({r['convae_epochs']} ep) | {r['convae_mse']:.5f} | "
-              f"{reach} | {sp} | {r['reference_images_per_s']:.0f} | {r['convae_images_per_s']:.0f} | "
-              f"{r['reference_peak_mb']:.0f} | {r['convae_peak_mb']:.0f} | {r['step']['ratio']:.0%} |")
+        print(
+            f"| {arch} | {r['latent']} | {r['reference_seconds']:.1f} ({r['reference_epochs']} ep) | "
+            f"{r['reference_mse']:.5f} | {r['convae_seconds']:.1f} ({r['convae_epochs']} ep) | {r['convae_mse']:.5f} | "
+            f"{reach} | {sp} | {r['reference_images_per_s']:.0f} | {r['convae_images_per_s']:.0f} | "
+            f"{r['reference_peak_mb']:.0f} | {r['convae_peak_mb']:.0f} | {r['step']['ratio']:.0%} |"
+        )
     for arch, r in report["archs"].items():
         for v in r["variants"]:
-            reach = f"{v['time_to_reference_mse']:.2f}" if v["time_to_reference_mse"] else "not reached"
+            reach = (
+                f"{v['time_to_reference_mse']:.2f}" if v["time_to_reference_mse"] else "not reached"
+            )
             sp = f"{v['speedup_to_reference_mse']:.1f}x" if v["speedup_to_reference_mse"] else "-"
-            print(f"variant {arch} {v['recipe']}: {v['seconds']:.1f}s test MSE {v['test_mse']:.5f}, "
-                  f"time to ref. MSE {reach}, speed-up {sp}")
+            print(
+                f"variant {arch} {v['recipe']}: {v['seconds']:.1f}s test MSE {v['test_mse']:.5f}, "
+                f"time to ref. MSE {reach}, speed-up {sp}"
+            )
     step_rows = {arch: r["step"] for arch, r in report["archs"].items()}
     print(f"fastest eager step vs convae (images/s): {json.dumps(step_rows)}")
-    print(f"start-up (imports, excluded above): {json.dumps({k: round(r['startup_seconds'], 2) for k, r in report['archs'].items()})}")
+    print(
+        f"start-up (imports, excluded above): {json.dumps({k: round(r['startup_seconds'], 2) for k, r in report['archs'].items()})}"
+    )
     return 0
 
 

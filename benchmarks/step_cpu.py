@@ -21,8 +21,16 @@ from convae.data import load_dataset
 from convae.models import build_model
 
 
-def rate(x: torch.Tensor, arch: str, width: int, batch: int, bf16: bool, channels_last: bool,
-         steps: int, latent: int | None = None) -> float:
+def rate(
+    x: torch.Tensor,
+    arch: str,
+    width: int,
+    batch: int,
+    bf16: bool,
+    channels_last: bool,
+    steps: int,
+    latent: int | None = None,
+) -> float:
     torch.manual_seed(0)
     if latent is None:  # 12 for the two archs of issue 3's table, else the arch's own default
         latent = 12 if arch in ("seed-strided", "convae") else None
@@ -62,8 +70,11 @@ def main(argv: list[str]) -> int:
             for bf16 in (False, True):
                 for cl in (False, True):
                     r = rate(x, arch, int(width), batch, bf16, cl, steps=max(10, 1500 // batch))
-                    print(f"| {arch} | {width} | {batch} | {'bf16' if bf16 else 'fp32'} | "
-                          f"{'channels_last' if cl else 'contiguous'} | {r:.0f} |", flush=True)
+                    print(
+                        f"| {arch} | {width} | {batch} | {'bf16' if bf16 else 'fp32'} | "
+                        f"{'channels_last' if cl else 'contiguous'} | {r:.0f} |",
+                        flush=True,
+                    )
     return 0
 
 

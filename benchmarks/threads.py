@@ -32,8 +32,10 @@ JOBS = {  # name -> (environment additions, threads: None = torch's default, "au
 
 NEIGHBOURS = {
     "python": "while True: pass",
-    "torch": ("import torch\ntorch.set_num_threads(1)\nm = torch.nn.Conv2d(1, 16, 3)\n"
-              "x = torch.rand(64, 1, 28, 28)\nwhile True:\n    m(x).sum().backward()\n"),
+    "torch": (
+        "import torch\ntorch.set_num_threads(1)\nm = torch.nn.Conv2d(1, 16, 3)\n"
+        "x = torch.rand(64, 1, 28, 28)\nwhile True:\n    m(x).sum().backward()\n"
+    ),
 }
 
 
@@ -54,14 +56,24 @@ def job(threads: str, arch: str, n: int) -> dict:
     torch.manual_seed(0)
     model = build_model(ModelConfig(arch=arch))
     hist = fit(model, x, None, TrainConfig(epochs=1))
-    return {"seconds": hist[0]["seconds"], "steps": hist[0]["step"], "threads": torch.get_num_threads()}
+    return {
+        "seconds": hist[0]["seconds"],
+        "steps": hist[0]["step"],
+        "threads": torch.get_num_threads(),
+    }
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--arch", default="seed-keras2d")
-    ap.add_argument("--images", type=int, default=3584, help="training images (batch 32: images/32 steps)")
-    ap.add_argument("--neighbours", type=int, default=1, help="busy processes running beside the jobs")
+    ap.add_argument(
+        "--images", type=int, default=3584, help="training images (batch 32: images/32 steps)"
+    )
+    ap.add_argument(
+        "--neighbours", type=int, default=1, help="busy processes running beside the jobs"
+    )
     ap.add_argument("--neighbour-kind", choices=["python", "torch"], default="python")
     ap.add_argument("--job", nargs=3, help=argparse.SUPPRESS)
     a = ap.parse_args()
@@ -74,19 +86,33 @@ def main() -> int:
     rows = []
     try:
         for name, (env, threads) in JOBS.items():
-            r = subprocess.run([sys.executable, __file__, "--job", str(threads).lower(), a.arch, str(a.images)],
-                               capture_output=True, text=True, env={**os.environ, **env})
+            r = subprocess.run(
+                [sys.executable, __file__, "--job", str(threads).lower(), a.arch, str(a.images)],
+                capture_output=True,
+                text=True,
+                env={**os.environ, **env},
+            )
             if r.returncode:
                 raise RuntimeError(f"job {name!r} failed:\n{r.stderr[-2000:]}")
             res = json.loads(r.stdout.strip().splitlines()[-1])
             rows.append({"setting": name, **res})
-            print(f"{name}: {res['seconds']:.2f} s ({res['threads']} threads)", file=sys.stderr, flush=True)
+            print(
+                f"{name}: {res['seconds']:.2f} s ({res['threads']} threads)",
+                file=sys.stderr,
+                flush=True,
+            )
     finally:
         for p in neighbours:
             p.kill()
             p.wait()
-    where = f"{a.neighbours} other busy {a.neighbour_kind} process(es)" if a.neighbours else "idle machine"
-    print(f"{a.arch}, one epoch of {rows[0]['steps']} steps (batch 32), {os.cpu_count()} cores, {where}")
+    where = (
+        f"{a.neighbours} other busy {a.neighbour_kind} process(es)"
+        if a.neighbours
+        else "idle machine"
+    )
+    print(
+        f"{a.arch}, one epoch of {rows[0]['steps']} steps (batch 32), {os.cpu_count()} cores, {where}"
+    )
     print("| threads | torch threads | seconds |")
     print("|---|---:|---:|")
     for r in rows:

@@ -31,7 +31,9 @@ def test_registry_has_the_issue_architectures():
     ):
         assert name in ARCHS
         assert available()[name]  # every architecture has a one-line description
-    assert ModelConfig().arch == "convae"  # the default architecture
+    from convae.models import resolve_model_config
+
+    assert resolve_model_config(ModelConfig()).arch == "convae"  # the default architecture
 
 
 @pytest.mark.parametrize("size", [28, 32])

@@ -29,7 +29,9 @@ def test_resolve_config_takes_the_data_shape_unless_forced():
     forced = RunConfig(data=DataConfig(channels=1, image_size=24))
     assert resolve_config(forced, 3, 32).model.image_size == 24
     crops = RunConfig(data=DataConfig(crop=40))  # a crop size is the model's size
-    assert resolve_config(crops, 3, 512).model.image_size == 40
+    m = resolve_config(crops, 3, 512).model
+    assert (m.image_size, m.arch, m.padding) == (40, "convae-map", "reflect")
+    assert resolve_config(RunConfig()).model.padding == "zeros"
     assert resolve_config(RunConfig(train=TrainConfig(epochs=2))).train.epochs == 2
 
 

@@ -514,3 +514,65 @@ def test_float_images_are_refused_not_divided_by_255_again(make_images):
 def test_learning_rate_must_be_a_positive_number(make_images, lr):
     with pytest.raises(ValueError, match=r"--lr \(learning rate\) must be a positive number"):
         fit(_model(), make_images(8), None, _cfg(lr=lr))
+
+
+# ---------------------------------------------------------------------------------------------
+# Small data, crops, and the warnings a user needs
+
+
+def test_small_data_gets_enough_steps_unless_epochs_are_given():
+    r = recipe_for("convae")
+    assert r.fill(TrainConfig(), items=3600).epochs == 10  # 112 steps an epoch: the recipe's 10
+    assert r.fill(TrainConfig(), items=100).epochs == 100  # 3 steps an epoch: 300 steps
+    assert r.fill(TrainConfig(epochs=4), items=100).epochs == 4  # the user's choice wins
+    assert r.fill(TrainConfig(batch_size=10), items=100).epochs == 30
+
+
+def test_training_on_crops_scores_whole_images(tmp_path, make_images, write_image_folder, caplog):
+    from convae.config import DataConfig
+
+    write_image_folder(tmp_path / "imgs", make_images(24, 3, 32, seed=2))
+    cfg = RunConfig(
+        model=ModelConfig(width=4),
+        data=DataConfig(spec=f"folder:{tmp_path / 'imgs'}", crop=16, crops_per_epoch=64),
+        train=TrainConfig(epochs=2, batch_size=16),
+    )
+    run = train_mod.train(cfg, tmp_path / "run", device="cpu")
+    stored = json.loads((run / "config.json").read_text())
+    assert stored["model"]["arch"] == "convae-map" and stored["model"]["image_size"] == 16
+    lines = (run / "history.jsonl").read_text().splitlines()
+    assert [json.loads(r)["step"] for r in lines] == [4, 8]  # 64 crops in batches of 16
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["images"] == 2 and metrics["split"] == "test"  # whole 32x32 test files
+    assert "mean_image_psnr" in metrics
+    model = load(run)
+    assert model.fully_conv and model(torch.rand(1, 3, 32, 48)).shape == (1, 3, 32, 48)
+
+
+def test_a_model_that_learned_nothing_is_reported(
+    tmp_path, make_images, write_image_folder, caplog
+):
+    from convae.config import DataConfig
+
+    write_image_folder(tmp_path / "imgs", make_images(12, 1, 16, seed=3))
+    cfg = RunConfig(
+        model=ModelConfig(arch="convae", width=4),
+        data=DataConfig(spec=f"folder:{tmp_path / 'imgs'}"),
+        train=TrainConfig(epochs=1, batch_size=4, lr=1e-6),
+    )
+    with caplog.at_level("WARNING"):
+        train_mod.train(cfg, tmp_path / "run", device="cpu")
+    text = caplog.text
+    assert "no better than the training mean image" in text
+    assert "training pixel values" in text  # 28k parameters for 2.3k values
+
+
+def test_codec_preset_works_at_any_crop_size():
+    from convae.config import PRESETS, DataConfig, apply_preset
+
+    for size in (28, 32, 64):
+        cfg = apply_preset(RunConfig(data=DataConfig(crop=size)), "codec")
+        m = resolve_config(cfg, 3, size).model
+        assert m.latent_dim == 4 * (size // 4) ** 2
+        assert build_model(m).latent_shape == (4, size // 4, size // 4)
+    assert PRESETS["codec"]["model"]["code_channels"] == 4

@@ -36,13 +36,21 @@ OPTIMIZERS = ("adamw", "adam", "muon")
 
 @dataclass(frozen=True)
 class ModelConfig:
-    arch: str = "convae"  # registry name, see `convae.models.available()`
+    # registry name (`convae.models.available()`); None = "convae", or "convae-map" (fully
+    # convolutional) when training on crops of images of any size
+    arch: str | None = None
     channels: int = 1  # 1 (grey) or 3 (RGB) input channels
     image_size: int = 28  # square input side in pixels; must be divisible by 4
     latent_dim: int | None = None  # bottleneck values per image; None = the architecture's default
     width: int = 16  # base channel width of the `convae` arch (seed archs keep their own widths)
     decoder: str = "upsample"  # "upsample" (nearest + conv) or "transpose" (ConvTranspose2d)
     norm: str = "batch"  # "batch" or "none" (the `convae` arch)
+    depth: int | None = None  # stride-2 stages before the code map (convae-map); None = 2
+    code_channels: int | None = None  # channels of a code map (convae-map); None = from latent_dim
+    # How convae-map's convolutions pad borders: "zeros" or "reflect". None = "reflect" when
+    # trained on crops (a crop's border then looks like the inside of a whole image, so the model
+    # runs on whole images as well as on crops), else "zeros".
+    padding: str | None = None
     # The decoder adds the training images' mean image to its output (before the sigmoid, as a
     # logit, where the output has one): it predicts each image's difference from the mean.
     # fit() sets it from the training split. None = the architecture's default (on where it was
@@ -95,6 +103,9 @@ class Recipe:
     lr: float = 1e-2  # peak of the schedule
     warmup: float = 0.15  # fraction of the steps warming up
     cpu_bf16: bool = True  # --precision auto trains under bf16 autocast on a CPU with fast bf16
+    # Epochs left to the recipe are raised until training takes at least this many optimizer
+    # steps: on 100 images, 10 epochs of 32 are 30 steps, too few to learn more than the mean.
+    min_steps: int = 300
 
     def __post_init__(self) -> None:
         if self.optimizer not in OPTIMIZERS:
@@ -102,10 +113,14 @@ class Recipe:
                 f"optimizer must be one of {', '.join(OPTIMIZERS)}, not {self.optimizer!r}"
             )
 
-    def fill(self, cfg: TrainConfig) -> TrainConfig:
-        """``cfg`` with every field left ``None`` taken from this recipe."""
+    def fill(self, cfg: TrainConfig, items: int | None = None) -> TrainConfig:
+        """``cfg`` with every field left ``None`` taken from this recipe; with ``items`` (the
+        training images or crops of an epoch), epochs left ``None`` give at least ``min_steps``."""
         names = ("epochs", "batch_size", "optimizer", "lr", "warmup")
         over = {k: getattr(self, k) for k in names if getattr(cfg, k) is None}
+        if cfg.epochs is None and items:
+            steps = max(1, items // (cfg.batch_size or self.batch_size))
+            over["epochs"] = max(self.epochs, math.ceil(self.min_steps / steps))
         return replace(cfg, **over) if over else cfg
 
 
@@ -295,7 +310,8 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
         "model": {
             "arch": "convae-map",
             "width": 8,
-            "latent_dim": 196,
+            "latent_dim": None,
+            "code_channels": 4,  # a [4, s/4, s/4] map: 196 values at 28 px
             "decoder": "transpose",
             "norm": "batch",
             "mean_image": False,  # measured without it (and it is off for this arch anyway)

@@ -147,8 +147,8 @@ def _pad_to(x: Tensor, h: int, w: int) -> Tensor:
 def _tile_geometry(model: AutoEncoder, h: int, w: int) -> tuple[int, int, int, int]:
     """(padded height, padded width, tile side, tile step) for an ``h x w`` image."""
     if model.fully_conv:
-        s = model.stride
-        hp, wp = math.ceil(h / s) * s, math.ceil(w / s) * s
+        s = model.stride  # padded to its multiple, and to two code cells (reflect padding)
+        hp, wp = max(2 * s, math.ceil(h / s) * s), max(2 * s, math.ceil(w / s) * s)
         if hp * wp <= WHOLE_PIXELS:
             return hp, wp, 0, 0  # one pass, no tiles
         tile = min(_TILE, hp, wp) // s * s

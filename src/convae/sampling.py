@@ -16,7 +16,15 @@ import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["ImageStore", "TensorImages", "RandomCrops", "fixed_crops", "epoch_generator"]
+__all__ = [
+    "ImageStore",
+    "TensorImages",
+    "RandomCrops",
+    "fixed_crops",
+    "epoch_generator",
+    "train_values",
+    "ImageList",
+]
 
 
 class ImageStore(Protocol):
@@ -133,3 +141,37 @@ def fixed_crops(store: ImageStore, size: int, count: int, seed: int = 0) -> Tens
     room = (hw - size + 1).clamp_min(1)
     sampler.plan[:, 1:3] = sampler.plan[:, 1:3] % room
     return sampler.batch(torch.arange(count))
+
+
+def train_values(source: TensorImages | RandomCrops) -> int:
+    """Pixel values the training data holds (channels x pixels over its distinct images)."""
+    if isinstance(source, TensorImages):
+        return source.x.numel()
+    return int(source.store.channels * (source.hw[:, 0] * source.hw[:, 1]).sum())
+
+
+class ImageList:
+    """Images of any sizes held in memory: uint8 ``[C, H, W]`` arrays or tensors, one channel
+    count (the :class:`ImageStore` for a user's own list of images)."""
+
+    def __init__(self, images) -> None:
+        self.images = [np.asarray(a, dtype=np.uint8) for a in images]
+        channels = {a.shape[0] for a in self.images if a.ndim == 3}
+        if len(channels) != 1 or any(a.ndim != 3 for a in self.images):
+            raise ValueError("images must be uint8 [C, H, W] arrays with one channel count")
+        self.channels = channels.pop()
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, i: int) -> Tensor:
+        return self.image(i)
+
+    def sizes(self) -> np.ndarray:
+        return np.array([a.shape[1:] for a in self.images], dtype=np.int64).reshape(-1, 2)
+
+    def image(self, i: int) -> Tensor:
+        return torch.from_numpy(self.images[i].copy())
+
+    def crop(self, i: int, top: int, left: int, h: int, w: int) -> np.ndarray:
+        return self.images[i][:, top : top + h, left : left + w]

@@ -39,13 +39,14 @@ from .checkpoint import (
 from .config import OPTIMIZERS, DataConfig, RunConfig, TrainConfig, read_run_config, recipe_for
 from .data import load_images, load_split
 from .inference import evaluate, load, reconstruct, spread_indices, to_float
+from .metrics import psnr_per_image
 from .models import AutoEncoder, build_model
 from .noise import corrupt, parse_noise
 from .optim import SCHEDULES, build_optimizer, lr_at
 from .plots import loss_figure, reconstruction_figure, save_figure
 from .runs import default_run_dir, resolve_config, same_recipe
 from .runtime import autocast, channels_last_default, resolve_device, resolve_precision
-from .sampling import RandomCrops, TensorImages, epoch_generator, fixed_crops
+from .sampling import RandomCrops, TensorImages, epoch_generator, fixed_crops, train_values
 
 log = logging.getLogger(__name__)
 
@@ -430,7 +431,7 @@ def train(
     out = Path(distributed.broadcast_object(str(out)))
     train_src, val_x, (channels, size) = training_data(cfg.data, dev)
     if not resume:
-        cfg = resolve_config(cfg, channels, size)
+        cfg = resolve_config(cfg, channels, size, len(train_src))
     # Every mistake in the config surfaces before anything is written.
     _checked(cfg.train, build_model(cfg.model))
     resolve_precision(cfg.train.precision, dev, recipe_for(cfg.model.arch).cpu_bf16)
@@ -449,7 +450,7 @@ def train(
         if progress is not None:  # a progress bar closes before what follows logs
             progress({"event": "done"})
         if rank == 0:
-            _finish_run(out, cfg, history, dev)
+            _finish_run(out, cfg, history, train_src, dev)
     distributed.barrier()  # every rank returns once rank 0 has finished the run directory
     return out
 
@@ -479,30 +480,73 @@ def _run_and_config(
     return out, cfg
 
 
-def _finish_run(out: Path, cfg: RunConfig, history: list[dict[str, Any]], dev) -> None:
-    """metrics.json (the test split, whole images), loss.png and reconstructions.png."""
+def _finish_run(
+    out: Path, cfg: RunConfig, history: list[dict[str, Any]], train_src: Source, dev
+) -> None:
+    """metrics.json (the test split, whole images), loss.png and reconstructions.png, and a
+    warning when the model does no better than the training split's mean image."""
     best = load(out, dev)
-    test = load_images(cfg.data, "test")
-    split = "test"
-    if len(test) == 0:  # a small folder has no test split: report on val, else train
-        split = "validation" if len(load_images(cfg.data, "val")) else "training"
-        test = load_images(cfg.data, "val" if split == "validation" else "train")
-        log.warning("no test images: metrics.json reports on the %s split", split)
+    test, split = _test_split(cfg.data)
     images = test.stacked() if cfg.data.crop is None else [test.image(i) for i in range(len(test))]
     metrics = {**evaluate(best, images), "split": split}
+    metrics["mean_image_psnr"] = _mean_image_psnr(train_src, images)
     metrics["train_seconds"] = sum(r["seconds"] for r in history)
     metrics["epochs"] = len(history)
     write_json(out / "metrics.json", metrics)
     save_figure(loss_figure(history), out / "loss.png")
-    shown_idx = spread_indices(len(test), 10).tolist()
-    shown = [test.image(i) for i in shown_idx]
-    g = torch.Generator().manual_seed(0)
+    shown = [test.image(i) for i in spread_indices(len(test), 10).tolist()]
     recon = reconstruct(
         best, shown, noise=cfg.train.noise, generator=torch.Generator().manual_seed(0)
     )
-    inputs = [to_float(s) for s in shown]
+    inputs = [to_float(x) for x in shown]
+    g = torch.Generator().manual_seed(0)  # the same draws as reconstruct's
     noisy = [corrupt(x[None], cfg.train.noise, g)[0] for x in inputs] if cfg.train.noise else None
     save_figure(reconstruction_figure(inputs, recon, noisy=noisy), out / "reconstructions.png")
+    _warn_about_result(metrics, history, best, train_src)
+
+
+def _test_split(data: DataConfig):
+    """The test split's images, or - for a folder too small to have one - validation or train."""
+    for split, name in (("test", "test"), ("val", "validation"), ("train", "training")):
+        images = load_images(data, split)
+        if len(images):
+            if split != "test":
+                log.warning("no test images: metrics.json reports on the %s split", name)
+            return images, name
+    raise ValueError("the data holds no images")
+
+
+def _mean_image_psnr(train_src: Source, images) -> float:
+    """Mean PSNR of predicting every image by the training split's mean image (its mean colour,
+    for crops): the score a model that learned nothing beyond the average would get."""
+    mean = train_src.mean_image()  # [C, h, w]
+    psnr = []
+    for img in images:
+        ref = mean if tuple(mean.shape) == tuple(img.shape) else mean.mean((1, 2), keepdim=True)
+        psnr.append(float(psnr_per_image(to_float(img)[None], ref.expand(img.shape)[None])[0]))
+    return sum(psnr) / len(psnr)
+
+
+def _warn_about_result(metrics: dict, history: list[dict[str, Any]], model, train_src) -> None:
+    """Warnings a user should see: a model no better than the mean image, a validation loss that
+    never improved, a model with more parameters than its training data has values."""
+    if metrics["psnr"] <= metrics["mean_image_psnr"] + 0.5:
+        log.warning(
+            "the model reconstructs the %s split at %.2f dB, no better than the training mean "
+            "image (%.2f dB): it learned little; train longer (--epochs), on more images, or with "
+            "a smaller code", metrics["split"], metrics["psnr"], metrics["mean_image_psnr"],
+        )  # fmt: skip
+    val = [r["val_loss"] for r in history if r.get("val_loss") is not None]
+    if len(val) >= 3 and min(val) >= val[0]:
+        log.warning("the validation loss never improved on its first value (%.5g)", val[0])
+    params = sum(p.numel() for p in model.parameters())
+    values = train_values(train_src)
+    if params > values:
+        log.warning(
+            "the model has %s parameters for %s training pixel values: it may learn the training "
+            "images by heart; use more images or a smaller model (--width, --latent-dim)",
+            f"{params:,}", f"{values:,}",
+        )  # fmt: skip
 
 
 def train_or_reuse(
@@ -531,5 +575,8 @@ def train_or_reuse(
 
 
 def _resolved_like(cfg: RunConfig, stored: RunConfig) -> RunConfig:
-    """``cfg`` resolved for the data shape ``stored`` was resolved for."""
+    """``cfg`` resolved for the data ``stored`` was resolved for (its shape, and the epochs a
+    recipe gives for its size when ``cfg`` leaves them to the recipe)."""
+    if cfg.train.epochs is None and cfg.data == stored.data:
+        cfg = replace(cfg, train=replace(cfg.train, epochs=stored.train.epochs))
     return resolve_config(cfg, stored.model.channels, stored.model.image_size)

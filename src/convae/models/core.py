@@ -77,8 +77,11 @@ def available() -> dict[str, str]:
     return {k: e.description for k, e in _REGISTRY.items()}
 
 
+DEFAULT_ARCH = "convae"
+
+
 def default_latent_dim(cfg: ModelConfig) -> int:
-    return _entry(cfg.arch).default_latent(cfg)
+    return _entry(cfg.arch or DEFAULT_ARCH).default_latent(cfg)
 
 
 def _entry(name: str) -> _Entry:
@@ -89,6 +92,7 @@ def _entry(name: str) -> _Entry:
 
 def build_model(cfg: ModelConfig) -> AutoEncoder:
     """The only constructor: validate the config and build the registered architecture."""
+    cfg = resolve_model_config(cfg)
     entry = _entry(cfg.arch)
     if cfg.channels not in (1, 3):
         raise ValueError(f"channels must be 1 or 3, not {cfg.channels}")
@@ -100,13 +104,21 @@ def build_model(cfg: ModelConfig) -> AutoEncoder:
         raise ValueError(f"decoder must be 'upsample' or 'transpose', not {cfg.decoder!r}")
     if cfg.norm not in ("batch", "none"):
         raise ValueError(f"norm must be 'batch' or 'none', not {cfg.norm!r}")
+    if cfg.padding not in (None, "zeros", "reflect"):
+        raise ValueError(f"padding must be 'zeros' or 'reflect', not {cfg.padding!r}")
     if cfg.width < 1:
         raise ValueError(f"width must be positive, not {cfg.width}")
-    return entry.build(resolve_model_config(cfg))
+    for name in ("depth", "code_channels"):
+        if getattr(cfg, name) is not None and getattr(cfg, name) < 1:
+            raise ValueError(f"{name.replace('_', ' ')} must be positive, not {getattr(cfg, name)}")
+    return entry.build(cfg)
 
 
 def resolve_model_config(cfg: ModelConfig) -> ModelConfig:
-    """``cfg`` with what the architecture decides filled in: the latent size and the mean image."""
+    """``cfg`` with what the architecture decides filled in: the name (None: the default
+    architecture), the latent size and the mean image."""
+    if cfg.arch is None:
+        cfg = replace(cfg, arch=DEFAULT_ARCH)
     entry = _entry(cfg.arch)
     if cfg.latent_dim is None:
         cfg = replace(cfg, latent_dim=entry.default_latent(cfg))

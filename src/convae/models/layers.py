@@ -6,7 +6,16 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-__all__ = ["is_channels_last", "CodeConv2d", "CodeConvTranspose2d", "conv_block", "up_block"]
+from ..config import ModelConfig
+
+__all__ = [
+    "is_channels_last",
+    "CodeConv2d",
+    "CodeConvTranspose2d",
+    "conv_block",
+    "up_block",
+    "code_map_channels",
+]
 
 
 def is_channels_last(t: Tensor) -> bool:
@@ -78,16 +87,18 @@ class CodeConvTranspose2d(nn.ConvTranspose2d):
         return y.view(len(x), o, kh, kw).clone()
 
 
-def conv_block(cin: int, cout: int, stride: int, norm: bool) -> list[nn.Module]:
-    """3x3 conv (strided or not), BatchNorm when ``norm``, ReLU."""
+def conv_block(
+    cin: int, cout: int, stride: int, norm: bool, padding: str = "zeros"
+) -> list[nn.Module]:
+    """3x3 conv (strided or not, borders padded by ``padding``), BatchNorm when ``norm``, ReLU."""
     return [
-        nn.Conv2d(cin, cout, 3, stride=stride, padding=1, bias=not norm),
+        nn.Conv2d(cin, cout, 3, stride=stride, padding=1, bias=not norm, padding_mode=padding),
         *([nn.BatchNorm2d(cout)] if norm else []),
         nn.ReLU(inplace=True),
     ]
 
 
-def up_block(cin: int, cout: int, kind: str, norm: bool) -> list[nn.Module]:
+def up_block(cin: int, cout: int, kind: str, norm: bool, padding: str = "zeros") -> list[nn.Module]:
     """Double the resolution: a transposed conv, or nearest upsampling + 3x3 conv ("upsample")."""
     if kind == "transpose":
         conv: list[nn.Module] = [
@@ -96,6 +107,33 @@ def up_block(cin: int, cout: int, kind: str, norm: bool) -> list[nn.Module]:
     else:  # nearest-neighbour upsampling then a 3x3 conv: no checkerboard artifacts
         conv = [
             nn.Upsample(scale_factor=2, mode="nearest"),
-            nn.Conv2d(cin, cout, 3, padding=1, bias=not norm),
+            nn.Conv2d(cin, cout, 3, padding=1, bias=not norm, padding_mode=padding),
         ]
     return [*conv, *([nn.BatchNorm2d(cout)] if norm else []), nn.ReLU(inplace=True)]
+
+
+def code_map_channels(cfg: ModelConfig, stride: int, default: int) -> int:
+    """Channels K of a ``[K, s/stride, s/stride]`` code map: ``code_channels`` (which serves every
+    image size), else ``latent_dim`` / cells, else ``default``."""
+    if cfg.image_size % stride:
+        raise ValueError(
+            f"{cfg.arch} divides the image by {stride}: the image size (or --crop) must be a "
+            f"multiple of {stride}, not {cfg.image_size}"
+        )
+    q = cfg.image_size // stride
+    cells = q * q
+    k, L = cfg.code_channels, cfg.latent_dim
+    if k is not None and L is not None and L != k * cells:
+        raise ValueError(
+            f"{cfg.arch}: latent dim {L} disagrees with {k} code channels x {q}x{q} cells; give one"
+        )
+    if k is not None:
+        return k
+    if L is None:
+        return default
+    if L % cells:
+        raise ValueError(
+            f"{cfg.arch} keeps a {q}x{q} code map, so its latent dim must be a multiple of {cells} "
+            f"(e.g. {default * cells}), not {L}; or give --code-channels K, which fits any size"
+        )
+    return L // cells

@@ -6,7 +6,7 @@ from torch import nn
 
 from ..config import ModelConfig
 from .core import AutoEncoder, register
-from .layers import CodeConv2d, CodeConvTranspose2d
+from .layers import CodeConv2d, CodeConvTranspose2d, code_map_channels
 
 
 def _seed_latent_strided(cfg: ModelConfig) -> int:
@@ -42,18 +42,7 @@ def seed_strided(cfg: ModelConfig) -> AutoEncoder:
 
 
 def _pool_latent(cfg: ModelConfig) -> int:
-    return 4 * (cfg.image_size // 4) ** 2
-
-
-def pool_code_channels(cfg: ModelConfig) -> int:
-    cells = (cfg.image_size // 4) ** 2
-    L = cfg.latent_dim or 4 * cells
-    if L % cells:
-        raise ValueError(
-            f"{cfg.arch} keeps a {cfg.image_size // 4}x{cfg.image_size // 4} code map, so its latent dim "
-            f"must be a multiple of {cells} (e.g. {4 * cells}), not {L}"
-        )
-    return L // cells
+    return code_map_channels(cfg, 4, 4) * (cfg.image_size // 4) ** 2
 
 
 def _pool_encoder(c: int, code: int) -> nn.Sequential:
@@ -74,7 +63,7 @@ def _pool_encoder(c: int, code: int) -> nn.Sequential:
 )
 def seed_pool(cfg: ModelConfig) -> AutoEncoder:
     c, s = cfg.channels, cfg.image_size
-    code = pool_code_channels(cfg)
+    code = code_map_channels(cfg, 4, 4)
     dec = nn.Sequential(
         nn.ConvTranspose2d(code, 16, 2, stride=2),  # [B, 16, s/2, s/2]
         nn.ReLU(inplace=True),
@@ -91,7 +80,7 @@ def seed_pool(cfg: ModelConfig) -> AutoEncoder:
 )
 def seed_upsample(cfg: ModelConfig) -> AutoEncoder:
     c, s = cfg.channels, cfg.image_size
-    code = pool_code_channels(cfg)
+    code = code_map_channels(cfg, 4, 4)
     dec = nn.Sequential(
         nn.Upsample(scale_factor=2, mode="nearest"),  # [B, code, s/2, s/2]
         nn.Conv2d(code, 16, 3, padding=1),  # [B, 16, s/2, s/2]

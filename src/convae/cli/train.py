@@ -101,7 +101,11 @@ def _add_crop_args(p) -> None:
 
 def _add_model_args(p) -> None:
     g = p.add_argument_group("model")
-    g.add_argument("--arch", help="architecture name (see `convae summary --list`); default convae")
+    g.add_argument(
+        "--arch",
+        help="architecture name (see `convae summary --list`); default convae, or convae-map "
+        "(fully convolutional) with --crop",
+    )
     g.add_argument("--latent-dim", type=positive_int, metavar="L", help="bottleneck size")
     g.add_argument(
         "--width", type=positive_int, help="base channel width (archs convae, convae-map)"

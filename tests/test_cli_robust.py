@@ -321,6 +321,9 @@ def test_a_presets_values_count_as_given_when_resuming():
     assert "--preset anomaly (latent_dim 16) differs from the run's 128" in other
     assert "--preset anomaly (epochs 30) differs from the run's 1" in other
     assert "--preset anomaly (lr 0.003) differs from the run's 0.006" in other
+    # a preset field left to the architecture (None) agrees with whatever the run resolved it to
+    codec = ["--preset", "codec", "--epochs", "1"]
+    assert cli_train.resume_differences(parse(["train", *codec]), _resolved(codec)) == []
 
 
 def test_resume_of_a_run_killed_before_its_first_epoch_starts_over(tiny_run, tmp_path):

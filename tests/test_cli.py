@@ -20,7 +20,7 @@ from safetensors.torch import load_file
 import convae
 from convae import cli
 
-train_mod = importlib.import_module("convae.train")  # `convae.train` itself is the train() function
+train_mod = importlib.import_module("convae.training")
 
 # A tiny but real run: two digits, the default architecture at width 4, one epoch.
 TINY = ["--classes", "1,7", "--arch", "convae", "--width", "4", "--latent-dim", "8", "--epochs", "1",

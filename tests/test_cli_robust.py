@@ -8,6 +8,7 @@ import argparse
 import ast
 import contextlib
 import errno
+import importlib
 import io
 import json
 import math
@@ -33,7 +34,7 @@ from convae.config import RunConfig
 from convae.data import load_dataset, write_png
 from convae.runs import resolve_config
 
-train_mod = sys.modules["convae.train"]  # `convae.train` itself is the train() function
+train_mod = importlib.import_module("convae.training")
 CLI_DIR = Path(cli.__file__).parent
 
 

@@ -26,7 +26,7 @@ def codec_run(tiny_run, tmp_path_factory) -> Path:
     """A private copy of the shared tiny run (the codec writes into its run directory), fitted once."""
     run = tmp_path_factory.mktemp("codec") / "run"
     shutil.copytree(tiny_run, run)
-    from convae.train import load
+    from convae.inference import load
 
     model = load(run)
     x, _ = load_split(model.run_config.data, "train")
@@ -283,7 +283,7 @@ def test_levels_trade_bytes_for_quality(codec, test_x):
 
 
 def test_fine_tune_lowers_the_rate_distortion_loss(codec_run, test_x):
-    from convae.train import load
+    from convae.inference import load
 
     model = load(codec_run)
     x, _ = load_split(model.run_config.data, "train")
@@ -474,7 +474,7 @@ def testprincipal_axes_decorrelate_and_invert():
 
 
 def test_fit_without_decorrelation(codec, test_x):
-    from convae.train import load
+    from convae.inference import load
 
     model = load(codec.run_dir)
     x, _ = load_split(model.run_config.data, "train")

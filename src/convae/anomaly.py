@@ -45,7 +45,7 @@ from .inference import reconstruct, run_path, to_float
 from .metrics import json_safe, ssim_maps, ssim_per_image
 from .runs import resolve_config
 from .runtime import resolve_device
-from .train import fit_config
+from .training import fit_config
 
 log = logging.getLogger(__name__)
 

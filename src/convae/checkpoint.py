@@ -42,6 +42,7 @@ from safetensors.torch import save as st_save
 
 from .config import ModelConfig
 from .limits import MemoryLimitError, check_fits
+from .metrics import json_safe
 
 __all__ = [
     "atomic_write",
@@ -109,18 +110,22 @@ def atomic_write(path: str | os.PathLike, data: bytes | str) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         if fd >= 0:
             os.close(fd)
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+        if isinstance(e, OSError) and e.errno and e.filename is None:  # write/fsync name no file
+            raise OSError(e.errno, e.strerror, str(path)) from e
         raise
     _fsync_dir(path.parent)
 
 
 def write_json(path: str | os.PathLike, obj: Any) -> None:
-    """``obj`` as indented JSON, atomically; NaN and infinities are refused (they are not JSON)."""
-    atomic_write(path, json.dumps(obj, indent=2, sort_keys=True, allow_nan=False) + "\n")
+    """``obj`` as indented JSON, atomically: an infinity is written as null with a ``KEY_inf``
+    sibling (:func:`convae.metrics.json_safe`), a NaN is an error naming the file."""
+    safe = json_safe(obj, where=Path(path).name)
+    atomic_write(path, json.dumps(safe, indent=2, sort_keys=True, allow_nan=False) + "\n")
 
 
 def read_json(path: str | os.PathLike) -> Any:

@@ -35,7 +35,7 @@ from .models import AutoEncoder
 from .noise import corrupt, parse_noise
 from .plots import image_grid_figure, save_figure
 from .runtime import resolve_device
-from .train import train
+from .training import train
 
 log = logging.getLogger(__name__)
 

@@ -20,7 +20,7 @@ import sys
 import threading
 from collections.abc import Iterator
 
-from ..train import TrainingDiverged
+from ..training import TrainingDiverged
 from ..version import __version__
 from . import anomaly, codec, denoise, latent, train
 from .common import (

@@ -26,7 +26,7 @@ from ..inference import evaluate, load, reconstruct
 from ..metrics import json_restore
 from ..models import available, build_model, summary
 from ..runs import default_run_dir
-from ..train import train
+from ..training import train
 from .common import (
     ProgressBar,
     add_command,
@@ -118,6 +118,7 @@ def _add_model_args(p) -> None:
     g.add_argument(
         "--norm", choices=["batch", "none"], help="normalization layers (archs convae, convae-map)"
     )
+    add_code_map_args(g)
     g.add_argument(
         "--mean-image",
         action=argparse.BooleanOptionalAction,
@@ -173,7 +174,8 @@ def _add_training_args(p) -> None:
 # train: flags -> config, and the same flags against a stored run
 
 # The run-defining flags by dest, and the config section and field each one sets.
-_MODEL_FLAGS = ("arch", "latent_dim", "width", "decoder", "norm", "mean_image")
+_MODEL_FLAGS = ("arch", "latent_dim", "width", "decoder", "norm", "depth", "code_channels",
+                "padding", "mean_image")  # fmt: skip
 _TRAIN_FLAGS = ("epochs", "batch_size", "lr", "optimizer", "weight_decay", "schedule", "loss",
                 "precision", "patience", "seed")  # fmt: skip
 _DATA_FLAGS = ("data_dir", "classes", "channels", "image_size", "max_side", "split_by", "strict",
@@ -439,10 +441,12 @@ def _add_summary_parser(sub) -> None:
     p.add_argument("--image-size", type=positive_int, help="input side in pixels (default 28)")
     p.add_argument("--width", type=positive_int, help="base width (archs convae, convae-map)")
     p.add_argument("--decoder", choices=["upsample", "transpose"])
+    add_code_map_args(p)
     p.set_defaults(func=cmd_summary)
 
 
-_SUMMARY_FLAGS = ("latent_dim", "channels", "image_size", "width", "decoder")
+_SUMMARY_FLAGS = ("latent_dim", "channels", "image_size", "width", "decoder", "depth",
+                  "code_channels", "padding")  # fmt: skip
 
 
 def _summary_model(args: argparse.Namespace):
@@ -456,11 +460,28 @@ def _summary_model(args: argparse.Namespace):
         raise FileNotFoundError(f"{args.target}: no such run directory")
     over: dict[str, Any] = {"arch": args.target, "channels": args.channels or 1,
                             "image_size": args.image_size or 28, "latent_dim": args.latent_dim}  # fmt: skip
-    if args.width:
-        over["width"] = args.width
-    if args.decoder:
-        over["decoder"] = args.decoder
+    for k in ("width", "decoder", "depth", "code_channels", "padding"):
+        if getattr(args, k) is not None:
+            over[k] = getattr(args, k)
     return build_model(ModelConfig(**over))
+
+
+def add_code_map_args(g) -> None:
+    """The code map's flags (convae-map): its depth, its channels, its border padding."""
+    g.add_argument(
+        "--depth", type=positive_int, help="stride-2 stages before the code map (convae-map; 2)"
+    )
+    g.add_argument(
+        "--code-channels",
+        type=positive_int,
+        metavar="K",
+        help="channels of the code map (convae-map, seed-pool, seed-upsample): fits any image size",
+    )
+    g.add_argument(
+        "--padding",
+        choices=["zeros", "reflect"],
+        help="how convae-map pads borders (default: reflect when training on --crop, else zeros)",
+    )
 
 
 def cmd_summary(args: argparse.Namespace) -> int:

@@ -22,7 +22,7 @@ from ..checkpoint import atomic_write, write_json
 from ..config import DataConfig, RunConfig, apply_preset
 from ..metrics import json_safe, psnr_per_image, ssim_per_image
 from ..plots import save_figure
-from ..train import train
+from ..training import train
 from .core import Codec, decode, encode, quantize
 from .entropy import encode_symbols
 from .format import unpack

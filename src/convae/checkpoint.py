@@ -371,7 +371,23 @@ def restore_state(
         opt.load_state_dict({"state": state, "param_groups": manifest["param_groups"]})
     except (ValueError, KeyError, RuntimeError) as e:
         raise ValueError(f"{path}: optimizer state does not match the model ({e})") from e
+    _check_param_state(opt, path)
     _match_param_layout(opt)
+
+
+def _check_param_state(optimizer: torch.optim.Optimizer, path: Path) -> None:
+    """Each per-parameter state tensor is a float scalar or has its parameter's shape: torch's
+    ``load_state_dict`` does not check, and the first step would fail deep inside the kernel."""
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            for k, v in optimizer.state.get(p, {}).items():
+                if not isinstance(v, torch.Tensor):
+                    continue
+                if not v.is_floating_point() or (v.ndim and v.shape != p.shape):
+                    raise ValueError(
+                        f"{path}: optimizer state does not match the model ({k} is {v.dtype} "
+                        f"{list(v.shape)}, its parameter {p.dtype} {list(p.shape)})"
+                    )
 
 
 def load_matching(model: torch.nn.Module, weights: dict[str, torch.Tensor], path: Path) -> None:

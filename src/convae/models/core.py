@@ -344,6 +344,7 @@ def _kind(m: nn.Module) -> str:
 
 def summary(model: AutoEncoder, batch: int = 1) -> dict:
     """Per-layer output shapes and parameter counts, latent size and compression ratio."""
+    check_memory(model, batch)  # before the hooks: the estimate runs a forward of its own
     rows: list[LayerRow] = []
     hooks = []
     for part_name, part in (("encoder", model.encoder), ("decoder", model.decoder)):
@@ -361,7 +362,6 @@ def summary(model: AutoEncoder, batch: int = 1) -> dict:
                 )
 
             hooks.append(mod.register_forward_hook(hook))
-    check_memory(model, batch)
     was_training = model.training
     model.eval()
     try:

@@ -360,6 +360,12 @@ def restore_state(
     tensors, _ = read_safetensors(path)
     weights = {k[len("model.") :]: v for k, v in tensors.items() if k.startswith("model.")}
     load_matching(model, weights, path)
+    bad = [k for k, v in tensors.items() if v.is_floating_point() and not v.isfinite().all()]
+    if bad:  # before reconcile() would copy them into model.safetensors
+        raise ValueError(
+            f"{path}: {bad[0]} holds NaN or infinite values (the file is damaged); the run "
+            "cannot resume from it"
+        )
     state: dict[int, dict[str, Any]] = {}
     for key, v in tensors.items():
         if key.startswith("optim."):

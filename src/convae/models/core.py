@@ -272,9 +272,9 @@ def _probe(model: AutoEncoder) -> tuple[int, int, int]:
     hooks = [m.register_forward_hook(hook) for m in leaves]
     was_training = model.training
     try:
-        p = next(itertools.chain(model.parameters(), model.buffers()), None)
-        dev = p.device if p is not None else torch.device("cpu")
-        x = torch.zeros(1, c, side, side, device=dev)
+        p = next((t for t in model.parameters() if t.is_floating_point()), None)
+        dev, dtype = (p.device, p.dtype) if p is not None else (torch.device("cpu"), None)
+        x = torch.zeros(1, c, side, side, device=dev, dtype=dtype)
         model.eval()
         with torch.inference_mode():
             model(x)

@@ -70,13 +70,28 @@ def _rows(run: Path) -> list[dict]:
     return [{k: v for k, v in r.items() if k != "seconds"} for r in rows]
 
 
+def _holds_lock(out: Path, proc: subprocess.Popen) -> bool:
+    """Whether ``proc`` is inside ``convae train``: it holds the run's lock (its PID inside)."""
+    try:
+        return f"PID {proc.pid} " in (out / ".lock").read_text()
+    except OSError:
+        return False
+
+
 def _step(args: list[str], out: Path, delay: float | None, sig: int) -> tuple[str, str]:
     """Start ``convae`` on ``out``; ``delay`` seconds after its config.json exists (None: let it
-    finish), send ``sig``. Returns (what happened, stderr)."""
+    finish), send ``sig``. A SIGINT waits until the process holds the run's lock: before
+    ``main`` runs, Python itself turns it into a traceback. Returns (what happened, stderr)."""
     proc = _convae([*args, "--out", str(out)])
     try:
         if delay is not None:
-            if _wait_for(out / "config.json", proc):
+            if sig == signal.SIGINT:
+                end = time.monotonic() + 300
+                while not _holds_lock(out, proc) and proc.poll() is None:
+                    assert time.monotonic() < end, "the lock never appeared"
+                    time.sleep(0.005)
+                time.sleep(min(delay, 1.0))
+            elif _wait_for(out / "config.json", proc):
                 time.sleep(delay)
             if proc.poll() is None:
                 proc.send_signal(sig)

@@ -27,6 +27,7 @@ from there, and it is refitted automatically when the weights change.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import time
 from collections.abc import Sequence
@@ -105,7 +106,9 @@ class Detector:
         if d["score"] not in SCORES:
             raise ValueError(f"unknown score {d['score']!r}")
         known = set(cls.__dataclass_fields__)
-        return cls(**{k: v for k, v in d.items() if k in known})
+        det = cls(**{k: v for k, v in d.items() if k in known})
+        _check_numbers(det.threshold, det.fpr, det.scales)
+        return det
 
     def flag(self, scores: np.ndarray) -> np.ndarray:
         """Boolean [N]: which scores are above the threshold."""
@@ -189,6 +192,21 @@ def _dssim_maps(x: Tensor, y: Tensor) -> np.ndarray:
 # Calibration on normal images, stored with the model
 
 
+def _is_number(v: Any) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _check_numbers(threshold: Any, fpr: Any, scales: Any) -> None:
+    """A detector's numbers: a finite threshold, a rate in (0, 1), finite positive scales (a NaN
+    threshold would flag nothing, silently)."""
+    if not _is_number(threshold):
+        raise ValueError(f"the threshold must be a finite number, not {threshold!r}")
+    if not (_is_number(fpr) and 0 < fpr < 1):
+        raise ValueError(f"the false-positive rate must be a number in (0, 1), not {fpr!r}")
+    if not isinstance(scales, dict) or not all(_is_number(v) and v > 0 for v in scales.values()):
+        raise ValueError(f"the scales must be finite positive numbers, not {scales!r}")
+
+
 def model_fingerprint(model) -> str:
     """Hex fingerprint of a loaded model's weights and config: ties a detector to its model."""
     return fingerprint(model.state_dict(), model.config).hex()
@@ -242,15 +260,23 @@ def calibrate(
     x = to_float(normal_u8)
     y = reconstruct(model, normal_u8) if recon is None else recon
     parts = {p: _part(x, y, p) for p in _PARTS[score]}
+    bad = [p for p, v in parts.items() if not np.isfinite(v).all()]
+    if bad:  # a NaN threshold would be stored and flag nothing
+        raise ValueError(
+            f"the {bad[0]} scores of the normal images are NaN or infinite (the model's "
+            "reconstructions are); no threshold can be calibrated - retrain the model"
+        )
     # A median of 0 (a perfect reconstruction of most normal images) would divide by zero.
     scales = (
         {p: max(float(np.median(v)), 1e-12) for p, v in parts.items()} if len(parts) > 1 else {}
     )
     s = _combine(parts, score, scales)
+    threshold = threshold_at_fpr(s, fpr)
+    _check_numbers(threshold, fpr, scales)
     qs = np.quantile(s, [0.0, 0.25, 0.5, 0.75, 0.95, 1.0])
     return Detector(
         score=score,
-        threshold=threshold_at_fpr(s, fpr),
+        threshold=threshold,
         fpr=fpr,
         fingerprint=model_fingerprint(model),
         n_calibration=len(normal_u8),

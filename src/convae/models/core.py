@@ -114,14 +114,10 @@ def build_model(cfg: ModelConfig) -> AutoEncoder:
         raise ValueError(f"padding must be 'zeros' or 'reflect', not {cfg.padding!r}")
     if cfg.width < 1:
         raise ValueError(f"width must be positive, not {cfg.width}")
-<<<<<<< HEAD
     for name in ("depth", "code_channels"):
         if getattr(cfg, name) is not None and getattr(cfg, name) < 1:
             raise ValueError(f"{name.replace('_', ' ')} must be positive, not {getattr(cfg, name)}")
-=======
-    cfg = resolve_model_config(cfg)
     _check_build_fits(cfg, entry)
->>>>>>> harden
     return entry.build(cfg)
 
 

@@ -224,11 +224,6 @@ def test_overflowing_weights_are_one_line_and_write_nothing(run_copy, image_dir,
     assert not (tmp_path / "rec").exists() and not (tmp_path / "x.cae").exists()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="denoise.denoise_tensor and latent's decode clamp NaN outputs into PNGs themselves "
-    "instead of going through inference's checked clamp",
-)
 @pytest.mark.filterwarnings("ignore:invalid value encountered in cast:RuntimeWarning")
 @pytest.mark.parametrize("name", ["denoise", "generate"])
 def test_overflowing_weights_in_denoise_and_generate(name, run_copy, image_dir, tmp_path, capsys):

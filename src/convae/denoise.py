@@ -29,7 +29,7 @@ from torch import Tensor
 from .checkpoint import read_json, write_json
 from .config import DataConfig, RunConfig, apply_preset
 from .data import load_split
-from .inference import load, spread_indices, to_float
+from .inference import finite_pixels, load, spread_indices, to_float
 from .metrics import json_safe, psnr_per_image, ssim_per_image
 from .models import AutoEncoder
 from .noise import corrupt, parse_noise
@@ -133,7 +133,7 @@ def denoise_tensor(model: AutoEncoder, x: Tensor, batch_size: int = 512) -> Tens
     model.eval()
     device = next(model.parameters()).device
     outs = [
-        model(x[i : i + batch_size].to(device, torch.float32)).float().clamp_(0, 1).cpu()
+        finite_pixels(model(x[i : i + batch_size].to(device, torch.float32)), model).cpu()
         for i in range(0, len(x), batch_size)
     ]
     return torch.cat(outs) if outs else torch.zeros(0, *model.input_shape)

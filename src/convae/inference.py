@@ -286,12 +286,17 @@ def _clamped(model: AutoEncoder) -> Callable[[Tensor], Tensor]:
     would hide it, and it would become garbage pixels, scores or metrics)."""
 
     def run(x: Tensor) -> Tensor:
-        y = model(x).float()
-        if not bool(y.isfinite().all()):  # one host sync per batch
-            raise ValueError(nonfinite_output(model))
-        return y.clamp_(0, 1)
+        return finite_pixels(model(x), model)
 
     return run
+
+
+def finite_pixels(y: Tensor, model: AutoEncoder) -> Tensor:
+    """A model's output as float32 pixels clamped to [0, 1]; NaN or infinity is an error."""
+    y = y.float()
+    if not bool(y.isfinite().all()):  # one host sync per batch
+        raise ValueError(nonfinite_output(model))
+    return y.clamp_(0, 1)
 
 
 def nonfinite_output(model: AutoEncoder) -> str:

@@ -26,7 +26,7 @@ from torch import Tensor
 
 from .checkpoint import atomic_write, read_json, write_json
 from .config import RunConfig, recipe_for
-from .inference import load, reconstruct, to_float
+from .inference import finite_pixels, load, reconstruct, to_float
 from .models import AutoEncoder, build_model
 from .plots import to_display
 from .training import train_or_reuse
@@ -90,7 +90,7 @@ def decode_codes(model: AutoEncoder, codes: Tensor, batch_size: int = 1024) -> T
     model.eval()
     device = next(model.parameters()).device
     outs = [
-        model.decode(codes[i : i + batch_size].to(device)).float().clamp_(0, 1).cpu()
+        finite_pixels(model.decode(codes[i : i + batch_size].to(device)), model).cpu()
         for i in range(0, len(codes), batch_size)
     ]
     if not outs:

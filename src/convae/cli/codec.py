@@ -170,12 +170,12 @@ def cmd_decode(args: argparse.Namespace) -> int:
     run = _decode_run(path, header, args.model)
     codec = cdc.load_codec(run, fit_if_missing=False)
     out = Path(args.out)
-    names = header.names or tuple(f"{i:05d}.png" for i in range(header.count))
-    targets = folder_targets(out, names, [path, *run_inputs(run)], overwrite=args.overwrite)
-    try:
+    try:  # a forged file fails here, before its count makes names or output paths
         images, _ = cdc.decode(codec, path.read_bytes())  # everything in memory before any write
     except cdc.CodecError as e:
         raise cdc.CodecError(f"{path}: {e}") from None
+    names = header.names or tuple(f"{i:05d}.png" for i in range(header.count))
+    targets = folder_targets(out, names, [path, *run_inputs(run)], overwrite=args.overwrite)
     for target, img in zip(targets, images, strict=True):
         write_png(img, target)
     res = {"out": str(out), "images": len(images), "model": header.fingerprint.hex()}

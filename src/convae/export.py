@@ -175,7 +175,7 @@ def _write(module: nn.Module, model: AutoEncoder, part: str, fmt: str, path: Pat
             else:
                 traced = torch.jit.trace(module, (example,), check_trace=False)
                 torch.jit.save(traced, str(path))
-        except (RuntimeError, TypeError, ValueError) as e:
+        except Exception as e:  # any exporter or checker failure: the export is impossible
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise ExportError(f"exporting the {part} to {fmt} failed: {first}") from e
     module.eval()  # the exporter restores the training flag it found; keep eval for the checks
@@ -267,7 +267,9 @@ def _parity(run: Callable, model: AutoEncoder, part: str, batches: list[Tensor])
                     f"{list(ref.shape)}; nothing written"
                 )
             diff = float(np.abs(out.astype(np.float64) - ref).max())
-            rows.append({"images": len(x), "batch": b, "size": list(x.shape[-2:]), "max_abs_diff": diff})
+            rows.append(
+                {"images": len(x), "batch": b, "size": list(x.shape[-2:]), "max_abs_diff": diff}
+            )
     return rows
 
 
@@ -344,7 +346,9 @@ def anomaly_spec(det) -> dict[str, Any]:
             "population covariance; smaller: box window of min(7, largest odd < min(H, W)) px, "
             "sample covariance",
         },
-        "definition": " + ".join(f"{p} / scales.{p}" for p in parts) if len(parts) > 1 else parts[0],
+        "definition": " + ".join(f"{p} / scales.{p}" for p in parts)
+        if len(parts) > 1
+        else parts[0],
         "scales": dict(det.scales),
         "threshold": det.threshold,
         "flag": "score > threshold",
@@ -411,6 +415,14 @@ def _size(model: AutoEncoder) -> dict[str, Any]:
             "width": w, "trained_at": [h, w], "other_sizes": "not supported: resize or tile"}  # fmt: skip
 
 
+def _runtime(fmt: str) -> str:
+    if fmt == "onnx":
+        import onnxruntime
+
+        return f"onnxruntime {onnxruntime.__version__}"
+    return f"torch.jit.load (torch {torch.__version__})"
+
+
 def _sidecar(model: AutoEncoder, part: str, fmt: str, file: Path, which: str) -> dict[str, Any]:
     from .checkpoint import fingerprint
     from .version import __version__
@@ -428,7 +440,7 @@ def _sidecar(model: AutoEncoder, part: str, fmt: str, file: Path, which: str) ->
         "version": SIDECAR_VERSION,
         "file": file.name,
         "sha256": hashlib.sha256(file.read_bytes()).hexdigest(),
-        "runtime": "onnxruntime" if fmt == "onnx" else "torch.jit.load",
+        "runtime": _runtime(fmt),
         "export_format": fmt,
         "opset": OPSET if fmt == "onnx" else None,
         "part": part,
@@ -496,21 +508,26 @@ def _fsync(path: Path) -> None:
         os.fsync(f.fileno())
 
 
-def _checked_parity(runner, model, part, batches, det, data, what: str) -> dict[str, Any]:
+def _checked_parity(runner, model, part, batches, det, data, split: str) -> dict[str, Any]:
     """The parity entry of the sidecar; an :class:`ExportError` when a check fails."""
     rows = _parity(runner, model, part, batches)
     worst = max(r["max_abs_diff"] for r in rows)
-    parity: dict[str, Any] = {"max_abs_diff": worst, "tolerance": TOLERANCE, "images": what,
-                              "cases": rows}  # fmt: skip
+    parity: dict[str, Any] = {
+        "max_abs_diff": worst, "tolerance": TOLERANCE, "images": len(batches[0]),
+        "data": data.spec, "split": split, "batches": list(PARITY_BATCHES),
+        "sizes": [list(x.shape[-2:]) for x in batches], "cases": rows,
+    }  # fmt: skip
     if not worst <= TOLERANCE:  # NaN fails too
         raise ExportError(
             f"the exported {part} differs from convae by up to {worst:.3g} (> {TOLERANCE:g}) on "
-            f"{what}; nothing written"
+            f"{len(batches[0])} {data.spec} {split} images; nothing written"
         )
     if det is not None:
         a = _anomaly_parity(runner, model, det, data)
         parity["anomaly"] = a
-        if a["checked"] and not (a["flags_equal"] and a["max_score_diff_over_threshold"] <= TOLERANCE):
+        if a["checked"] and not (
+            a["flags_equal"] and a["max_score_diff_over_threshold"] <= TOLERANCE
+        ):
             raise ExportError(
                 f"anomaly scores of the exported {part} differ from convae's (max "
                 f"{a['max_abs_score_diff']:.3g}, flags equal: {a['flags_equal']}); nothing written"
@@ -546,13 +563,12 @@ def export_run(
     _check_targets(out, targets, overwrite)
     data = data or model.run_config.data  # type: ignore[union-attr]
     batches, split = parity_images(model, data)  # read before anything is written
-    what = f"{len(batches[0])} {data.spec} {split} images"
     det = _current_detector(model) if part == "autoencoder" else None
     tmp = Path(tempfile.mkdtemp(prefix=".convae-export-", dir=_existing_ancestor(out)))
     try:
         _write(export_module(model, part), model, part, format, tmp / name)
         parity = _checked_parity(load_exported(tmp / name, format), model, part, batches, det,
-                                 data, what)  # fmt: skip
+                                 data, split)  # fmt: skip
         side = _sidecar(model, part, format, tmp / name, which)
         side["parity"] = parity
         if det is not None:

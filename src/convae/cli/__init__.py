@@ -27,6 +27,7 @@ from .common import data_config_from_args as data_config_from_args
 from .common import output_names as output_names
 from .common import set_threads as set_threads
 from .denoise import _bench_denoise_parser, _denoise_parser
+from .export import _export_parser, _report_parser
 from .latent import _generate_parser, _interpolate_parser, _latent_parser, _sweep_parser
 from .train import _eval_parser, _reconstruct_parser, _summary_parser, _train_parser
 from .train import build_run_config as build_run_config
@@ -39,6 +40,7 @@ _COMMANDS: list = [_train_parser, _eval_parser, _reconstruct_parser, _summary_pa
 _COMMANDS += [_latent_parser, _generate_parser, _interpolate_parser, _sweep_parser]
 _COMMANDS += [_encode_parser, _decode_parser, _info_parser]
 _COMMANDS += [_denoise_parser, _anomaly_parser]
+_COMMANDS += [_export_parser, _report_parser]
 _BENCHES: list = [_bench_codec_parser, _bench_denoise_parser, _bench_anomaly_parser]
 
 

@@ -8,7 +8,7 @@ What an exported file takes and gives (one contract for both formats)::
 
 ``autoencoder`` maps image -> reconstruction, ``encoder`` image -> code, ``decoder`` code ->
 reconstruction. The batch is dynamic; a fully convolutional model (``model.fully_conv``) also
-takes any height and width that are multiples of its stride ``s`` (pad other sizes at the
+takes any height and width that are multiples of its stride ``s``, at least ``2 s`` (pad other sizes at the
 bottom/right by reflection and crop the output, as convae does: :func:`pad_to_stride`); the
 other architectures take their training size only. The run's mean image is a buffer of the
 decoder, so it is part of the exported graph.
@@ -408,8 +408,9 @@ def _size(model: AutoEncoder) -> dict[str, Any]:
     c, h, w = model.input_shape
     if model.fully_conv:
         return {"fully_conv": True, "stride": model.stride, "multiple_of": model.stride,
-                "height": None, "width": None, "trained_at": [h, w],
-                "other_sizes": f"pad at the bottom/right to multiples of {model.stride} (reflect; "
+                "min_side": 2 * model.stride, "height": None, "width": None, "trained_at": [h, w],
+                "other_sizes": f"pad at the bottom/right to multiples of {model.stride}, at least "
+                               f"{2 * model.stride} (reflect; "
                                "edge where the image is smaller than the padding), crop the output"}  # fmt: skip
     return {"fully_conv": False, "stride": model.stride, "multiple_of": None, "height": h,
             "width": w, "trained_at": [h, w], "other_sizes": "not supported: resize or tile"}  # fmt: skip

@@ -164,22 +164,24 @@ def _overview(r: _Run) -> str:
 def _metrics(r: _Run) -> Section | None:
     if r.metrics is None and not r.images:
         return None
-    body = ""
+    parts = []
     if r.metrics is not None:
         keys = [k for k in r.metrics if not isinstance(r.metrics[k], (dict, list))]
-        body += _table(["metric", "value"], [(k, r.metrics[k]) for k in sorted(keys)])
-        body += '<p class="note">from metrics.json, written when training ended</p>'
+        parts.append("<div><h3>metrics.json (written when training ended)</h3>"
+                     + _table(["metric", "value"], [(k, r.metrics[k]) for k in sorted(keys)])
+                     + "</div>")  # fmt: skip
     classes = np.unique(r.labels) if r.labels is not None else []
     if r.images and len(classes) > 1:
-        per = evaluate(r.model, r.stacked() if r.stacked() is not None else r.images,
-                       per_image=True)["per_image"]  # fmt: skip
+        x = r.stacked()
+        per = evaluate(r.model, x if x is not None else r.images, per_image=True)["per_image"]
         rows = []
         for c in classes:
             sel = r.labels == c
             rows.append([str(c), int(sel.sum()),
                          *(float(np.mean(np.asarray(per[k])[sel])) for k in ("mse", "psnr", "ssim"))])  # fmt: skip
-        body += f"<h3>Per class ({_esc(r.split)} split)</h3>"
-        body += _table(["class", "images", "MSE", "PSNR dB", "SSIM"], rows)
+        parts.append(f"<div><h3>Per class ({_esc(r.split)} split)</h3>"
+                     + _table(["class", "images", "MSE", "PSNR dB", "SSIM"], rows) + "</div>")  # fmt: skip
+    body = '<div class="row">' + "".join(parts) + "</div>"
     return "metrics", "Metrics", body
 
 
@@ -210,7 +212,9 @@ def _training(r: _Run) -> Section | None:
     best = min(val, key=lambda h: h["val_loss"]) if val else None
     note = (f"best validation loss {_fmt(best['val_loss'])} at epoch {best['epoch']} "
             "(the weights every command uses)") if best else ""  # fmt: skip
-    return "training", "Training", _img(_fig_png(loss_figure(hist)), "loss curves", note)
+    # loss.png, which training wrote from the same history, unless it is missing or damaged
+    png = _file_png(r.dir / "loss.png") or _fig_png(loss_figure(hist))
+    return "training", "Training", _img(png, "loss curves", note)
 
 
 def _reconstructions(r: _Run) -> Section | None:

@@ -248,14 +248,19 @@ def _plane(codes: np.ndarray) -> tuple[np.ndarray, tuple[str, str], str]:
 def _latent(r: _Run) -> Section | None:
     from .latent import encode_images, latent_map_figure
 
-    x = r.stacked()
+    x, labels, note = r.stacked(), r.labels, ""
+    if r.cfg.data.classes and x is not None:
+        # a run on some classes: every class of the split, to show where the others fall
+        xa, ya = load_split(replace(r.cfg.data, classes=None), r.split)
+        x, labels = xa, ya.numpy()
+        note = f"; every class, trained on {_fmt(list(r.cfg.data.classes))}"
     if x is None or len(x) < 3:
         return None
     idx = spread_indices(len(x), MAP_POINTS)
     points, axes, how = _plane(encode_images(r.model, x[idx]).double().numpy())
-    labels = r.labels[idx.numpy()] if r.labels is not None else None
+    labels = labels[idx.numpy()] if labels is not None else None
     fig = latent_map_figure(points, labels, axes, title=f"{len(idx)} {r.split} codes")
-    cap = f"{how}; {r.model.latent_dim} values per image"
+    cap = f"{how}; {r.model.latent_dim} values per image{note}"
     return "latent", "Latent map", _img(_fig_png(fig), "latent map", cap)
 
 

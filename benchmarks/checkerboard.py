@@ -39,7 +39,7 @@ from convae.data import load_split
 from convae.inference import load, reconstruct, to_float
 from convae.latent import checkerboard_energy
 from convae.plots import image_grid_figure, save_figure
-from convae.train import train_or_reuse as reuse
+from convae.training import train_or_reuse as reuse
 
 PAIRS = {
     "seed": [("seed-pool", {"arch": "seed-pool"}), ("seed-upsample", {"arch": "seed-upsample"})],

@@ -1,7 +1,7 @@
 """Choosing the codec preset: train candidate models, fine-tune each for rate-distortion, measure.
 
 For every candidate (architecture, width, latent size, epochs) this trains a model on the train
-split exactly as `convae train` does (`convae.train.fit`, the default recipe plus the candidate's
+split exactly as `convae train` does (`convae.training.fit`, the default recipe plus the candidate's
 overrides), prints its test PSNR with a float latent, then runs the codec fine-tune
 (`convae.codec.fit_codec`, the default settings unless overridden) for each rate weight and prints
 bytes/image and PSNR of every quality level on the test split (one .cae file for all test images,
@@ -39,7 +39,7 @@ from convae.config import ModelConfig, RunConfig, TrainConfig
 from convae.data import load_dataset
 from convae.inference import evaluate
 from convae.models import build_model
-from convae.train import fit
+from convae.training import fit
 
 # (model overrides, train overrides): the candidates compared in docs/codec.md. The dense
 # bottleneck (`convae`) tops out near 27.3 dB on the 1,000 test digits; the code map

@@ -5,7 +5,7 @@
     python benchmarks/gpu.py --device cpu --images 2048 --epochs 1   # the same code path on a CPU
 
 The training images are loaded once as uint8 and moved to the device before the clock starts;
-`convae.train.fit` then slices, normalizes and trains on the device, with no host copies per step.
+`convae.training.fit` then slices, normalizes and trains on the device, with no host copies per step.
 Without `--data mnist` (the GPU machines have no internet), the 3,600 training digits of the
 embedded sample are repeated to `--images` — the same tensor shapes and the same work per epoch as
 MNIST's 60,000, on fewer distinct digits. Reports the training seconds (CUDA synchronized), images/s,
@@ -28,7 +28,7 @@ from convae.data import load_dataset
 from convae.inference import evaluate
 from convae.models import build_model
 from convae.runtime import resolve_device
-from convae.train import fit
+from convae.training import fit
 
 
 def main(argv: list[str] | None = None) -> int:

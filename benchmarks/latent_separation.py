@@ -26,9 +26,10 @@ from pathlib import Path
 
 from convae.config import OPTIMIZERS, DataConfig, ModelConfig, RunConfig
 from convae.data import load_split
+from convae.inference import load, to_float
 from convae.latent import encode_images, latent_map_figure, silhouette
 from convae.plots import save_figure
-from convae.train import load, to_float, train_or_reuse
+from convae.training import train_or_reuse
 
 TARGET = 0.4
 CLASSES = (1, 5, 6)

@@ -26,7 +26,7 @@ from convae.config import ModelConfig, RunConfig, TrainConfig
 from convae.inference import evaluate
 from convae.runs import resolve_config
 from convae.sampling import ImageList, RandomCrops
-from convae.train import fit_config
+from convae.training import fit_config
 
 MODELS = {
     "convae-map (3 code channels at 1/4)": ModelConfig(

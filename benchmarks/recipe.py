@@ -22,7 +22,7 @@ from convae.config import ModelConfig, TrainConfig
 from convae.data import load_dataset
 from convae.inference import evaluate
 from convae.models import build_model
-from convae.train import fit
+from convae.training import fit
 
 
 def _bool(v: str) -> bool:

@@ -10,7 +10,7 @@ subprocess (so peak memory is per job):
   layers swapped back), a Dataset converting every image on its own (as torchvision's ToTensor
   does), DataLoader batch 20, Adam 1e-3, MSE, ``loss.item()`` every step, 30 epochs (10 for
   seed-keras2d, as seed 004 trains);
-* ``convae``: ``convae.train.train`` with the default recipe (``--epochs`` per arch below), the
+* ``convae``: ``convae.training.train`` with the default recipe (``--epochs`` per arch below), the
   whole command's work timed from data loading on; the test MSE is measured after every epoch
   with the clock paused, to find when it first reaches the reference's final test MSE.
 
@@ -139,7 +139,7 @@ def job_convae(
     from convae.data import load_dataset
     from convae.inference import evaluate
     from convae.runtime import auto_threads
-    from convae.train import train
+    from convae.training import train
 
     torch.set_num_threads(auto_threads())  # as `convae train` does
     startup = time.perf_counter() - t_import
@@ -167,11 +167,7 @@ def job_convae(
         paused += time.perf_counter() - p0
 
     # Grab the model fit() trains, to score it per epoch without touching the run directory.
-    import importlib
-
-    T = importlib.import_module(
-        "convae.train"
-    )  # the module (convae.train is also re-exported as a function)
+    from convae import training as T
 
     orig_fit = T.fit
 
@@ -225,7 +221,7 @@ def job_step(arch: str, latent: int, batch: int, steps: int = 60, rounds: int = 
     from convae.data import load_dataset
     from convae.models import build_model
     from convae.optim import build_optimizer
-    from convae.train import fit
+    from convae.training import fit
 
     tr, _ = load_dataset("mnist-sample", "train")
     xf = tr.float().div(255.0)

@@ -5,9 +5,9 @@
     python benchmarks/threads.py --neighbours 0   # the idle machine
     python benchmarks/threads.py --neighbour-kind torch   # the neighbour trains a small conv net
 
-Each job is a fresh subprocess that trains one epoch (``convae.train.fit``, default recipe) with a
+Each job is a fresh subprocess that trains one epoch (``convae.training.fit``, default recipe) with a
 given thread setting and reports its seconds: torch's default (one thread per core), the same with
-``OMP_WAIT_POLICY=PASSIVE``, one thread, and ``auto`` (``convae.train.auto_threads``, what
+``OMP_WAIT_POLICY=PASSIVE``, one thread, and ``auto`` (``convae.runtime.auto_threads``, what
 ``convae train`` uses). A neighbour is a pure-Python busy loop (one core held by someone else), or
 with ``--neighbour-kind torch`` a one-thread torch loop training a small conv layer, like a second
 training job.
@@ -45,7 +45,8 @@ def job(threads: str, arch: str, n: int) -> dict:
     from convae.config import ModelConfig, TrainConfig
     from convae.data import load_dataset
     from convae.models import build_model
-    from convae.train import auto_threads, fit
+    from convae.runtime import auto_threads
+    from convae.training import fit
 
     if threads == "auto":
         torch.set_num_threads(auto_threads())

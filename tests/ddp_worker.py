@@ -7,7 +7,7 @@ Every job is an ordinary ``convae.cli.main(argv)`` call; they share one process 
 worker starts itself (``main`` then uses it and leaves it open), because a gloo group cannot be
 reliably started twice in one process - and one launch for several jobs saves start-up time.
 
-Around :func:`convae.train.fit` the worker adds two things:
+Around :func:`convae.training.fit` the worker adds two things:
 
 * ``dump``: after training, every rank writes its final ``state_dict`` (weights *and* BatchNorm
   buffers) to ``DIR/rank{R}.safetensors`` and the history it saw (the losses its decisions were
@@ -31,8 +31,7 @@ from safetensors.torch import save_file
 
 from convae.cli import main
 
-# `convae.train` the attribute is the train() function; the module is reached through importlib.
-convae_train = importlib.import_module("convae.train")
+convae_train = importlib.import_module("convae.training")
 _real_fit = convae_train.fit
 _job: dict = {}
 

@@ -105,8 +105,8 @@ def test_error_maps_shape_and_values():
 
 
 def test_ssim_heat_map_averages_to_the_ssim_score():
+    from convae.inference import to_float
     from convae.metrics import ssim_per_image
-    from convae.train import to_float
 
     x = to_float(load_dataset("mnist-sample", "test", classes=[3])[0][:4])
     y = (x + 0.2 * torch.randn(x.shape, generator=torch.Generator().manual_seed(0))).clamp(0, 1)

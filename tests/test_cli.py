@@ -20,7 +20,7 @@ from safetensors.torch import load_file
 import convae
 from convae import cli
 
-train_mod = importlib.import_module("convae.train")  # `convae.train` itself is the train() function
+train_mod = importlib.import_module("convae.training")
 
 # A tiny but real run: two digits, the default architecture at width 4, one epoch.
 TINY = ["--classes", "1,7", "--arch", "convae", "--width", "4", "--latent-dim", "8", "--epochs", "1",
@@ -414,7 +414,7 @@ def test_interrupted_run_resumes_exactly(tmp_path, monkeypatch):
             raise KeyboardInterrupt
 
     with monkeypatch.context() as m:
-        m.setattr(cli._ProgressBar, "__call__", interrupt_after_epoch_1)
+        m.setattr(cli.ProgressBar, "__call__", interrupt_after_epoch_1)
         rc, out, err = run_cli("train", *RESUMABLE, "--out", tmp_path / "cut", "--device", "cpu")
     assert rc == 130 and "interrupted" in err
     assert not (tmp_path / "cut" / "metrics.json").exists()

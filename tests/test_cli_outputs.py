@@ -55,7 +55,7 @@ def run(tmp_path_factory) -> Path:
     from convae import train
     from convae.config import DataConfig, ModelConfig, RunConfig, TrainConfig
     from convae.data import load_split
-    from convae.train import load
+    from convae.inference import load
 
     cfg = RunConfig(
         model=ModelConfig(arch="convae", width=4, latent_dim=8),

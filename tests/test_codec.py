@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import math
+import re
 import shutil
 import struct
 import zlib
@@ -16,6 +18,7 @@ import torch
 from convae import codec as C
 from convae.cli import main
 from convae.data import load_split
+from convae.limits import MemoryLimitError
 
 FIT = C.CodecFitConfig(epochs=1, lmbda=0.01, batch_size=64, steps=(2.0, 1.0, 0.5), default_level=1)
 
@@ -25,7 +28,7 @@ def codec_run(tiny_run, tmp_path_factory) -> Path:
     """A private copy of the shared tiny run (the codec writes into its run directory), fitted once."""
     run = tmp_path_factory.mktemp("codec") / "run"
     shutil.copytree(tiny_run, run)
-    from convae.train import load
+    from convae.inference import load
 
     model = load(run)
     x, _ = load_split(model.run_config.data, "train")
@@ -251,6 +254,167 @@ def test_a_header_with_the_wrong_latent_size_is_corrupt(codec, test_x):
 
 
 # ---------------------------------------------------------------------------------------------
+# Forged files: a valid CRC recomputed over changed fields
+
+
+def _forge(header: C.Header, payload: bytes) -> bytes:
+    """.cae bytes as a forger writes them: any fields, no checks, a correct CRC-32."""
+    flags, extra = 0, b""
+    if header.run is not None:
+        run = header.run.encode()
+        flags, extra = flags | 2, extra + struct.pack("<H", len(run)) + run
+    if header.names is not None:
+        blob = zlib.compress("\n".join(header.names).encode(), 9)
+        flags, extra = flags | 1, extra + struct.pack("<I", len(blob)) + blob
+    fixed = struct.pack(
+        "<4sBBBB16s8sBHHHfII", C.MAGIC, 1, C.format.CODER_IDS[header.coder], header.level,
+        flags, header.fingerprint, header.tables_hash, header.channels, header.height,
+        header.width, header.latent_dim, header.step, header.count, len(payload),
+    )  # fmt: skip
+    body = fixed + extra + payload
+    return body + struct.pack("<I", zlib.crc32(body))
+
+
+@pytest.mark.parametrize("coder", ["range", "zlib", "lzma"])
+def test_a_forged_count_or_payload_is_corrupt(codec, test_x, coder):
+    data = C.encode(codec, test_x[:10], coder=coder)
+    header, payload = C.unpack(data)
+    assert _forge(header, payload) == data  # the forger's writer is the real one
+    cases = {
+        "fewer images": _forge(replace(header, count=4), payload),
+        "more images": _forge(replace(header, count=11), payload),
+        "1000 images": _forge(replace(header, count=1000), payload),
+        "empty payload": _forge(replace(header, count=4), b""),
+        "trailing word": _forge(header, payload + b"\0\0\0\0"),
+        "trailing byte": _forge(header, payload + b"\0"),
+    }
+    if coder == "range":
+        cases["one word less"] = _forge(header, payload[:-4])
+    for what, bad in cases.items():
+        with pytest.raises(C.CodecError, match="corrupt file") as e:
+            C.decode(codec, bad)
+        assert "\n" not in str(e.value), what
+
+
+def test_a_huge_forged_count_is_refused_before_anything_is_allocated(
+    codec, test_x, tmp_path, monkeypatch
+):
+    header, payload = C.unpack(C.encode(codec, test_x[:10]))
+    f = tmp_path / "big.cae"
+    f.write_bytes(_forge(replace(header, count=1 << 28), payload))
+    monkeypatch.setenv("CONVAE_MEMORY_LIMIT", "4G")
+    with pytest.raises(MemoryLimitError, match="decoding its 268,435,456 images of 1x28x28"):
+        C.read_header(f)
+    monkeypatch.setenv("CONVAE_MEMORY_LIMIT", "off")
+    with pytest.raises(C.CodecError, match="images need at least"):  # the tables' bound
+        C.decode(codec, f.read_bytes())
+    names = tuple(f"{i}.png" for i in range(10))
+    forged = _forge(replace(header, names=names), payload)
+    data = bytearray(forged)
+    data[43:47] = struct.pack("<I", 1 << 20)  # the count, the names left as they are
+    data[-4:] = struct.pack("<I", zlib.crc32(bytes(data[:-4])))
+    with pytest.raises(C.CodecError, match="names cannot fit"):
+        C.unpack(bytes(data))
+
+
+@pytest.mark.parametrize(
+    "name", [".bashrc", "config.json", "model.safetensors", ".hidden.png", "a.png.sh", "x\ty.png",
+             "../up.png", "png", ".png", "trainer.json"]
+)  # fmt: skip
+def test_forged_names_are_corrupt_and_write_nothing(name, codec, codec_run, test_x, tmp_path):
+    header, payload = C.unpack(C.encode(codec, test_x[:2], run_hint=str(codec_run)))
+    f = tmp_path / "names.cae"
+    f.write_bytes(_forge(replace(header, names=(name, "ok.png")), payload))
+    with pytest.raises(C.CodecError, match="corrupt file: invalid image name"):
+        C.unpack(f.read_bytes())
+    with pytest.raises(ValueError, match="cannot be stored"):
+        C.pack(replace(header, names=(name, "ok.png")), payload)
+    assert main(["decode", str(f), "--out", str(tmp_path / "out")]) == 1
+    assert not (tmp_path / "out").exists()
+
+
+def test_files_written_today_still_decode(codec, test_x):
+    """The checks added for forged files accept every file the encoder writes."""
+    for coder in ("range", "zlib", "lzma"):
+        for n in (1, 2, 7, 64):
+            data = C.encode(codec, test_x[:n], names=[f"img {i}.PNG" for i in range(n)],
+                            coder=coder)  # fmt: skip
+            images, names = C.decode(codec, data)
+            assert len(images) == n and names[0] == "img 0.PNG"
+
+
+def _codec_copy(codec_run, tmp_path) -> Path:
+    run = tmp_path / "run"
+    shutil.copytree(codec_run, run)
+    return run
+
+
+@pytest.mark.parametrize(
+    "edit, says",
+    [
+        (lambda t: t.update({"model.encoder.0.weight": torch.zeros(3, 3)}), "encoder.0.weight is [3, 3]"),
+        (lambda t: t.pop("model.decoder.0.weight"), "missing decoder.0.weight"),
+        (lambda t: t.update({"model.encoder.0.weight": t["model.encoder.0.weight"] * float("nan")}),
+         "encoder.0.weight holds NaN"),
+        (lambda t: t.pop("level.1.counts"), "level.1.counts is missing"),
+        (lambda t: t.update({"level.0.counts": t["level.0.counts"] * 0}), "positive count"),
+        (lambda t: t.update({"level.0.size": t["level.0.size"].double()}), "level.0.size is torch.float64"),
+        (lambda t: t.update({"transform.basis": t["transform.basis"][:2]}), "transform.basis is"),
+        (lambda t: t.update({"level.2.offset": t["level.2.offset"] * float("inf")}), "infinite"),
+    ],
+)  # fmt: skip
+def test_a_damaged_codec_file_is_one_line(edit, says, codec_run, tmp_path, capsys):
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    run = _codec_copy(codec_run, tmp_path)
+    path = run / C.CODEC_FILE
+    meta = safe_open(str(path), "pt").metadata()  # kept as it is
+    t = load_file(str(path))
+    edit(t)
+    save_file(t, str(path), metadata=meta)
+    before = path.read_bytes()
+    with pytest.raises(ValueError, match=re.escape(says)) as e:
+        C.load_codec(run, fit_if_missing=False)
+    assert "\n" not in str(e.value) and str(path) in str(e.value)
+    out = tmp_path / "x.cae"
+    assert main(["encode", str(run), "--data", "mnist-sample", "--out", str(out)]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("convae: error:") and "\n" not in err and says in err
+    assert path.read_bytes() == before and not out.exists()
+
+
+@pytest.mark.parametrize(
+    "meta", [{"steps": "nan"}, {"steps": "[]"}, {"steps": "[1, -2]"}, {"default_level": "9"},
+             {"default_level": "x"}, {"format": "other"}]
+)  # fmt: skip
+def test_damaged_codec_metadata_is_one_line(meta, codec_run, tmp_path):
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    run = _codec_copy(codec_run, tmp_path)
+    path = run / C.CODEC_FILE
+    old = safe_open(str(path), "pt").metadata()
+    save_file(load_file(str(path)), str(path), metadata={**old, **meta})
+    with pytest.raises(ValueError) as e:
+        C.load_codec(run, fit_if_missing=False)
+    assert "\n" not in str(e.value) and str(path) in str(e.value)
+
+
+def test_fitting_on_nan_codes_is_one_line(codec, test_x):
+    bad = C.Codec(codec.model, codec.levels, codec.default_level, codec.run_config).model
+    import copy
+
+    bad = copy.deepcopy(bad)
+    with torch.no_grad():
+        for p in bad.parameters():
+            if p.ndim > 1:
+                p.mul_(1e25)  # finite weights whose forward overflows
+    with pytest.raises(ValueError, match="NaN or infinite.*no codec can be fitted"):
+        C.fit_codec(bad, test_x, FIT, run_config=codec.run_config)
+
+
+# ---------------------------------------------------------------------------------------------
 # Codec behaviour
 
 
@@ -282,7 +446,7 @@ def test_levels_trade_bytes_for_quality(codec, test_x):
 
 
 def test_fine_tune_lowers_the_rate_distortion_loss(codec_run, test_x):
-    from convae.train import load
+    from convae.inference import load
 
     model = load(codec_run)
     x, _ = load_split(model.run_config.data, "train")
@@ -336,7 +500,7 @@ def test_baselines_measure_pillow_formats(make_images):
     rows = C.baseline_rd(
         x, [("png", "lossless", "PNG", {}), ("jpeg", "q50", "JPEG", {"quality": 50})]
     )
-    assert rows[0]["psnr"] == 100.0 and rows[0]["bytes_per_image"] > 0
+    assert rows[0]["psnr"] == math.inf and rows[0]["bytes_per_image"] > 0  # lossless: MSE 0
     assert 10 < rows[1]["psnr"] < 100
     assert {"bpp", "ssim", "encode_per_s", "decode_per_s"} <= set(rows[1])
 
@@ -473,7 +637,7 @@ def testprincipal_axes_decorrelate_and_invert():
 
 
 def test_fit_without_decorrelation(codec, test_x):
-    from convae.train import load
+    from convae.inference import load
 
     model = load(codec.run_dir)
     x, _ = load_split(model.run_config.data, "train")

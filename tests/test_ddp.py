@@ -29,8 +29,8 @@ import convae
 from convae.checkpoint import last_weights
 from convae.cli import main
 from convae.data import load_split
+from convae.inference import evaluate
 from convae.models import build_model
-from convae.train import evaluate
 
 WORKER = Path(__file__).with_name("ddp_worker.py")
 # 360 training digits (all ones), 11 steps of 2 x 16 images per epoch, a narrow model.

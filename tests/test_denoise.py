@@ -22,10 +22,10 @@ from convae.denoise import (
     parse_levels,
     tune_filter,
 )
+from convae.inference import load, to_float
 from convae.metrics import psnr_per_image
 from convae.models import AutoEncoder
 from convae.noise import corrupt
-from convae.train import load, to_float
 
 
 def run_cli(*args) -> tuple[int, str, str]:

@@ -1,10 +1,15 @@
+import json
+import math
+import re
+
 import numpy as np
 import pytest
 import torch
 from skimage.metrics import structural_similarity
 
 from convae.metrics import (
-    PSNR_CAP,
+    json_restore,
+    json_safe,
     mse_per_image,
     psnr_per_image,
     ssim_maps,
@@ -26,7 +31,9 @@ def test_mse_and_psnr_per_image():
     assert mse.shape == (4,)
     assert torch.allclose(mse, ((x - y) ** 2).flatten(1).mean(1).double())
     assert torch.allclose(psnr_per_image(x, y), -10 * torch.log10(mse))
-    assert psnr_per_image(x, x).tolist() == [PSNR_CAP] * 4  # perfect: capped, not inf
+    assert psnr_per_image(x, x).tolist() == [math.inf] * 4  # perfect: infinite, as defined
+    y[0] = x[0]
+    assert psnr_per_image(x, y)[0] == math.inf and psnr_per_image(x, y)[1:].isfinite().all()
 
 
 @pytest.mark.parametrize("c,s", [(1, 28), (3, 32), (1, 8)])
@@ -60,3 +67,32 @@ def test_summarize_means():
     assert m["psnr"] == pytest.approx(float(psnr_per_image(x, y).mean()))
     assert 0 < m["ssim"] < 1
     assert "ssim" not in summarize(x, y, ssim=False)
+
+
+def test_json_safe_writes_infinity_as_null_with_a_reason():
+    res = {"psnr": math.inf, "mse": 0.0, "rows": [{"psnr": -math.inf, "x": 1}], "n": 3}
+    safe = json_safe(res)
+    text = json.dumps(safe, allow_nan=False)  # valid JSON: no Infinity token
+    assert json.loads(text) == {
+        "psnr": None,
+        "psnr_inf": "+inf",
+        "mse": 0.0,
+        "rows": [{"psnr": None, "psnr_inf": "-inf", "x": 1}],
+        "n": 3,
+    }
+    assert float(safe["psnr_inf"]) == math.inf
+    assert json_restore(json.loads(text)) == res
+    assert json_safe({"a": np.float32(2.5), "b": torch.tensor(1.5)}) == {"a": 2.5, "b": 1.5}
+
+
+@pytest.mark.parametrize(
+    "bad, where",
+    [
+        ({"psnr": math.nan}, "result.psnr"),
+        ({"rows": [{"ssim": np.nan}]}, "result.rows[0].ssim"),
+        ([1.0, math.inf], "result[1]"),
+    ],  # fmt: skip
+)
+def test_json_safe_refuses_nan_and_unexplained_infinity(bad, where):
+    with pytest.raises(ValueError, match=rf"^{re.escape(where)} is"):
+        json_safe(bad)

@@ -312,3 +312,37 @@ def test_code_layers_are_the_convolutions_they_replace(fmt, bias):
     # the channels-last code layer hands the next convolution a channels-last map
     up = models.CodeConvTranspose2d(5, 6, 4).to(memory_format=torch.channels_last)
     assert up(torch.randn(2, 5, 1, 1)).is_contiguous(memory_format=torch.channels_last)
+
+
+# ---------------------------------------------------------------------------------------------
+# Sizes against memory (tests/test_hardening.py has the commands' side)
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_memory_estimate_of_every_architecture(arch):
+    """Every registered architecture builds on the meta device for the size check, and its
+    activation estimate is positive, linear in the batch and checked by summary."""
+    from convae.limits import MemoryLimitError, memory_limit
+    from convae.models import check_memory, memory_estimate
+
+    model = build_model(_cfg(arch))
+    one = memory_estimate(model, 1)
+    assert 0 < one < memory_estimate(model, 1, training=True)
+    assert memory_estimate(model, 8) == pytest.approx(8 * one, rel=1e-6)
+    check_memory(model, 64)
+    with memory_limit(one // 2), pytest.raises(MemoryLimitError, match=f"running a {arch}"):
+        summary(model)
+    with memory_limit(1000), pytest.raises(MemoryLimitError, match="parameters needs about"):
+        build_model(_cfg(arch))
+
+
+def test_a_builder_that_cannot_run_on_meta_is_built_unchecked(scratch_registry):
+    """A user's builder that does something the meta device cannot: the real build decides."""
+
+    @register("item-init", lambda cfg: 4)
+    def item_init(cfg):
+        k = int(torch.tensor([3]).item())  # .item() has no value on the meta device: it raises
+        enc = torch.nn.Conv2d(1, 4, k)
+        return models.AutoEncoder(enc, torch.nn.Identity(), (4, 26, 26), cfg)
+
+    assert build_model(ModelConfig(arch="item-init")).encoder.kernel_size == (3, 3)

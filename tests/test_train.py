@@ -20,10 +20,9 @@ from convae.models import build_model
 from convae.optim import lr_at
 from convae.runs import resolve_config
 from convae.runtime import resolve_device, resolve_precision
-from convae.train import TrainingDiverged, fit
+from convae.training import TrainingDiverged, fit
 
-# `convae.train` the attribute is the train() function (the public API); this is the module
-train_mod = importlib.import_module("convae.train")
+train_mod = importlib.import_module("convae.training")
 
 
 def _model(arch: str = "convae", size: int = 16, seed: int = 0, **kw):

@@ -1,5 +1,7 @@
+"""``python -m convae``: the ``convae`` command."""
+
 import sys
 
-from .cli import main
+from .entry import main
 
 sys.exit(main())

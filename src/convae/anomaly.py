@@ -27,6 +27,7 @@ from there, and it is refitted automatically when the weights change.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import time
 from collections.abc import Sequence
@@ -42,10 +43,10 @@ from torch import Tensor
 from .checkpoint import fingerprint, read_json, write_json
 from .data import load_split
 from .inference import reconstruct, run_path, to_float
-from .metrics import ssim_maps, ssim_per_image
+from .metrics import json_safe, ssim_maps, ssim_per_image
 from .runs import resolve_config
 from .runtime import resolve_device
-from .train import fit_config
+from .training import fit_config
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +67,7 @@ __all__ = [
     "heatmap_figure",
     "pca_scores",
     "one_class_benchmark",
+    "bench_anomaly",
 ]
 
 SCORES = {
@@ -104,7 +106,9 @@ class Detector:
         if d["score"] not in SCORES:
             raise ValueError(f"unknown score {d['score']!r}")
         known = set(cls.__dataclass_fields__)
-        return cls(**{k: v for k, v in d.items() if k in known})
+        det = cls(**{k: v for k, v in d.items() if k in known})
+        _check_numbers(det.threshold, det.fpr, det.scales)
+        return det
 
     def flag(self, scores: np.ndarray) -> np.ndarray:
         """Boolean [N]: which scores are above the threshold."""
@@ -188,6 +192,21 @@ def _dssim_maps(x: Tensor, y: Tensor) -> np.ndarray:
 # Calibration on normal images, stored with the model
 
 
+def _is_number(v: Any) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _check_numbers(threshold: Any, fpr: Any, scales: Any) -> None:
+    """A detector's numbers: a finite threshold, a rate in (0, 1), finite positive scales (a NaN
+    threshold would flag nothing, silently)."""
+    if not _is_number(threshold):
+        raise ValueError(f"the threshold must be a finite number, not {threshold!r}")
+    if not (_is_number(fpr) and 0 < fpr < 1):
+        raise ValueError(f"the false-positive rate must be a number in (0, 1), not {fpr!r}")
+    if not isinstance(scales, dict) or not all(_is_number(v) and v > 0 for v in scales.values()):
+        raise ValueError(f"the scales must be finite positive numbers, not {scales!r}")
+
+
 def model_fingerprint(model) -> str:
     """Hex fingerprint of a loaded model's weights and config: ties a detector to its model."""
     return fingerprint(model.state_dict(), model.config).hex()
@@ -241,15 +260,23 @@ def calibrate(
     x = to_float(normal_u8)
     y = reconstruct(model, normal_u8) if recon is None else recon
     parts = {p: _part(x, y, p) for p in _PARTS[score]}
+    bad = [p for p, v in parts.items() if not np.isfinite(v).all()]
+    if bad:  # a NaN threshold would be stored and flag nothing
+        raise ValueError(
+            f"the {bad[0]} scores of the normal images are NaN or infinite (the model's "
+            "reconstructions are); no threshold can be calibrated - retrain the model"
+        )
     # A median of 0 (a perfect reconstruction of most normal images) would divide by zero.
     scales = (
         {p: max(float(np.median(v)), 1e-12) for p, v in parts.items()} if len(parts) > 1 else {}
     )
     s = _combine(parts, score, scales)
+    threshold = threshold_at_fpr(s, fpr)
+    _check_numbers(threshold, fpr, scales)
     qs = np.quantile(s, [0.0, 0.25, 0.5, 0.75, 0.95, 1.0])
     return Detector(
         score=score,
-        threshold=threshold_at_fpr(s, fpr),
+        threshold=threshold,
         fpr=fpr,
         fingerprint=model_fingerprint(model),
         n_calibration=len(normal_u8),
@@ -468,6 +495,36 @@ def pca_scores(
     return ((x - r) ** 2).mean(1)
 
 
+def _one_class_row(
+    data, recipe, c: int, test_x: Tensor, test_y: Tensor, fpr: float, scores: Sequence[str],
+    pca_components: int, dev: torch.device,
+) -> dict[str, Any]:  # fmt: skip
+    """Class ``c`` of the one-class protocol: train on it, calibrate on its validation images,
+    score the test split (every other class anomalous) with each score and with PCA."""
+    t0 = time.perf_counter()
+    dc = replace(data, classes=(c,))
+    train_x, _ = load_split(dc, "train")
+    val_x, _ = load_split(dc, "val")
+    cfg = resolve_config(replace(recipe, data=dc), train_x.shape[1], train_x.shape[-1])
+    model, _ = fit_config(cfg, train_x, val_x, device=dev)
+    train_s = time.perf_counter() - t0
+    is_anom = (test_y != c).numpy()
+    recon = reconstruct(model, test_x)
+    val_recon = reconstruct(model, val_x)
+    row: dict[str, Any] = {"class": c, "train_images": len(train_x), "val_images": len(val_x)}
+    x = to_float(test_x)
+    parts = {p: _part(x, recon, p) for p in {p for s in scores for p in _PARTS[s]}}  # SSIM once
+    for s in scores:
+        det = calibrate(model, val_x, score=s, fpr=fpr, recon=val_recon)
+        row[s] = detection_metrics(_combine(parts, s, det.scales), is_anom, det.threshold)
+    pca = pca_scores(train_x, torch.cat([val_x, test_x]), pca_components, cfg.train.seed)
+    pca_threshold = threshold_at_fpr(pca[: len(val_x)], fpr)  # calibrated the same way
+    row["pca"] = detection_metrics(pca[len(val_x) :], is_anom, pca_threshold)
+    row["train_seconds"] = train_s
+    row["seconds"] = time.perf_counter() - t0
+    return row
+
+
 def one_class_benchmark(
     data,
     recipe,
@@ -495,31 +552,7 @@ def one_class_benchmark(
     classes = list(classes) if classes else labels
     rows = []
     for c in classes:
-        t0 = time.perf_counter()
-        dc = replace(data, classes=(c,))
-        train_x, _ = load_split(dc, "train")
-        val_x, _ = load_split(dc, "val")
-        cfg = resolve_config(replace(recipe, data=dc), train_x.shape[1], train_x.shape[-1])
-        model, _ = fit_config(cfg, train_x, val_x, device=dev)
-        train_s = time.perf_counter() - t0
-        is_anom = (test_y != c).numpy()
-        recon = reconstruct(model, test_x)
-        val_recon = reconstruct(model, val_x)
-        row: dict[str, Any] = {
-            "class": int(c),
-            "train_images": len(train_x),
-            "val_images": len(val_x),
-        }
-        x = to_float(test_x)
-        parts = {p: _part(x, recon, p) for p in {p for s in scores for p in _PARTS[s]}}  # SSIM once
-        for s in scores:
-            det = calibrate(model, val_x, score=s, fpr=fpr, recon=val_recon)
-            row[s] = detection_metrics(_combine(parts, s, det.scales), is_anom, det.threshold)
-        pca = pca_scores(train_x, torch.cat([val_x, test_x]), pca_components, cfg.train.seed)
-        pca_threshold = threshold_at_fpr(pca[: len(val_x)], fpr)  # calibrated the same way
-        row["pca"] = detection_metrics(pca[len(val_x) :], is_anom, pca_threshold)
-        row["train_seconds"] = train_s
-        row["seconds"] = time.perf_counter() - t0
+        row = _one_class_row(data, recipe, int(c), test_x, test_y, fpr, scores, pca_components, dev)
         rows.append(row)
         if progress is not None:
             progress(row)
@@ -541,3 +574,30 @@ def one_class_benchmark(
         "data": data.spec,
         "test_images": len(test_x),
     }
+
+
+def bench_anomaly(
+    data,
+    recipe,
+    out: str | os.PathLike | None = None,
+    *,
+    classes: Sequence[int] | None = None,
+    fpr: float = DEFAULT_FPR,
+    pca_components: int = 16,
+    device: str | torch.device = "cpu",
+    progress=None,
+) -> dict[str, Any]:
+    """``convae bench anomaly``: :func:`one_class_benchmark` with every score, plus
+    ``beats_pca`` (per score, the classes where its AUROC is at least PCA's); written to
+    ``out/bench.json`` when ``out`` is given. Returns the report."""
+    scores = list(SCORES)
+    res = one_class_benchmark(data, recipe, classes=classes, fpr=fpr, scores=scores,
+                              pca_components=pca_components, device=device,
+                              progress=progress)  # fmt: skip
+    res["beats_pca"] = {
+        s: [r["class"] for r in res["classes"] if r[s]["auroc"] >= r["pca"]["auroc"]]
+        for s in scores
+    }
+    if out is not None:
+        write_json(Path(out) / "bench.json", json_safe(res))
+    return res

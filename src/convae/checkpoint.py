@@ -42,6 +42,7 @@ from safetensors.torch import save as st_save
 
 from .config import ModelConfig
 from .limits import MemoryLimitError, check_fits
+from .metrics import json_safe
 
 __all__ = [
     "atomic_write",
@@ -109,18 +110,22 @@ def atomic_write(path: str | os.PathLike, data: bytes | str) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         if fd >= 0:
             os.close(fd)
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+        if isinstance(e, OSError) and e.errno and e.filename is None:  # write/fsync name no file
+            raise OSError(e.errno, e.strerror, str(path)) from e
         raise
     _fsync_dir(path.parent)
 
 
 def write_json(path: str | os.PathLike, obj: Any) -> None:
-    """``obj`` as indented JSON, atomically; NaN and infinities are refused (they are not JSON)."""
-    atomic_write(path, json.dumps(obj, indent=2, sort_keys=True, allow_nan=False) + "\n")
+    """``obj`` as indented JSON, atomically: an infinity is written as null with a ``KEY_inf``
+    sibling (:func:`convae.metrics.json_safe`), a NaN is an error naming the file."""
+    safe = json_safe(obj, where=Path(path).name)
+    atomic_write(path, json.dumps(safe, indent=2, sort_keys=True, allow_nan=False) + "\n")
 
 
 def read_json(path: str | os.PathLike) -> Any:
@@ -360,6 +365,12 @@ def restore_state(
     tensors, _ = read_safetensors(path)
     weights = {k[len("model.") :]: v for k, v in tensors.items() if k.startswith("model.")}
     load_matching(model, weights, path)
+    bad = [k for k, v in tensors.items() if v.is_floating_point() and not v.isfinite().all()]
+    if bad:  # before reconcile() would copy them into model.safetensors
+        raise ValueError(
+            f"{path}: {bad[0]} holds NaN or infinite values (the file is damaged); the run "
+            "cannot resume from it"
+        )
     state: dict[int, dict[str, Any]] = {}
     for key, v in tensors.items():
         if key.startswith("optim."):
@@ -371,7 +382,23 @@ def restore_state(
         opt.load_state_dict({"state": state, "param_groups": manifest["param_groups"]})
     except (ValueError, KeyError, RuntimeError) as e:
         raise ValueError(f"{path}: optimizer state does not match the model ({e})") from e
+    _check_param_state(opt, path)
     _match_param_layout(opt)
+
+
+def _check_param_state(optimizer: torch.optim.Optimizer, path: Path) -> None:
+    """Each per-parameter state tensor is a float scalar or has its parameter's shape: torch's
+    ``load_state_dict`` does not check, and the first step would fail deep inside the kernel."""
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            for k, v in optimizer.state.get(p, {}).items():
+                if not isinstance(v, torch.Tensor):
+                    continue
+                if not v.is_floating_point() or (v.ndim and v.shape != p.shape):
+                    raise ValueError(
+                        f"{path}: optimizer state does not match the model ({k} is {v.dtype} "
+                        f"{list(v.shape)}, its parameter {p.dtype} {list(p.shape)})"
+                    )
 
 
 def load_matching(model: torch.nn.Module, weights: dict[str, torch.Tensor], path: Path) -> None:

@@ -26,10 +26,16 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .checkpoint import read_json, write_json
 from .config import DataConfig, RunConfig, apply_preset
-from .metrics import psnr_per_image, ssim_per_image
+from .data import load_split
+from .inference import load, spread_indices, to_float
+from .metrics import json_safe, psnr_per_image, ssim_per_image
 from .models import AutoEncoder
 from .noise import corrupt, parse_noise
+from .plots import image_grid_figure, save_figure
+from .runtime import resolve_device
+from .training import train
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +53,9 @@ __all__ = [
     "train_denoiser",
     "benchmark",
     "comparison_figure",
+    "level_dir",
+    "bench_denoise_outputs",
+    "bench_denoise",
 ]
 
 MODES = ("exact", "tile", "resize")
@@ -340,8 +349,6 @@ def train_denoiser(
     progress=None,
 ) -> Path:
     """Train a ``--preset denoise`` run on ``data`` with input corruption ``level``; its directory."""
-    from .train import train
-
     cfg = apply_preset(RunConfig(data=data), "denoise")
     t = replace(cfg.train, noise=tuple(level), seed=seed)
     if epochs is not None:
@@ -387,8 +394,6 @@ def benchmark(
     other noise. Returns one dict per level: ``{"noise", "methods": [{"method", "psnr", "ssim",
     "params", "ms_per_image"}...], "examples": {"clean" | "noisy" | method: [show, C, H, W]}}``.
     """
-    from .inference import to_float
-
     if len(models) != len(levels):
         raise ValueError(f"{len(models)} model(s) for {len(levels)} noise level(s)")
     if len(test_u8) == 0:
@@ -411,47 +416,181 @@ def benchmark(
         t0 = time.perf_counter()
         y = denoise_tensor(model, noisy)
         ms = 1000 * (time.perf_counter() - t0) / len(clean)
-        rows.append(
-            {
-                "method": "convae",
-                **_score(clean, y),
-                "params": {"run": str(model.run_dir or "")},
-                "ms_per_image": ms,
-            }
-        )
+        rows.append({"method": "convae", **_score(clean, y),
+                     "params": {"run": str(model.run_dir or "")}, "ms_per_image": ms})  # fmt: skip
         examples["convae"] = y[shown]
         say(f"{name}: noisy {rows[0]['psnr']:.2f} dB, convae {rows[1]['psnr']:.2f} dB")
         tune_noisy = _noisy(tune_clean, level, seed, _VAL_STREAM)
         for f in filters:
-            if len(tune_clean):
-                params, tuned = tune_filter(f, tune_clean, tune_noisy)
-            else:  # no validation split: the first grid point, untuned
-                params, tuned = FILTERS[f].grid[0], float("nan")
-            t0 = time.perf_counter()
-            y = apply_filter(f, noisy, params)
-            ms = 1000 * (time.perf_counter() - t0) / len(clean)
-            rows.append(
-                {
-                    "method": f,
-                    **_score(clean, y),
-                    "params": params,
-                    "ms_per_image": ms,
-                    "val_psnr": tuned,
-                }
-            )
+            row, y = _filter_row(f, clean, noisy, tune_clean, tune_noisy)
+            rows.append(row)
             examples[f] = y[shown]
-            say(f"{name}: {f} {params} -> {rows[-1]['psnr']:.2f} dB")
+            say(f"{name}: {f} {row['params']} -> {row['psnr']:.2f} dB")
         results.append({"noise": name, "images": len(clean), "methods": rows, "examples": examples})
     return results
 
 
+def _filter_row(
+    f: str, clean: Tensor, noisy: Tensor, tune_clean: Tensor, tune_noisy: Tensor
+) -> tuple[dict[str, Any], Tensor]:
+    """Filter ``f`` tuned on (tune_clean, tune_noisy), then scored on ``noisy``: (row, output)."""
+    if len(tune_clean):
+        params, tuned = tune_filter(f, tune_clean, tune_noisy)
+    else:  # no validation split: the first grid point, untuned (no validation PSNR)
+        params, tuned = FILTERS[f].grid[0], None
+    t0 = time.perf_counter()
+    y = apply_filter(f, noisy, params)
+    ms = 1000 * (time.perf_counter() - t0) / len(clean)
+    row = {"method": f, **_score(clean, y), "params": params, "ms_per_image": ms, "val_psnr": tuned}
+    return row, y
+
+
 def comparison_figure(examples: dict[str, Tensor], title: str | None = None):
     """Rows clean, noisy, then each method's output, over the same test images."""
-    from .plots import image_grid_figure
-
     labels = list(examples)
     fig = image_grid_figure([examples[k] for k in labels], labels)
     if title:
         fig.suptitle(title, fontsize=10, y=0.995)
         fig.subplots_adjust(top=0.95)
     return fig
+
+
+# ---------------------------------------------------------------------------------------------
+# `convae bench denoise`: train (or take) one model per level, score, write the report
+
+
+def level_dir(level: Sequence[str]) -> str:
+    """A file-name-safe name for a noise level: gaussian:0.4 -> gaussian-0.4."""
+    return level_name(level).replace(":", "-")
+
+
+def bench_denoise_outputs(
+    out: str | os.PathLike, levels: Sequence[Sequence[str]], trains: bool
+) -> list[Path]:
+    """Every path :func:`bench_denoise` writes under ``out``: a run folder per level when it
+    ``trains`` its models, a figure per level and ``results.json``."""
+    out = Path(out)
+    runs = [out / "runs" / level_dir(lvl) for lvl in levels] if trains else []
+    return [*runs, *(out / f"denoise-{level_dir(lvl)}.png" for lvl in levels), out / "results.json"]
+
+
+def _bench_runs(
+    data: DataConfig,
+    levels: Sequence[Sequence[str]],
+    out: Path,
+    runs: Sequence[str | os.PathLike],
+    train_kw: dict[str, Any],
+) -> tuple[list[str], float]:
+    """The run of each level: the given ones (one per level, or one for all), else one trained
+    per level under ``out/runs``; and the seconds spent training."""
+    if runs and len(runs) not in (1, len(levels)):
+        raise ValueError(
+            f"{len(runs)} --run for {len(levels)} noise levels: give one per level or one for all"
+        )
+    if runs:
+        return [str(r) for r in (list(runs) * len(levels) if len(runs) == 1 else runs)], 0.0
+    dirs = [out / "runs" / level_dir(lvl) for lvl in levels]
+    for d in dirs:  # refused up front rather than after training the first model
+        if d.exists():
+            raise FileExistsError(
+                f"{d} holds a run from an earlier benchmark; pass it with --run or choose "
+                "another --out"
+            )
+    seconds = 0.0
+    for lvl, d in zip(levels, dirs, strict=True):
+        log.info("training a denoising model (preset denoise) for %s", level_name(lvl))
+        train_denoiser(data, lvl, d, **train_kw)
+        seconds += read_json(d / "metrics.json")["train_seconds"]
+    return [str(d) for d in dirs], seconds
+
+
+def _bench_models(run_dirs: Sequence[str], dev, test_x: Tensor, spec: str) -> list[AutoEncoder]:
+    """Each run's model, checked against the test images (and warned about when it was trained
+    without noise)."""
+    models = [load(r, dev) for r in run_dirs]
+    for m, r in zip(models, run_dirs, strict=True):
+        if tuple(test_x.shape[1:]) != tuple(m.input_shape):
+            raise ValueError(
+                f"{spec} images are {tuple(test_x.shape[1:])} but the model takes "
+                f"{tuple(m.input_shape)}; pass --channels/--image-size to convert them"
+            )
+        if not m.run_config.train.noise:
+            log.warning("%s was trained without --noise; it is scored as a denoiser anyway", r)
+    return models
+
+
+def _level_report(r: dict[str, Any], run: str, figure: Path) -> dict[str, Any]:
+    """One level of the report: its rows, and convae's gain over the best classical filter."""
+    rows = r["methods"]
+    best = max(
+        (m for m in rows if m["method"] not in ("noisy", "convae")),
+        key=lambda m: m["psnr"],
+        default=None,
+    )
+    conv = next(m for m in rows if m["method"] == "convae")
+    return {
+        "noise": r["noise"],
+        "run": run,
+        "figure": str(figure),
+        "methods": rows,
+        "best_filter": best["method"] if best else None,
+        "gain_over_best_filter_db": conv["psnr"] - best["psnr"] if best else None,
+    }
+
+
+def bench_denoise(
+    data: DataConfig,
+    levels: Sequence[Sequence[str]],
+    out: str | os.PathLike,
+    *,
+    runs: Sequence[str | os.PathLike] = (),
+    epochs: int | None = None,
+    filters: Sequence[str] = tuple(FILTERS),
+    tune_images: int = 200,
+    images: int | None = None,
+    seed: int = 0,
+    device: str | torch.device = "auto",
+    progress=None,
+) -> dict[str, Any]:
+    """The denoising benchmark: convae against classical filters at each noise level of ``levels``.
+
+    Each level's model is ``runs[i]`` (or ``runs[0]`` for all), else trained with the denoise
+    preset into ``out/runs/<level>`` (``epochs``, ``seed``; ``progress`` gets the trainer's
+    events). The filters are tuned on ``tune_images`` validation images; ``images`` test images
+    spread over the split are scored (default all) - see :func:`benchmark`. Writes a figure per
+    level and ``results.json`` under ``out``; returns the same report.
+    """
+    t_start = time.perf_counter()
+    dev = resolve_device(device)
+    out = Path(out)
+    run_dirs, train_seconds = _bench_runs(
+        data,
+        levels,
+        out,
+        runs,
+        {"epochs": epochs, "seed": seed, "device": dev, "progress": progress},
+    )
+    val_x, _ = load_split(data, "val")
+    test_x, _ = load_split(data, "test")
+    if images:
+        test_x = test_x[spread_indices(len(test_x), images)]
+    models = _bench_models(run_dirs, dev, test_x, data.spec)
+    results = benchmark(models, levels, val_x, test_x, filters=filters, seed=seed,
+                        tune_images=tune_images, progress=log.info)  # fmt: skip
+    report: dict[str, Any] = {
+        "data": data.spec,
+        "out": str(out),
+        "images": len(test_x),
+        "tune_images": min(tune_images, len(val_x)),
+        "device": str(dev),
+        "threads": torch.get_num_threads(),
+        "train_seconds": train_seconds,
+        "levels": [],
+    }
+    for r, lvl, run in zip(results, levels, run_dirs, strict=True):
+        fig_path = out / f"denoise-{level_dir(lvl)}.png"
+        save_figure(comparison_figure(r["examples"], f"{data.spec} test, {r['noise']}"), fig_path)
+        report["levels"].append(_level_report(r, run, fig_path))
+    report["seconds"] = time.perf_counter() - t_start
+    write_json(out / "results.json", json_safe(report))
+    return report

@@ -20,10 +20,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .checkpoint import check_run_dir, last_weights, load_matching, load_weights
+from .checkpoint import check_run_dir, last_weights, load_matching, load_weights, read_state
 from .config import read_run_config
 from .metrics import mse_per_image, psnr_per_image, ssim_per_image
-from .models import AutoEncoder, build_model
+from .models import AutoEncoder, build_model, check_memory
 from .noise import corrupt
 from .runtime import resolve_device
 
@@ -57,8 +57,11 @@ def load(
         raise ValueError(f"which must be 'best' or 'last', not {which!r}")
     p = check_run_dir(run_dir)
     cfg = read_run_config(p / "config.json")
-    model = build_model(cfg.model)
+    model = build_model(cfg.model)  # its size checked against memory first
     path = p / "model.safetensors"
+    if which == "last":
+        found = read_state(p)
+        path = p / found[1]["state_file"] if found is not None else path
     weights = load_weights(path) if which == "best" else last_weights(p)
     load_matching(model, weights, path)
     bad = [k for k, v in weights.items() if v.is_floating_point() and not v.isfinite().all()]
@@ -179,10 +182,13 @@ def map_image(
     dev = _device(model)
     h, w = image.shape[-2:]
     hp, wp, tile, step = _tile_geometry(model, h, w)
-    x = _pad_to(_as_float(image, dev)[None], hp, wp)
     if tile == 0:
+        check_memory(model, 1, hp, wp)
+        x = _pad_to(_as_float(image, dev)[None], hp, wp)
         return fn(x).float()[0, :, :h, :w].cpu()
     corners = [(y, q) for y in _starts(hp, tile, step) for q in _starts(wp, tile, step)]
+    check_memory(model, min(batch_size, len(corners)), tile, tile)
+    x = _pad_to(_as_float(image, dev)[None], hp, wp)
     win = _window(tile, tile)
     acc: Tensor | None = None
     norm = torch.zeros(1, hp, wp)
@@ -213,6 +219,7 @@ def map_images(
     if isinstance(images, Tensor) and images.ndim == 4:
         h, w = images.shape[-2:]
         if _runs_whole(model, h, w):
+            check_memory(model, min(batch_size, len(images)), h, w)
             model.eval()
             return apply_batched(fn, images, _device(model), batch_size)
         return torch.stack([map_image(model, img, fn, batch_size) for img in images])
@@ -275,7 +282,25 @@ def evaluate(
 
 
 def _clamped(model: AutoEncoder) -> Callable[[Tensor], Tensor]:
-    return lambda x: model(x).float().clamp_(0, 1)
+    """The model's output clamped to [0, 1]; a NaN or infinite output is an error (clamping
+    would hide it, and it would become garbage pixels, scores or metrics)."""
+
+    def run(x: Tensor) -> Tensor:
+        y = model(x).float()
+        if not bool(y.isfinite().all()):  # one host sync per batch
+            raise ValueError(nonfinite_output(model))
+        return y.clamp_(0, 1)
+
+    return run
+
+
+def nonfinite_output(model: AutoEncoder) -> str:
+    """The error for a model whose output is NaN or infinite although its weights are finite."""
+    where = f"the run {model.run_dir}" if model.run_dir is not None else "the model"
+    return (
+        f"{where} produces NaN or infinite values on these images (its weights overflow in "
+        "float32); retrain it, e.g. with a lower --lr, or resume from an earlier run directory"
+    )
 
 
 def _scores(x: Tensor, y: Tensor, ssim: bool) -> dict[str, Tensor]:

@@ -3,7 +3,7 @@ size the bottleneck.
 
 Everything starts from a trained model (``convae.load(run)``) and the same uint8 data the trainer
 used. Codes are the model's flat ``[N, L]`` bottleneck in fp32; images come back as float
-``[N, C, H, W]`` in [0, 1], clamped exactly as :func:`convae.train.reconstruct` clamps them, so
+``[N, C, H, W]`` in [0, 1], clamped exactly as :func:`convae.inference.reconstruct` clamps them, so
 decoding an image's code gives its reconstruction.
 
 The figure builders at the bottom take data and return a matplotlib ``Figure`` (never shown).
@@ -29,7 +29,7 @@ from .config import RunConfig, recipe_for
 from .inference import load, reconstruct, to_float
 from .models import AutoEncoder, build_model
 from .plots import to_display
-from .train import train_or_reuse
+from .training import train_or_reuse
 
 log = logging.getLogger(__name__)
 
@@ -79,7 +79,7 @@ def encode_images(model: AutoEncoder, images_u8: Tensor, batch_size: int = 1024)
 def decode_codes(model: AutoEncoder, codes: Tensor, batch_size: int = 1024) -> Tensor:
     """Images (float32 [N, C, H, W] in [0, 1], on CPU) decoded from codes [N, L].
 
-    The clamp is the one :func:`convae.train.reconstruct` applies: linear-output models
+    The clamp is the one :func:`convae.inference.reconstruct` applies: linear-output models
     (seed-keras2d) can overshoot [0, 1].
     """
     codes = torch.as_tensor(codes, dtype=torch.float32)

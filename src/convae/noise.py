@@ -57,7 +57,7 @@ def corrupt(x: Tensor, specs: Sequence[str], generator: torch.Generator | None =
     """Return a corrupted copy of ``x`` ([B, C, H, W] float in [0, 1]); ``x`` is not modified."""
     if not x.is_floating_point():
         raise ValueError(
-            f"corrupt() takes float images in [0, 1], not {x.dtype} (use convae.train.to_float)"
+            f"corrupt() takes float images in [0, 1], not {x.dtype} (use convae.inference.to_float)"
         )
     if x.ndim != 4:
         raise ValueError(

@@ -1,129 +1,117 @@
 """The ``convae`` command line: argparse sub-commands, progress bars and human/JSON output.
 
 ``main(argv) -> int`` never lets a user's mistake become a traceback: bad input is printed as one
-line on stderr with a non-zero exit code.
+line on stderr with a non-zero exit code. Exit codes: 0 done, 1 an error (one ``convae: error:``
+line), 2 a bad command line, 130 interrupted by Ctrl-C (SIGINT), 143 stopped by SIGTERM - both
+128 + the signal's number, as a shell reports them.
+
+``--json`` prints one JSON object (or list) as the last stdout line. JSON has no infinity: an
+infinite number - the PSNR of a perfect reconstruction, whose MSE is 0 - is ``null`` there, with a
+sibling key ``"<name>_inf": "+inf"`` saying why (the text output prints ``inf dB``). A NaN is never
+printed: it is an error.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import signal
 import sys
+import threading
+from collections.abc import Iterator
 
-from .anomaly import _anomaly_parser, _bench_anomaly_parser
-from .codec import _bench_codec_parser, _decode_parser, _encode_parser, _info_parser
+from ..training import TrainingDiverged
+from ..version import __version__
+from . import anomaly, codec, denoise, export, latent, train
 from .common import (
     EXIT_ERROR,
     EXIT_USAGE,
+    Parser,
+    ProgressBar,
     UsageError,
-    _add,
-    _formatter,
-    _Parser,
-    _setup_logging,
+    add_command,
+    describe_os_error,
+    formatter,
+    setup_logging,
 )
-from .common import _ProgressBar as _ProgressBar
-from .common import add_data_args as add_data_args
-from .common import add_threads_arg as add_threads_arg
-from .common import data_config_from_args as data_config_from_args
-from .common import output_names as output_names
-from .common import set_threads as set_threads
-from .denoise import _bench_denoise_parser, _denoise_parser
-from .export import _export_parser, _report_parser
-from .latent import _generate_parser, _interpolate_parser, _latent_parser, _sweep_parser
-from .train import _eval_parser, _reconstruct_parser, _summary_parser, _train_parser
-from .train import build_run_config as build_run_config
 
-__all__ = ["main"]
+__all__ = ["main", "build_parser", "ProgressBar", "Terminated"]
 
-# The sub-commands in `convae --help` order; each module of this package holds its parser builders
-# and cmd_* functions. _BENCHES are the `convae bench X` ones.
-_COMMANDS: list = [_train_parser, _eval_parser, _reconstruct_parser, _summary_parser]
-_COMMANDS += [_latent_parser, _generate_parser, _interpolate_parser, _sweep_parser]
-_COMMANDS += [_encode_parser, _decode_parser, _info_parser]
-_COMMANDS += [_denoise_parser, _anomaly_parser]
-_COMMANDS += [_export_parser, _report_parser]
-_BENCHES: list = [_bench_codec_parser, _bench_denoise_parser, _bench_anomaly_parser]
+EXIT_SIGINT = 128 + signal.SIGINT  # 130
+EXIT_SIGTERM = 128 + signal.SIGTERM  # 143
 
 
-# ---------------------------------------------------------------------------------------------
-# main
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where Ctrl-C raises KeyboardInterrupt: the same clean stop (temp files
+    removed, the run lock released), then exit code 143."""
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from ..version import __version__
-
-    parser = _Parser(
+    parser = Parser(
         prog="convae",
-        formatter_class=_formatter,
+        formatter_class=formatter,
         description="Convolutional autoencoders on images: train, evaluate, explore the latent "
         "space, compress, denoise and detect anomalies.\n\nexample:\n  convae train",
     )
     parser.add_argument("--version", action="version", version=f"convae {__version__}")
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument(
-        "--json", action="store_true", help="print one JSON object as the last stdout line"
-    )
-    common.add_argument(
-        "-q", "--quiet", action="store_true", help="only warnings and errors on stderr"
-    )
-    common.add_argument("-v", "--verbose", action="count", default=0)
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
     sub.required = True
-    orig = sub.add_parser
-
-    def add_parser(name, **kw):  # every sub-command gets the common flags
-        kw.setdefault("parents", [common])
-        return orig(name, **kw)
-
-    sub.add_parser = add_parser  # type: ignore[method-assign]
-    for add in _COMMANDS:
-        add(sub)
-    bench = _add(sub, "bench", "benchmarks: codec, denoise, anomaly", "convae bench denoise --json")
-    bsub = bench.add_subparsers(dest="bench", metavar="BENCH", parser_class=_Parser)
+    # `convae --help` lists the commands in this order
+    for module in (train, latent, codec, denoise, anomaly, export):
+        module.add_commands(sub)
+    bench = add_command(
+        sub, "bench", "benchmarks: codec, denoise, anomaly", "convae bench denoise --json"
+    )
+    bsub = bench.add_subparsers(dest="bench", metavar="BENCH", parser_class=Parser)
     bsub.required = True
-    borig = bsub.add_parser
-
-    def badd(name, **kw):
-        kw.setdefault("parents", [common])
-        return borig(name, **kw)
-
-    bsub.add_parser = badd  # type: ignore[method-assign]
-    for add in _BENCHES:
-        add(bsub)
+    for module in (codec, denoise, anomaly):
+        module.add_benches(bsub)
     return parser
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    """Within the block SIGTERM raises :class:`Terminated`, so a stop asked by a job scheduler or
+    ``kill`` unwinds like Ctrl-C; the previous handler is back afterwards. Only the main thread
+    may set handlers: elsewhere (``main`` called from a worker thread) nothing changes."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum, frame):
+        raise Terminated()
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
+
+
+# Errors that are the user's (or the machine's) and get one line: a ValueError for bad input,
+# an OSError for the file system (said in words), a diverged training.
+_ONE_LINE = (ValueError, OSError, UsageError, TrainingDiverged)
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``convae`` and ``python -m convae``; returns the exit code."""
-    parser = build_parser()
-    try:
-        args = parser.parse_args(argv)
-    except UsageError as e:
-        print(f"convae: error: {e}", file=sys.stderr)
-        return EXIT_USAGE
-    _setup_logging(
-        getattr(args, "verbose", 0), getattr(args, "quiet", False) or getattr(args, "json", False)
-    )
-    try:
-        return int(args.func(args) or 0)
-    except KeyboardInterrupt:
-        print("convae: interrupted", file=sys.stderr)
-        return 130
-    except (
-        ValueError,
-        FileNotFoundError,
-        FileExistsError,
-        NotADirectoryError,
-        IsADirectoryError,
-        PermissionError,
-        ConnectionError,
-        UsageError,
-    ) as e:
-        print(f"convae: error: {e}", file=sys.stderr)
-        return EXIT_ERROR
-    except RuntimeError as e:
-        from ..train import TrainingDiverged
-
-        if isinstance(e, TrainingDiverged):
-            print(f"convae: error: {e}", file=sys.stderr)
+    argv = sys.argv[1:] if argv is None else [str(a) for a in argv]
+    args = None
+    with _sigterm_as_interrupt():
+        try:
+            try:
+                args = build_parser().parse_args(argv)
+            except UsageError as e:
+                print(f"convae: error: {e}", file=sys.stderr)
+                return EXIT_USAGE
+            args.argv = argv  # what an interrupted command prints to continue
+            setup_logging(args.verbose, args.quiet or args.json)
+            return int(args.func(args) or 0)
+        except KeyboardInterrupt as e:
+            how = " by SIGTERM" if isinstance(e, Terminated) else ""
+            print(f"convae: interrupted{how}" + (f"; {e}" if str(e) else ""), file=sys.stderr)
+            return EXIT_SIGTERM if isinstance(e, Terminated) else EXIT_SIGINT
+        except _ONE_LINE as e:
+            msg = describe_os_error(e, args) if isinstance(e, OSError) else str(e)
+            print(f"convae: error: {msg}", file=sys.stderr)
             return EXIT_ERROR
-        raise

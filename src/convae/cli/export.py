@@ -6,20 +6,28 @@ import argparse
 from pathlib import Path
 
 from .common import (
-    _add,
-    _print_json,
+    add_command,
     add_data_args,
+    add_device_arg,
+    check_no_links,
     check_out_file,
     data_config_from_args,
+    finish,
     folder_targets,
     run_inputs,
 )
 
 
-def _export_parser(sub) -> None:
+def add_commands(sub) -> None:
+    """export, report."""
+    _add_export_parser(sub)
+    _add_report_parser(sub)
+
+
+def _add_export_parser(sub) -> None:
     from ..export import FORMATS, PARTS
 
-    p = _add(
+    p = add_command(
         sub,
         "export",
         "export a trained model to ONNX or TorchScript (uint8 images in, /255 and the mean image "
@@ -63,29 +71,35 @@ def cmd_export(args: argparse.Namespace) -> int:
         data = data_config_from_args(args, read_run_config(run / "config.json").data)
     res = export_run(run, format=args.format, part=args.part, out=args.out, which=args.which,
                      data=data, overwrite=args.overwrite)  # fmt: skip
-    if args.json:
-        _print_json(res)
-        return 0
+    return finish(args, res, lambda: _export_text(args, run, res))
+
+
+def _export_text(args: argparse.Namespace, run: Path, res: dict) -> str:
     par = res["parity"]
     sizes = " and ".join("x".join(map(str, sz)) for sz in par["sizes"])
-    print(f"exported the {args.part} of {run} ({res['run']['arch']}, {args.which} weights) to "
-          f"{res['files'][0]}\n  {_describe(res['inputs'][0])} -> {_describe(res['outputs'][0])}"
-          f"\n  sidecar {res['files'][1]}")  # fmt: skip
-    print(f"parity with convae ({res['runtime']}): max |diff| {par['max_abs_diff']:.2g} (tolerance "
-          f"{par['tolerance']:g}) on {par['images']} {par['data']} {par['split']} images, batches "
-          f"of {' and '.join(map(str, par['batches']))}, size{'s' if len(par['sizes']) > 1 else ''} "
-          f"{sizes}")  # fmt: skip
+    lines = [
+        f"exported the {args.part} of {run} ({res['run']['arch']}, {args.which} weights) to "
+        f"{res['files'][0]}",
+        f"  {_describe(res['inputs'][0])} -> {_describe(res['outputs'][0])}",
+        f"  sidecar {res['files'][1]}",
+        f"parity with convae ({res['runtime']}): max |diff| {par['max_abs_diff']:.2g} (tolerance "
+        f"{par['tolerance']:g}) on {par['images']} {par['data']} {par['split']} images, batches "
+        f"of {' and '.join(map(str, par['batches']))}, size{'s' if len(par['sizes']) > 1 else ''} "
+        f"{sizes}",
+    ]
     a = par.get("anomaly")
     if a and a["checked"]:
         an = res["anomaly"]
-        print(f"anomaly: {an['score']} > {an['threshold']:.6g} on {a['images']} test images: "
-              f"scores max |diff| {a['max_abs_score_diff']:.2g}, flags "
-              f"{'identical' if a['flags_equal'] else 'DIFFERENT'} ({a['flagged']} flagged)")  # fmt: skip
-    return 0
+        lines.append(
+            f"anomaly: {an['score']} > {an['threshold']:.6g} on {a['images']} test images: "
+            f"scores max |diff| {a['max_abs_score_diff']:.2g}, flags "
+            f"{'identical' if a['flags_equal'] else 'DIFFERENT'} ({a['flagged']} flagged)"
+        )
+    return "\n".join(lines)
 
 
-def _report_parser(sub) -> None:
-    p = _add(
+def _add_report_parser(sub) -> None:
+    p = add_command(
         sub,
         "report",
         "write RUN/report.html: config, metrics per class, loss curves, reconstructions, latent "
@@ -94,21 +108,19 @@ def _report_parser(sub) -> None:
     )
     p.add_argument("run", help="run directory")
     p.add_argument("--out", metavar="FILE", help="the HTML file (default RUN/report.html)")
-    p.add_argument("--device", default="cpu")
+    add_device_arg(p)
     p.set_defaults(func=cmd_report)
 
 
 def cmd_report(args: argparse.Namespace) -> int:
     from ..checkpoint import check_run_dir
-    from ..report import write_report
+    from ..report import REPORT_FILE, write_report
 
     run = check_run_dir(args.run)
     if args.out:
         check_out_file(args.out, run_inputs(run))
-    res = write_report(run, args.out, device=args.device)
-    if args.json:
-        _print_json(res)
     else:
-        print(f"report: {res['report']} ({res['bytes'] / 1024:.0f} KiB; "
-              f"{', '.join(res['sections'])})")  # fmt: skip
-    return 0
+        check_no_links(run, [run / REPORT_FILE])
+    res = write_report(run, args.out, device=args.device)
+    text = f"report: {res['report']} ({res['bytes'] / 1024:.0f} KiB; {', '.join(res['sections'])})"
+    return finish(args, res, text)

@@ -3,40 +3,60 @@
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
+import shlex
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from .. import distributed
+from ..checkpoint import read_json, read_state
+from ..config import (
+    OPTIMIZERS,
+    PRESETS,
+    ModelConfig,
+    RunConfig,
+    apply_preset,
+    read_run_config,
+    recipe_for,
+)
+from ..data import read_image_files, write_png
+from ..inference import evaluate, load, reconstruct
+from ..metrics import json_restore
+from ..models import available, build_model, summary
+from ..runs import default_run_dir
+from ..training import train
 from .common import (
-    _add,
-    _channels,
-    _check_images_fit,
-    _positive_int,
-    _print_json,
-    _ProgressBar,
+    ProgressBar,
+    add_command,
     add_data_args,
+    add_device_arg,
     add_out_folder_args,
+    add_split_arg,
     add_threads_arg,
+    channels_arg,
+    check_images_fit,
+    check_no_links,
     check_out_folder,
     data_config_from_args,
+    finish,
     folder_targets,
+    load_data_split,
     log,
     output_names,
+    positive_int,
     run_inputs,
+    run_outputs,
     set_threads,
 )
 
 # ---------------------------------------------------------------------------------------------
-# train
+# train: the parser
 
 
-def _train_parser(sub) -> None:
-    from ..config import OPTIMIZERS, PRESETS
-
-    p = _add(
+def _add_train_parser(sub) -> None:
+    p = add_command(
         sub,
         "train",
         "train a convolutional autoencoder and write a run directory",
@@ -46,11 +66,49 @@ def _train_parser(sub) -> None:
     p.add_argument(
         "--val-fraction", type=float, help="fraction of train used for validation (default 0.1)"
     )
-    g = p.add_argument_group("model")
-    g.add_argument("--arch", help="architecture name (see `convae summary --list`); default convae")
-    g.add_argument("--latent-dim", type=_positive_int, metavar="L", help="bottleneck size")
+    _add_crop_args(p)
+    _add_model_args(p)
+    _add_training_args(p)
+    g = p.add_argument_group("run")
+    g.add_argument("--out", metavar="DIR", help="run directory (default runs/<time>-<arch>-<data>)")
     g.add_argument(
-        "--width", type=_positive_int, help="base channel width (archs convae, convae-map)"
+        "--resume",
+        action="store_true",
+        help="continue the stopped run in --out exactly; the command that started it may be "
+        "repeated as it was (flags that differ from the run's config.json are refused)",
+    )
+    add_device_arg(g)
+    add_threads_arg(g)
+    p.set_defaults(func=cmd_train)
+
+
+def _add_crop_args(p) -> None:
+    g = p.add_argument_group("crops (photos of any size)")
+    g.add_argument(
+        "--crop",
+        type=positive_int,
+        metavar="N",
+        help="train on random N x N crops (and flips) of the training images, whatever their "
+        "size; the model's input is N x N",
+    )
+    g.add_argument(
+        "--crops-per-epoch",
+        type=positive_int,
+        metavar="K",
+        help="crops in an epoch with --crop (default 64 per training image, at least 2048)",
+    )
+
+
+def _add_model_args(p) -> None:
+    g = p.add_argument_group("model")
+    g.add_argument(
+        "--arch",
+        help="architecture name (see `convae summary --list`); default convae, or convae-map "
+        "(fully convolutional) with --crop",
+    )
+    g.add_argument("--latent-dim", type=positive_int, metavar="L", help="bottleneck size")
+    g.add_argument(
+        "--width", type=positive_int, help="base channel width (archs convae, convae-map)"
     )
     g.add_argument(
         "--decoder",
@@ -60,6 +118,7 @@ def _train_parser(sub) -> None:
     g.add_argument(
         "--norm", choices=["batch", "none"], help="normalization layers (archs convae, convae-map)"
     )
+    add_code_map_args(g)
     g.add_argument(
         "--mean-image",
         action=argparse.BooleanOptionalAction,
@@ -67,18 +126,21 @@ def _train_parser(sub) -> None:
         "image's difference from it (default: on for seed-strided and seed-keras2d, where it "
         "measured better; off for the others)",
     )
+
+
+def _add_training_args(p) -> None:
     g = p.add_argument_group("training")
     g.add_argument(
         "--preset", choices=sorted(PRESETS), help="task recipe; explicit flags override it"
     )
     g.add_argument(
         "--epochs",
-        type=_positive_int,
+        type=positive_int,
         help="passes over the training split (default: the architecture's, 10; 9 for seed-strided)",
     )
     g.add_argument(
         "--batch-size",
-        type=_positive_int,
+        type=positive_int,
         help="images per step, per process (default: the architecture's, 32; 64 for seed-strided)",
     )
     g.add_argument(
@@ -106,30 +168,45 @@ def _train_parser(sub) -> None:
         help="corrupt inputs (denoising): gaussian:0.4, salt-pepper:P, speckle:S, mask:P; "
         "repeat or comma-separate to combine",
     )
-    g = p.add_argument_group("run")
-    g.add_argument("--out", metavar="DIR", help="run directory (default runs/<time>-<arch>-<data>)")
-    g.add_argument(
-        "--resume", action="store_true", help="continue the stopped run in --out exactly"
-    )
-    g.add_argument("--device", default="auto", help="auto (cuda, mps, cpu), cpu, cuda or mps")
-    add_threads_arg(g)
-    p.set_defaults(func=cmd_train)
 
 
-_MODEL_FLAGS = ("arch", "latent_dim", "width", "decoder", "norm", "mean_image")
-_TRAIN_FLAGS = ("epochs", "batch_size", "lr", "optimizer", "weight_decay", "schedule", "loss")
-_TRAIN_FLAGS += ("precision", "patience", "seed")
+# ---------------------------------------------------------------------------------------------
+# train: flags -> config, and the same flags against a stored run
+
+# The run-defining flags by dest, and the config section and field each one sets.
+_MODEL_FLAGS = ("arch", "latent_dim", "width", "decoder", "norm", "depth", "code_channels",
+                "padding", "mean_image")  # fmt: skip
+_TRAIN_FLAGS = ("epochs", "batch_size", "lr", "optimizer", "weight_decay", "schedule", "loss",
+                "precision", "patience", "seed")  # fmt: skip
+_DATA_FLAGS = ("data_dir", "classes", "channels", "image_size", "max_side", "split_by", "strict",
+               "val_fraction", "crop", "crops_per_epoch")  # fmt: skip
+_FIELDS = {
+    "data": ("data", "spec"),
+    **{k: ("data", k) for k in _DATA_FLAGS},
+    **{k: ("model", k) for k in _MODEL_FLAGS},
+    **{k: ("train", k) for k in _TRAIN_FLAGS},
+    "noise": ("train", "noise"),
+}
 
 
-def build_run_config(args: argparse.Namespace):
-    """Defaults -> preset -> explicit flags."""
-    from ..config import RunConfig, apply_preset
+def _noise_specs(args: argparse.Namespace) -> tuple[str, ...]:
+    return tuple(s.strip() for item in args.noise or () for s in item.split(",") if s.strip())
 
-    cfg = apply_preset(RunConfig(), args.preset)
-    m = {k: getattr(args, k) for k in _MODEL_FLAGS if getattr(args, k) is not None}
-    t: dict[str, Any] = {k: getattr(args, k) for k in _TRAIN_FLAGS if getattr(args, k) is not None}
+
+def _given(args: argparse.Namespace) -> dict[str, Any]:
+    """The run-defining flags on the command line: dest -> value as the config holds it."""
+    given = {k: getattr(args, k) for k in _FIELDS if getattr(args, k, None) is not None}
     if args.noise:
-        t["noise"] = tuple(s.strip() for item in args.noise for s in item.split(",") if s.strip())
+        given["noise"] = _noise_specs(args)
+    return given
+
+
+def build_run_config(args: argparse.Namespace) -> RunConfig:
+    """Defaults -> preset -> explicit flags."""
+    cfg = apply_preset(RunConfig(), args.preset)
+    given = _given(args)
+    m = {k: v for k, v in given.items() if _FIELDS[k][0] == "model"}
+    t = {k: v for k, v in given.items() if _FIELDS[k][0] == "train"}
     data = data_config_from_args(args, cfg.data)
     if args.val_fraction is not None:
         data = replace(data, val_fraction=args.val_fraction)
@@ -138,74 +215,155 @@ def build_run_config(args: argparse.Namespace):
     return replace(cfg, model=replace(cfg.model, **m), train=replace(cfg.train, **t), data=data)
 
 
-# Flags that define a run; with --resume the run's own config.json decides them.
-_DATA_FLAGS = ("data", "data_dir", "classes", "channels", "image_size", "strict", "val_fraction")
-_RUN_FLAGS = (*_DATA_FLAGS, *_MODEL_FLAGS, "preset", *_TRAIN_FLAGS, "noise")
+def _show(dest: str, v: Any) -> str:
+    """A config value as the flag that sets it would say it."""
+    if dest == "mean_image" and v is not None:
+        return "--mean-image" if v else "--no-mean-image"
+    if dest == "strict":
+        return "--strict" if v else "no --strict"
+    if v is None:
+        return "none"
+    if isinstance(v, tuple | list):
+        return ",".join(map(str, v)) or "none"
+    return str(v)
+
+
+def _position(args: argparse.Namespace, dest: str) -> int:
+    """Where flag ``dest`` first appears on the command line (differences are named in that
+    order); flags not found sort last, in their usual order."""
+    flag = f"--{dest.replace('_', '-')}"
+    names = {flag, f"--no-{flag[2:]}"}
+    argv = getattr(args, "argv", [])
+    return next((i for i, a in enumerate(argv) if a.split("=", 1)[0] in names), len(argv))
+
+
+def resume_differences(args: argparse.Namespace, stored: RunConfig) -> list[str]:
+    """Each run-defining flag whose value differs from the stored run's resolved config, as
+    "--epochs 20 differs from the run's 9". A ``--preset``'s values count as given."""
+    stored = replace(stored, train=recipe_for(stored.model.arch).fill(stored.train))
+    out = []
+    given = _given(args)
+    preset = PRESETS[args.preset] if args.preset else {}
+    for section, fields in preset.items():
+        for name, v in fields.items():
+            if v is None or (name in given and _FIELDS.get(name, (None,))[0] == section):
+                continue  # left to the architecture (resolved in the run), or given explicitly
+            have = getattr(getattr(stored, section), name)
+            if v != have:
+                out.append(f"--preset {args.preset} ({name} {_show(name, v)}) differs from the "
+                           f"run's {_show(name, have)}")  # fmt: skip
+    for dest, v in sorted(given.items(), key=lambda kv: _position(args, kv[0])):
+        section, name = _FIELDS[dest]
+        have = getattr(getattr(stored, section), name)
+        if v != have:
+            flag = f"--{dest.replace('_', '-')}"
+            said = (
+                _show(dest, v) if dest in ("mean_image", "strict") else f"{flag} {_show(dest, v)}"
+            )
+            out.append(f"{said} differs from the run's {_show(dest, have)}")
+    return out
+
+
+def _check_resume(args: argparse.Namespace, out: Path) -> None:
+    """``--resume`` with the run's own flags: what agrees with config.json is accepted, every
+    difference is refused in one line."""
+    if not (out / "config.json").is_file():
+        return  # train() says there is nothing to resume
+    diffs = resume_differences(args, read_run_config(out / "config.json"))
+    if diffs:
+        raise ValueError("; ".join(diffs) + " (to train differently, start a new run)")
+
+
+def _config_and_run_dir(args: argparse.Namespace, world: int) -> tuple[RunConfig | None, Path]:
+    """The config to train (None: the run's own, to resume) and the run directory, computed here
+    so that an interrupted run can say where it is."""
+    if args.resume:
+        if not args.out:
+            raise ValueError("--resume needs --out RUN (the run directory to continue)")
+        out = Path(args.out)
+        _check_resume(args, out)
+        cfg = None
+    else:
+        cfg = build_run_config(args)
+        if world > 1 and not args.out:
+            raise ValueError(
+                "under torchrun pass --out DIR so every process agrees on the run directory"
+            )
+        out = Path(args.out) if args.out else default_run_dir(cfg)
+    check_no_links(out, run_outputs(out), "--out")
+    return cfg, out
+
+
+# ---------------------------------------------------------------------------------------------
+# train: the command
+
+
+def resume_command(argv: list[str], out: Path, has_out: bool) -> str:
+    """The command that continues an interrupted run: the same one, ``--out RUN`` and ``--resume``."""
+    words = [a for a in argv if a != "--resume"]
+    if not has_out:
+        words += ["--out", str(out)]
+    return shlex.join(["convae", *words, "--resume"])
+
+
+def interrupted_run(out: Path, command: str) -> str:
+    """What an interrupted training leaves: the run directory, its last committed epoch and the
+    command that continues it."""
+    if not (out / "config.json").is_file():
+        return f"the run directory {out} was not started; nothing to resume"
+    try:
+        cfg = read_run_config(out / "config.json")
+        epochs = recipe_for(cfg.model.arch).fill(cfg.train).epochs
+        found = read_state(out)
+    except (OSError, ValueError):  # a damaged run: the command still says how to try
+        return f"run directory {out}; continue it with: {command}"
+    if found is None:
+        return f"run directory {out} has no committed epoch yet; start it over with: {command}"
+    return (
+        f"run directory {out}: last committed epoch {found[0].epoch} of {epochs}; continue it "
+        f"with: {command}"
+    )
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    import torch
-
-    from .. import distributed
-    from ..train import train
-
     if args.out:  # before threads, torchrun or data: a file in the way is the user's mistake
         check_out_folder(args.out)
     set_threads(args)
-    log.debug("torch CPU threads: %d", torch.get_num_threads())
     with distributed.process_group(args.device) as device:
         rank, world = distributed.world()
         if rank != 0:  # one voice: the other ranks only warn
             log.setLevel(logging.WARNING)
-        if args.resume:
-            if not args.out:
-                raise ValueError("--resume needs --out RUN (the run directory to continue)")
-            given = [
-                f"--{k.replace('_', '-')}"
-                for k in _RUN_FLAGS
-                if getattr(args, k, None) not in (None, False)
-                or (k == "mean_image" and args.mean_image is False)  # --no-mean-image
-            ]
-            if given:
-                raise ValueError(
-                    f"--resume continues the run with its own config.json; drop {' '.join(given)} "
-                    "(to train longer or differently, start a new run)"
-                )
-            cfg = None
-        else:
-            cfg = build_run_config(args)
-        if world > 1 and not args.resume and not args.out:
-            raise ValueError(
-                "under torchrun pass --out DIR so every process agrees on the run directory"
-            )
-        bar = _ProgressBar(enabled=rank == 0 and not args.quiet and not args.json)
+        cfg, out = _config_and_run_dir(args, world)
+        bar = ProgressBar(enabled=rank == 0 and not args.quiet and not args.json)
         try:
-            out = train(cfg, args.out, resume=args.resume, device=device, progress=bar)
+            train(cfg, out, resume=args.resume, device=device, progress=bar)
+        except KeyboardInterrupt as e:
+            command = resume_command(getattr(args, "argv", []), out, has_out=bool(args.out))
+            raise type(e)(interrupted_run(out, command)) from None
         finally:
             bar.close()
     if rank != 0:
         return 0
-    metrics = json.loads((Path(out) / "metrics.json").read_text())
-    if args.json:
-        _print_json({"run": str(out), **metrics})
-    else:
-        print(f"run directory: {out}")
-        print(
-            f"{metrics.get('split', 'test')} MSE {metrics['mse']:.5f}  PSNR {metrics['psnr']:.2f} dB  "
-            f"SSIM {metrics['ssim']:.4f}  "
-            f"latent {metrics['latent_dim']} ({metrics['compression_ratio']:.1f}:1)  "
-            f"trained {metrics['train_seconds']:.1f} s"
-        )
-        print(f"plots: {Path(out) / 'loss.png'}, {Path(out) / 'reconstructions.png'}")
-    return 0
+    metrics = json_restore(read_json(out / "metrics.json"))
+    return finish(args, {"run": str(out), **metrics}, lambda: _train_text(out, metrics))
+
+
+def _train_text(out: Path, m: dict[str, Any]) -> str:
+    return (
+        f"run directory: {out}\n"
+        f"{m.get('split', 'test')} MSE {m['mse']:.5f}  PSNR {m['psnr']:.2f} dB  "
+        f"SSIM {m['ssim']:.4f}  latent {m['latent_dim']} ({m['compression_ratio']:.1f}:1)  "
+        f"trained {m['train_seconds']:.1f} s\n"
+        f"plots: {out / 'loss.png'}, {out / 'reconstructions.png'}"
+    )
 
 
 # ---------------------------------------------------------------------------------------------
 # eval, reconstruct, summary
 
 
-def _eval_parser(sub) -> None:
-    p = _add(
+def _add_eval_parser(sub) -> None:
+    p = add_command(
         sub,
         "eval",
         "test metrics of a trained run: MSE, PSNR, SSIM, compression ratio",
@@ -213,33 +371,30 @@ def _eval_parser(sub) -> None:
     )
     p.add_argument("run", help="run directory")
     add_data_args(p, default_spec=None)
-    p.add_argument("--split", default="test", choices=["train", "val", "test"])
-    p.add_argument("--device", default="cpu")
+    add_split_arg(p)
+    add_device_arg(p)
+    add_threads_arg(p)
     p.set_defaults(func=cmd_eval)
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from ..data import load_split
-    from ..inference import evaluate, load
-
+    set_threads(args)
     model = load(args.run, args.device)
     data = data_config_from_args(args, model.run_config.data)
-    x, _ = load_split(data, args.split)
-    _check_images_fit(model, x, data.spec)
-    m = evaluate(model, x)
-    m.update({"split": args.split, "data": data.spec})
-    if args.json:
-        _print_json(m)
-    else:
-        print(
-            f"{m['images']} images ({data.spec}, {args.split}): MSE {m['mse']:.5f}  PSNR {m['psnr']:.2f} dB  "
-            f"SSIM {m['ssim']:.4f}  latent {m['latent_dim']}  ratio {m['compression_ratio']:.1f}:1"
-        )
-    return 0
+    x, _ = load_data_split(data, args.split)
+    check_images_fit(model, x, data.spec)
+    m = {**evaluate(model, x), "split": args.split, "data": data.spec}
+    return finish(
+        args,
+        m,
+        f"{m['images']} images ({data.spec}, {args.split}): MSE {m['mse']:.5f}  PSNR "
+        f"{m['psnr']:.2f} dB  SSIM {m['ssim']:.4f}  latent {m['latent_dim']}  ratio "
+        f"{m['compression_ratio']:.1f}:1",
+    )
 
 
-def _reconstruct_parser(sub) -> None:
-    p = _add(
+def _add_reconstruct_parser(sub) -> None:
+    p = add_command(
         sub,
         "reconstruct",
         "reconstruct image files or folders with a trained model",
@@ -251,15 +406,14 @@ def _reconstruct_parser(sub) -> None:
     p.add_argument(
         "--resize", action="store_true", help="resize + centre-crop inputs to the model's size"
     )
-    p.add_argument("--device", default="cpu")
+    add_device_arg(p)
+    add_threads_arg(p)
     p.set_defaults(func=cmd_reconstruct)
 
 
 def cmd_reconstruct(args: argparse.Namespace) -> int:
-    from ..data import read_image_files, write_png
-    from ..inference import load, reconstruct
-
     check_out_folder(args.out)
+    set_threads(args)
     model = load(args.run, args.device)
     c, s = model.config.channels, model.config.image_size
     x, paths = read_image_files(args.inputs, c, s, resize=args.resize)  # all read before any write
@@ -267,18 +421,14 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
     targets = folder_targets(
         out, output_names(paths), [*paths, *run_inputs(args.run)], overwrite=args.overwrite
     )
-    y = reconstruct(model, x)
-    for target, img in zip(targets, y, strict=True):
+    for target, img in zip(targets, reconstruct(model, x), strict=True):
         write_png(img, target)
-    if args.json:
-        _print_json({"out": str(out), "images": len(paths)})
-    else:
-        print(f"wrote {len(paths)} reconstruction(s) to {out}")
-    return 0
+    res = {"out": str(out), "images": len(paths)}
+    return finish(args, res, f"wrote {len(paths)} reconstruction(s) to {out}")
 
 
-def _summary_parser(sub) -> None:
-    p = _add(
+def _add_summary_parser(sub) -> None:
+    p = add_command(
         sub,
         "summary",
         "layer shapes, parameter counts, latent size and compression ratio",
@@ -286,57 +436,73 @@ def _summary_parser(sub) -> None:
     )
     p.add_argument("target", nargs="?", help="architecture name or run directory")
     p.add_argument("--list", action="store_true", help="list the registered architectures")
-    p.add_argument("--latent-dim", type=_positive_int)
-    p.add_argument("--channels", type=_channels, help="input channels (default 1)")
-    p.add_argument("--image-size", type=_positive_int, help="input side in pixels (default 28)")
-    p.add_argument("--width", type=_positive_int, help="base width (archs convae, convae-map)")
+    p.add_argument("--latent-dim", type=positive_int)
+    p.add_argument("--channels", type=channels_arg, help="input channels (default 1)")
+    p.add_argument("--image-size", type=positive_int, help="input side in pixels (default 28)")
+    p.add_argument("--width", type=positive_int, help="base width (archs convae, convae-map)")
     p.add_argument("--decoder", choices=["upsample", "transpose"])
+    add_code_map_args(p)
     p.set_defaults(func=cmd_summary)
 
 
-def cmd_summary(args: argparse.Namespace) -> int:
-    from ..config import ModelConfig
-    from ..inference import load
-    from ..models import available, build_model, summary
+_SUMMARY_FLAGS = ("latent_dim", "channels", "image_size", "width", "decoder", "depth",
+                  "code_channels", "padding")  # fmt: skip
 
-    if args.list or not args.target:
-        archs = available()
-        if args.json:
-            _print_json(archs)
-        else:
-            for k, v in archs.items():
-                print(f"{k:<15} {v}")
-        return 0
-    flags = ("latent_dim", "channels", "image_size", "width", "decoder")
+
+def _summary_model(args: argparse.Namespace):
+    """The model to describe: a run's (architecture flags refused), or an architecture's."""
     if Path(args.target).is_dir():
-        given = [f"--{k.replace('_', '-')}" for k in flags if getattr(args, k) is not None]
+        given = [f"--{k.replace('_', '-')}" for k in _SUMMARY_FLAGS if getattr(args, k) is not None]
         if given:  # a run's model is what it was trained as
             raise ValueError(f"{' '.join(given)} describe an architecture, not a run; drop them")
-        model = load(args.target)
-    else:
-        over: dict[str, Any] = {
-            "arch": args.target,
-            "channels": args.channels or 1,
-            "image_size": args.image_size or 28,
-            "latent_dim": args.latent_dim,
-        }
-        if args.width:
-            over["width"] = args.width
-        if args.decoder:
-            over["decoder"] = args.decoder
-        if args.target not in available() and ("/" in args.target or os.sep in args.target):
-            raise FileNotFoundError(f"{args.target}: no such run directory")
-        model = build_model(ModelConfig(**over))
-    s = summary(model)
-    if args.json:
-        _print_json(s)
-        return 0
-    print(
-        f"{s['arch']}: input {s['input_shape']}, latent {s['latent_shape']} = {s['latent_dim']} values, "
-        f"compression {s['compression_ratio']:.1f}:1, {s['params']:,} parameters"
+        return load(args.target)
+    if args.target not in available() and ("/" in args.target or os.sep in args.target):
+        raise FileNotFoundError(f"{args.target}: no such run directory")
+    over: dict[str, Any] = {"arch": args.target, "channels": args.channels or 1,
+                            "image_size": args.image_size or 28, "latent_dim": args.latent_dim}  # fmt: skip
+    for k in ("width", "decoder", "depth", "code_channels", "padding"):
+        if getattr(args, k) is not None:
+            over[k] = getattr(args, k)
+    return build_model(ModelConfig(**over))
+
+
+def add_code_map_args(g) -> None:
+    """The code map's flags (convae-map): its depth, its channels, its border padding."""
+    g.add_argument(
+        "--depth", type=positive_int, help="stride-2 stages before the code map (convae-map; 2)"
     )
-    print(f"{'part':<8} {'#':>3} {'layer':<18} {'output shape':<22} {'params':>10}")
+    g.add_argument(
+        "--code-channels",
+        type=positive_int,
+        metavar="K",
+        help="channels of the code map (convae-map, seed-pool, seed-upsample): fits any image size",
+    )
+    g.add_argument(
+        "--padding",
+        choices=["zeros", "reflect"],
+        help="how convae-map pads borders (default: reflect when training on --crop, else zeros)",
+    )
+
+
+def cmd_summary(args: argparse.Namespace) -> int:
+    if args.list or not args.target:
+        archs = available()
+        return finish(args, archs, "\n".join(f"{k:<15} {v}" for k, v in archs.items()))
+    s = summary(_summary_model(args))
+    lines = [
+        f"{s['arch']}: input {s['input_shape']}, latent {s['latent_shape']} = {s['latent_dim']} "
+        f"values, compression {s['compression_ratio']:.1f}:1, {s['params']:,} parameters",
+        f"{'part':<8} {'#':>3} {'layer':<18} {'output shape':<22} {'params':>10}",
+    ]
     for r in s["layers"]:
         shape = "[B, " + ", ".join(str(d) for d in r["shape"][1:]) + "]"
-        print(f"{r['part']:<8} {r['name']:>3} {r['kind']:<18} {shape:<22} {r['params']:>10,}")
-    return 0
+        lines.append(
+            f"{r['part']:<8} {r['name']:>3} {r['kind']:<18} {shape:<22} {r['params']:>10,}"
+        )
+    return finish(args, s, "\n".join(lines))
+
+
+def add_commands(sub) -> None:
+    """train, eval, reconstruct, summary."""
+    for add in (_add_train_parser, _add_eval_parser, _add_reconstruct_parser, _add_summary_parser):
+        add(sub)

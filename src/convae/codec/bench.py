@@ -3,23 +3,35 @@
 from __future__ import annotations
 
 import io
+import logging
 import math
+import os
 import time
 from collections.abc import Sequence
+from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from matplotlib.figure import Figure
+from PIL import Image
 from torch import Tensor
 
+from ..checkpoint import atomic_write, write_json
+from ..config import DataConfig, RunConfig, apply_preset
+from ..metrics import json_safe, psnr_per_image, ssim_per_image
+from ..plots import save_figure
+from ..training import train
 from .core import Codec, decode, encode, quantize
 from .entropy import encode_symbols
 from .format import unpack
+from .store import load_codec
+
+log = logging.getLogger(__name__)
 
 
 def _quality(x_u8: Tensor, y_u8: Tensor, ssim: bool) -> dict[str, float]:
-    from ..metrics import psnr_per_image, ssim_per_image
-
     x, y = x_u8.float() / 255.0, y_u8.float() / 255.0
     out = {"psnr": float(psnr_per_image(x, y).mean())}
     if ssim:
@@ -104,8 +116,6 @@ def codec_rd(
 
 
 def _pillow_codec(fmt: str, channels: int, **kw: Any):
-    from PIL import Image
-
     mode = "L" if channels == 1 else "RGB"
 
     def enc(a: np.ndarray) -> bytes:
@@ -181,13 +191,11 @@ def bytes_at_psnr(rows: Sequence[dict[str, Any]], psnr: float) -> float | None:
 
 def rd_figure(rows: Sequence[dict[str, Any]], title: str = "Rate-distortion on test images"):
     """PSNR against bytes per image, one line per method (log-scaled bytes)."""
-    from matplotlib.figure import Figure
-
     fig = Figure(figsize=(7, 4.5))
     ax = fig.add_subplot()
     methods: dict[str, list[dict[str, Any]]] = {}
     for r in rows:
-        if r["psnr"] < 99:  # lossless rows sit at the 100 dB cap; listed in the table instead
+        if math.isfinite(r["psnr"]):  # lossless rows (infinite PSNR) are listed in the table
             methods.setdefault(r["method"], []).append(r)
     for m, rs in methods.items():
         rs = sorted(rs, key=lambda r: r["bytes_per_image"])
@@ -244,3 +252,81 @@ def rd_markdown(res: dict[str, Any]) -> str:
                 f"{r['payload_lzma']:,} | {r['entropy_bytes']:,.0f} | {r['overhead_bytes']} |"
             )
     return "\n".join(lines) + "\n"
+
+
+# ---------------------------------------------------------------------------------------------
+# `convae bench codec`: the whole benchmark, written to a folder
+
+BENCH_FILES = ("rd.json", "rd.md", "rd.png")
+
+
+def default_codec_run(data: DataConfig, work: str | os.PathLike) -> Path:
+    """Where :func:`bench_codec` trains (once) and keeps the codec preset's run for ``data``."""
+    return Path(work) / data.spec.replace("folder:", "").replace(os.sep, "_").strip("_.")
+
+
+def _equal_psnr_vs_webp(rows: Sequence[dict[str, Any]], ours: Sequence[dict[str, Any]]):
+    """convae's bytes at the PSNR of each lossy WebP setting (see :func:`bytes_at_psnr`)."""
+    compare = []
+    for r in rows:
+        if r["method"] == "webp" and math.isfinite(r["psnr"]):
+            b = bytes_at_psnr(ours, r["psnr"])
+            compare.append({"webp": r["setting"], "psnr": r["psnr"],
+                            "webp_bytes": r["bytes_per_image"], "convae_bytes": b,
+                            "ratio": None if b is None else b / r["bytes_per_image"]})  # fmt: skip
+    return compare
+
+
+def bench_codec(
+    images: Tensor,
+    out: str | os.PathLike,
+    *,
+    data: DataConfig,
+    split: str = "test",
+    runs: Sequence[str | os.PathLike] = (),
+    work: str | os.PathLike = "runs/bench-codec",
+    repeats: int = 3,
+    ssim: bool = True,
+    progress=None,
+) -> dict[str, Any]:
+    """Rate-distortion of convae's codec against PNG, WebP and JPEG on ``images`` (uint8
+    [N, C, H, W], the ``split`` of ``data``).
+
+    The codecs are those of ``runs``; without runs, the codec preset is trained once on ``data``
+    into :func:`default_codec_run` (``progress`` gets the trainer's events) and reused after.
+    Writes ``rd.json``, ``rd.md`` and ``rd.png`` into ``out`` and returns the report.
+    """
+    if len(images) == 0:
+        raise ValueError(f"{data.spec} {split}: no images")
+    runs = [Path(r) for r in runs]
+    if not runs:
+        run = default_codec_run(data, work)
+        if not (run / "model.safetensors").is_file():
+            log.info("training the codec preset on %s into %s (once)", data.spec, run)
+            cfg = replace(apply_preset(RunConfig(), "codec"), data=data)
+            train(cfg, run, device="cpu", progress=progress)
+        runs = [run]
+    codecs = [load_codec(r) for r in runs]
+    rows = []
+    for r, c in zip(runs, codecs, strict=True):
+        name = "convae" if len(runs) == 1 else f"convae:{r.name}"
+        rows += codec_rd(c, images, repeats=repeats, ssim=ssim, name=name)
+    ours = [dict(r) for r in rows]
+    rows += baseline_rd(images, ssim=ssim)
+    res = {
+        "data": data.spec,
+        "split": split,
+        "images": len(images),
+        "threads": torch.get_num_threads(),
+        "cpus": os.cpu_count(),
+        "torch": torch.__version__,
+        "runs": [str(r) for r in runs],
+        "models": [c.fingerprint.hex() for c in codecs],
+        "rows": rows,
+        "equal_psnr_vs_webp": _equal_psnr_vs_webp(rows, ours),
+    }
+    out = Path(out)
+    write_json(out / "rd.json", json_safe(res))
+    atomic_write(out / "rd.md", rd_markdown(res))
+    save_figure(rd_figure(rows, title=f"{data.spec} {split}: {len(images)} images"), out / "rd.png")
+    return res

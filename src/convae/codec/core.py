@@ -21,9 +21,10 @@ from torch import Tensor, nn
 from ..checkpoint import fingerprint
 from ..config import RunConfig
 from ..inference import apply_batched
+from ..limits import check_fits
 from ..models import AutoEncoder
 from .entropy import Level, decode_symbols, encode_symbols
-from .format import CodecError, Header, pack, unpack
+from .format import ZLIB_MAX_RATIO, CodecError, Header, pack, unpack
 
 log = logging.getLogger(__name__)
 
@@ -207,9 +208,30 @@ def check_header(codec: Codec, header: Header) -> Level:
     return lv
 
 
+def check_count(level: Level, header: Header, payload_bytes: int) -> None:
+    """Refuse an image count the payload cannot hold, or one that cannot be decoded in memory,
+    before anything is allocated for it."""
+    n, L = header.count, level.latent_dim
+    if header.coder == "range":  # each image costs at least min_bits; the coder adds < 64
+        need_bits = n * level.min_bits()
+        if need_bits > 8 * payload_bytes + 64:
+            raise CodecError(
+                f"corrupt file: {n} images need at least {need_bits / 8:,.0f} bytes of payload "
+                f"under the codec's tables, the file has {payload_bytes}"
+            )
+    elif header.coder == "zlib" and n * L > ZLIB_MAX_RATIO * payload_bytes + 64:
+        raise CodecError(f"corrupt file: {n} x {L} symbols cannot fit in {payload_bytes} bytes")
+    pixels = header.channels * header.height * header.width
+    # int64 symbols and float64 latents (~4 copies while decoding), the uint8 images, and one
+    # batch of float32 decoder output
+    need = n * (32 * L + pixels) + 4 * pixels * min(n, _BATCH)
+    check_fits(need, f"decoding {n} images of {header.channels}x{header.height}x{header.width}")
+
+
 def decode(codec: Codec, data: bytes) -> tuple[Tensor, tuple[str, ...] | None]:
     """.cae bytes -> (uint8 images [N, C, H, W], names or None). Everything is checked first."""
     header, payload = unpack(data)
     lv = check_header(codec, header)
+    check_count(lv, header, len(payload))
     q = decode_symbols(payload, lv, header.count, header.coder)
     return dequantize(codec, q, header.level), header.names

@@ -84,6 +84,13 @@ class Level:
         c = self.counts[j, : self.size[j]].astype(np.float64)
         return c / c.sum()
 
+    def min_bits(self) -> float:
+        """A lower bound on the bits the range coder spends on one image: every component's most
+        probable symbol, its probability raised by the coder's fixed-point rounding (24 bits)."""
+        p_max = np.array([self.probabilities(j).max() for j in range(self.latent_dim)])
+        p_max = np.minimum(1.0, p_max + self.size.astype(np.float64) * 2.0**-23)
+        return float(-np.log2(p_max).sum())
+
     def entropy_bits(self, q: np.ndarray) -> float:
         """Ideal code length in bits of symbols ``q`` [N, L] (already clipped) under the tables."""
         total = 0.0
@@ -146,18 +153,31 @@ def decode_symbols(payload: bytes, level: Level, n: int, coder: str = "range") -
                 rel[:, j] = dec.decode(_categorical(level.probabilities(j)), n)
         except Exception as e:  # noqa: BLE001 - any coder failure means a bad payload
             raise CodecError(f"corrupt file: payload does not decode ({e})") from e
-        return rel + level.lo[None, :]
+        q = rel + level.lo[None, :]
+        # The range decoder reads zeros past the payload's end instead of failing, so a count or
+        # payload changed after encoding would still decode. Files are the encoder's exact output:
+        # encoding the symbols again must give the payload back, byte for byte.
+        if encode_symbols(q, level, "range") != payload:
+            raise CodecError(
+                f"corrupt file: the payload does not hold exactly {n} x {L} symbols "
+                "(a changed image count or payload)"
+            )
+        return q
     dtype = np.dtype("<u1" if int(level.size.max()) <= 256 else "<u2")
     want = n * L * dtype.itemsize
     try:
+        # At most `want` bytes out; then the stream must end exactly there (one more byte out, or
+        # bytes after its end, mean a payload that does not hold exactly n x L symbols).
         if coder == "zlib":
             d = zlib.decompressobj()
             raw = d.decompress(payload, want)
-            ok = d.eof and not d.unconsumed_tail
+            more = b"" if d.eof else d.decompress(d.unconsumed_tail, 1)
+            ok = d.eof and not more and not d.unused_data
         elif coder == "lzma":
             d = lzma.LZMADecompressor(format=lzma.FORMAT_RAW, filters=_LZMA_FILTERS)
             raw = d.decompress(payload, want)
-            ok = d.eof or len(raw) == want
+            more = b"" if d.eof or d.needs_input else d.decompress(b"", 1)
+            ok = d.eof and not more and not d.unused_data
         else:
             raise CodecError(f"corrupt file: unknown coder {coder!r}")
     except (zlib.error, lzma.LZMAError) as e:

@@ -119,6 +119,10 @@ def fit_codec(
         )
     if len(cfg.steps) > 255:
         raise ValueError("at most 255 quality levels")
+    if cfg.epochs < 1 or cfg.batch_size < 1 or cfg.mixture < 1 or cfg.margin < 1:
+        raise ValueError("epochs, batch_size, mixture and margin must be at least 1")
+    if not (0 < cfg.lr < math.inf and 0 <= cfg.lmbda < math.inf):
+        raise ValueError(f"lr must be a positive number and lmbda >= 0, not {cfg.lr}, {cfg.lmbda}")
     if len(train_x) == 0:
         raise ValueError("no training images to fit the codec on")
     run_config = run_config or model.run_config or RunConfig(model=model.config)
@@ -131,6 +135,7 @@ def fit_codec(
     net.eval()
     with torch.inference_mode():
         y0 = apply_batched(net.encode, train_x, device)
+    _check_finite(y0, "the model's codes of the training images", model)
     prior.init_from(y0.to(device))
     opt = torch.optim.Adam(
         [
@@ -178,6 +183,11 @@ def fit_codec(
             "bits": float(r_sum) / steps_per_epoch,
             "seconds": time.perf_counter() - t0,
         }
+        if not (math.isfinite(row["distortion"]) and math.isfinite(row["bits"])):
+            raise ValueError(
+                f"the codec's rate-distortion fine-tune diverged (NaN/inf loss in epoch "
+                f"{epoch + 1}); lower its lr (now {cfg.lr:g}) or retrain the run's model"
+            )
         log.info(
             "codec fine-tune epoch %d/%d: distortion %.5f, %.1f bits/image",
             epoch + 1,
@@ -189,6 +199,7 @@ def fit_codec(
             progress(row)
     net = net.cpu().eval()
     y = latents(inference_copy(net), train_x)  # [N, L] float32, exactly as encode() computes it
+    _check_finite(y, "the fine-tuned codec's codes of the training images", model)
     mean, basis = principal_axes(y) if cfg.decorrelate else (None, None)
     z = rotate(y, mean, basis)  # [N, L] float64
     offset = z.median(dim=0).values.float().numpy()  # centre of each component's rounding grid
@@ -200,6 +211,16 @@ def fit_codec(
         "prior": {k: v.detach().cpu().tolist() for k, v in prior.state_dict().items()},
     }
     return Codec(net, levels, cfg.default_level, run_config, info=info)
+
+
+def _check_finite(y: Tensor, what: str, model: AutoEncoder) -> None:
+    """NaN codes would become NaN tables (or an SVD that fails): one line instead."""
+    if not bool(y.isfinite().all()):
+        where = f" of {model.run_dir}" if model.run_dir is not None else ""
+        raise ValueError(
+            f"{what} are NaN or infinite (the weights{where} overflow on them); no codec can be "
+            "fitted - retrain the model"
+        )
 
 
 def principal_axes(y: Tensor) -> tuple[np.ndarray, np.ndarray]:

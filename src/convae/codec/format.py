@@ -13,11 +13,14 @@ import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..limits import check_fits
+
 MAGIC = b"\x89CAE"  # high bit set: a 7-bit channel or a text file can never start like this
 FORMAT_VERSION = 1  # the newest version this code writes; it reads every version <= this
 CODERS = {1: "range", 2: "zlib", 3: "lzma"}  # payload coder id -> name
 CODER_IDS = {v: k for k, v in CODERS.items()}
 MAX_IMAGES = 1 << 28  # a sanity bound on the count field (268 M images)
+ZLIB_MAX_RATIO = 1032  # zlib's largest expansion (deflate's 258-byte matches in 2 bits)
 _FLAG_NAMES = 0x01
 _FLAG_RUN = 0x02
 
@@ -51,11 +54,18 @@ class Header:
 
 
 def _name_problem(name: str) -> str | None:
-    """Why ``name`` cannot be an image name in a .cae file, or None."""
+    """Why ``name`` cannot be an image name in a .cae file, or None.
+
+    A name is what `convae decode` writes PNG data under, so it must be a plain, visible PNG file
+    name: a forged file must not place data under ``.bashrc``, ``config.json`` or ``../x``."""
     if not name or name in (".", ".."):
         return "empty, '.' or '..'"
-    if any(c in name for c in "/\\\x00\n"):
-        return "it contains '/', '\\', NUL or a newline"
+    if any(c in "/\\\x7f" or c < " " for c in name):
+        return "it contains '/', '\\', NUL, a newline or another control character"
+    if name.startswith("."):
+        return "it starts with '.' (a hidden file)"
+    if not name.lower().endswith(".png") or len(name) < 5:
+        return "it is not a file name ending in .png"
     try:
         size = len(name.encode("utf-8"))
     except UnicodeEncodeError:
@@ -177,9 +187,14 @@ def unpack(data: bytes) -> tuple[Header, bytes]:
     if flags & _FLAG_NAMES:
         raw, pos = _take(body, pos, 4, "names length")
         blob, pos = _take(body, pos, struct.unpack("<I", raw)[0], "names")
+        # N names ("x.png" at least) take 6N - 1 bytes of text; zlib expands at most ~1032 times
+        if 6 * count - 1 > ZLIB_MAX_RATIO * len(blob) + 64:
+            raise CodecError(
+                f"corrupt file: {count} image names cannot fit in a {len(blob)}-byte names section"
+            )
         try:
             d = zlib.decompressobj()
-            text = d.decompress(blob, 300 * count)  # bounded: a name is at most 255 bytes + "\n"
+            text = d.decompress(blob, 256 * count)  # bounded: a name is at most 255 bytes + "\n"
             if d.unconsumed_tail or not d.eof:
                 raise CodecError("corrupt file: names section too long or cut")
             names = tuple(text.decode("utf-8").split("\n"))
@@ -190,6 +205,8 @@ def unpack(data: bytes) -> tuple[Header, bytes]:
         _check_names(names, reading=True)
     if pos + plen != len(body):
         raise CodecError(f"corrupt file: payload length {plen} does not match the file size")
+    if plen == 0:  # every coder writes at least one byte (a 32-bit word) for one symbol
+        raise CodecError(f"corrupt file: an empty payload cannot hold {count} image(s)")
     header = Header(
         fingerprint=fp,
         tables_hash=th,
@@ -221,6 +238,10 @@ def read_header(path: str | os.PathLike) -> tuple[Header, int, int]:
         header, payload = unpack(data)
     except CodecError as e:
         raise CodecError(f"{p}: {e}") from None
+    # Its images are decoded in memory, all at once: a count no memory here can hold is refused
+    # before anything (names, output paths) is made for each of them.
+    n, c, h, w = header.count, header.channels, header.height, header.width
+    check_fits(n * c * h * w, f"{p}: decoding its {n:,} images of {c}x{h}x{w}")
     return header, len(payload), len(data)
 
 

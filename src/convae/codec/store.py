@@ -8,14 +8,23 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from ..checkpoint import atomic_write, check_run_dir, write_json
+from ..checkpoint import (
+    atomic_write,
+    check_run_dir,
+    load_matching,
+    read_json,
+    read_safetensors,
+    write_json,
+)
 from ..config import read_run_config
+from ..limits import MemoryLimitError
 from ..models import build_model
 from .core import Codec
 from .entropy import Level
@@ -78,11 +87,10 @@ def load_codec(
     cfg: CodecFitConfig | None = None,
     progress: Progress | None = None,
 ) -> Codec:
-    """The codec of a run directory; fitted once (and saved) when ``codec.safetensors`` is missing."""
-    from safetensors import SafetensorError, safe_open
+    """The codec of a run directory; fitted once (and saved) when ``codec.safetensors`` is missing.
 
-    from ..checkpoint import read_json
-
+    A codec file that does not fit the run's config.json, or whose tables are malformed, is a
+    one-line error naming what is wrong."""
     p = check_run_dir(run_dir)
     path = p / CODEC_FILE
     if not path.is_file():
@@ -92,39 +100,82 @@ def load_codec(
             )
         return _fit_and_save(p, cfg, progress)
     run_config = read_run_config(p / "config.json")
+    model = build_model(run_config.model)  # its size checked against memory first
     try:
-        with safe_open(str(path), framework="pt") as f:
-            meta = f.metadata() or {}
-            tensors = {k: f.get_tensor(k) for k in f.keys()}
-    except (SafetensorError, OSError) as e:
-        raise ValueError(
-            f"{path}: corrupt codec file ({e}); delete it and run `convae encode` to refit"
-        ) from e
+        tensors, meta = read_safetensors(path)
+    except MemoryLimitError:
+        raise
+    except ValueError as e:
+        raise ValueError(f"{e}; delete it and run `convae encode` to refit") from None
     if meta.get("format") != "convae-codec":
         raise ValueError(f"{path}: not a convae codec file")
-    model = build_model(run_config.model)
     state = {k[len("model.") :]: v for k, v in tensors.items() if k.startswith("model.")}
+    load_matching(model, state, path)
     try:
-        model.load_state_dict(state)
-    except RuntimeError as e:
-        raise ValueError(f"{path}: codec weights do not match {p / 'config.json'} ({e})") from e
-    steps = json.loads(meta["steps"])
-    mean = tensors["transform.mean"].numpy() if "transform.mean" in tensors else None
-    basis = tensors["transform.basis"].numpy() if "transform.basis" in tensors else None
-    levels = [
-        Level(
-            step=float(np.float32(s)),
-            offset=tensors[f"level.{i}.offset"].numpy(),
-            lo=tensors[f"level.{i}.lo"].numpy(),
-            size=tensors[f"level.{i}.size"].numpy(),
-            counts=tensors[f"level.{i}.counts"].numpy(),
-            mean=mean,
-            basis=basis,
-        )
-        for i, s in enumerate(steps)
-    ]
+        bad = [k for k, v in state.items() if v.is_floating_point() and not v.isfinite().all()]
+        if bad:
+            raise _Corrupt(f"{bad[0]} holds NaN or infinite values")
+        levels, default = _levels(tensors, meta, model.latent_dim)
+    except _Corrupt as e:
+        raise ValueError(
+            f"{path}: corrupt codec file ({e}); delete it and run `convae encode` to refit"
+        ) from None
     info = read_json(p / CODEC_JSON) if (p / CODEC_JSON).is_file() else {}
-    return Codec(model, levels, int(meta.get("default_level", 0)), run_config, run_dir=p, info=info)
+    info = info if isinstance(info, dict) else {}
+    return Codec(model, levels, default, run_config, run_dir=p, info=info)
+
+
+class _Corrupt(Exception):
+    """What is wrong inside a codec file (the caller names the file)."""
+
+
+def _array(tensors: dict[str, torch.Tensor], key: str, dtype: torch.dtype, shape) -> np.ndarray:
+    t = tensors.get(key)
+    if t is None:
+        raise _Corrupt(f"{key} is missing")
+    if t.dtype != dtype or tuple(t.shape) != tuple(shape):
+        raise _Corrupt(f"{key} is {t.dtype} {list(t.shape)}, not {dtype} {list(shape)}")
+    if t.is_floating_point() and not t.isfinite().all():
+        raise _Corrupt(f"{key} holds NaN or infinite values")
+    return t.numpy()
+
+
+def _levels(tensors: dict[str, torch.Tensor], meta: dict[str, str], L: int) -> tuple[list, int]:
+    """The quality levels and the default level of a codec file, every table checked."""
+    try:
+        steps = json.loads(meta.get("steps", ""))
+        default = int(meta.get("default_level", "0"))
+    except ValueError:
+        raise _Corrupt("its steps or default level are not numbers") from None
+    if (
+        not isinstance(steps, list)
+        or not 1 <= len(steps) <= 255
+        or not all(isinstance(x, int | float) and 0 < x < math.inf for x in steps)
+    ):
+        raise _Corrupt("its steps are not 1 to 255 positive numbers")
+    if not 0 <= default < len(steps):
+        raise _Corrupt(f"default level {default} is not one of its {len(steps)} levels")
+    mean = basis = None
+    if "transform.mean" in tensors or "transform.basis" in tensors:
+        mean = _array(tensors, "transform.mean", torch.float32, (L,))
+        basis = _array(tensors, "transform.basis", torch.float32, (L, L))
+    levels = []
+    for i, step in enumerate(steps):
+        size = _array(tensors, f"level.{i}.size", torch.int32, (L,))
+        if (size < 1).any():
+            raise _Corrupt(f"level.{i}.size has a table of no symbols")
+        padded = tensors.get(f"level.{i}.counts")  # [L, the largest size]
+        width = padded.shape[-1] if padded is not None and padded.ndim == 2 else 0
+        counts = _array(tensors, f"level.{i}.counts", torch.int32, (L, max(width, size.max())))
+        if any((counts[j, : size[j]] < 1).any() for j in range(L)):
+            raise _Corrupt(f"level.{i}.counts does not give every symbol a positive count")
+        lo = _array(tensors, f"level.{i}.lo", torch.int32, (L,))
+        if (lo.astype(np.int64) + size > 2**31 - 1).any():
+            raise _Corrupt(f"level.{i}.lo + size overflows 32 bits")
+        offset = _array(tensors, f"level.{i}.offset", torch.float32, (L,))
+        lv = Level(float(np.float32(step)), offset, lo, size, counts, mean=mean, basis=basis)
+        levels.append(lv)
+    return levels, default
 
 
 def _fit_and_save(p: Path, cfg: CodecFitConfig | None, progress: Progress | None) -> Codec:

@@ -12,7 +12,9 @@ Adding an architecture is one function decorated with ``@register("name")`` that
 
 from __future__ import annotations
 
+import itertools
 import math
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -21,6 +23,7 @@ import torch
 from torch import Tensor, nn
 
 from ..config import ModelConfig, RunConfig
+from ..limits import MemoryLimitError, check_fits
 from .layers import CodeConv2d, CodeConvTranspose2d
 
 __all__ = [
@@ -32,6 +35,9 @@ __all__ = [
     "resolve_model_config",
     "summary",
     "LayerRow",
+    "state_bytes",
+    "memory_estimate",
+    "check_memory",
 ]
 
 Builder = Callable[[ModelConfig], "AutoEncoder"]
@@ -111,6 +117,7 @@ def build_model(cfg: ModelConfig) -> AutoEncoder:
     for name in ("depth", "code_channels"):
         if getattr(cfg, name) is not None and getattr(cfg, name) < 1:
             raise ValueError(f"{name.replace('_', ' ')} must be positive, not {getattr(cfg, name)}")
+    _check_build_fits(cfg, entry)
     return entry.build(cfg)
 
 
@@ -212,6 +219,121 @@ class AutoEncoder(nn.Module):
 
 
 # ---------------------------------------------------------------------------------------------
+# Memory: sizes checked against what the machine has before anything is allocated
+
+
+def _describe(cfg: ModelConfig) -> str:
+    """'a convae model (latent dim 16, width 16, image size 28, 1 channel)'."""
+    width = f", width {cfg.width}" if cfg.arch in ("convae", "convae-map") else ""
+    return (
+        f"a {cfg.arch} model (latent dim {cfg.latent_dim}{width}, image size {cfg.image_size}, "
+        f"{cfg.channels} channel{'s' if cfg.channels != 1 else ''})"
+    )
+
+
+def state_bytes(module: nn.Module) -> int:
+    """Bytes held by a module's parameters and buffers."""
+    tensors = itertools.chain(module.parameters(), module.buffers())
+    return sum(t.numel() * t.element_size() for t in tensors)
+
+
+def _check_build_fits(cfg: ModelConfig, entry: _Entry) -> None:
+    """Build ``cfg`` on the meta device (shapes, no memory; milliseconds) and check that its
+    parameters and buffers fit before the real build allocates them."""
+    try:
+        # fork_rng: the meta build must not move the seeded CPU generator the real build uses
+        with torch.random.fork_rng(devices=[]), torch.device("meta"):
+            meta = entry.build(cfg)
+    except (RuntimeError, TypeError, OverflowError) as e:
+        if "overflow" not in str(e).lower():
+            return  # a builder that cannot run on the meta device: the real build decides
+        raise MemoryLimitError(
+            f"{_describe(cfg)} is too large to build: its tensor sizes overflow 64-bit integers"
+        ) from None
+    n = sum(p.numel() for p in meta.parameters())
+    check_fits(state_bytes(meta), f"{_describe(cfg)} with {n:,} parameters")
+
+
+# Per model: (input pixels, summed layer outputs, largest layer input + output) in bytes of one
+# probe image; measured once, with the model's own weights, dtype and device.
+_PROBES: weakref.WeakKeyDictionary[nn.Module, tuple[int, int, int]] = weakref.WeakKeyDictionary()
+
+
+def _probe(model: AutoEncoder) -> tuple[int, int, int]:
+    """Activation bytes of one image through ``model``, from forward hooks on every leaf layer.
+
+    A fully convolutional model runs a small image (4 strides a side; its activations scale with
+    the pixels), any other model its own input size (which its parameters already bound)."""
+    if model in _PROBES:
+        return _PROBES[model]
+    c, s, _ = model.input_shape
+    side = 4 * model.stride if model.fully_conv else s
+    total, peak = 0, 0
+
+    def hook(m, inp, out) -> None:
+        nonlocal total, peak
+        if not isinstance(out, Tensor) or not inp or not isinstance(inp[0], Tensor):
+            return
+        x = inp[0]
+        made = 0 if out is x else out.numel() * out.element_size()  # in place: nothing new
+        total += made
+        peak = max(peak, x.numel() * x.element_size() + made)
+
+    leaves = [m for m in model.modules() if next(m.children(), None) is None]
+    hooks = [m.register_forward_hook(hook) for m in leaves]
+    was_training = model.training
+    try:
+        p = next((t for t in model.parameters() if t.is_floating_point()), None)
+        dev, dtype = (p.device, p.dtype) if p is not None else (torch.device("cpu"), None)
+        x = torch.zeros(1, c, side, side, device=dev, dtype=dtype)
+        model.eval()
+        with torch.inference_mode():
+            model(x)
+    finally:
+        model.train(was_training)
+        for h in hooks:
+            h.remove()
+    _PROBES[model] = (side * side, total + x.numel() * x.element_size(), peak)
+    return _PROBES[model]
+
+
+def memory_estimate(
+    model: AutoEncoder,
+    batch: int,
+    height: int | None = None,
+    width: int | None = None,
+    training: bool = False,
+) -> int:
+    """Bytes still to allocate to run ``model`` (already built) on ``batch`` images of
+    ``height x width`` (default: its input size).
+
+    Inference holds one layer's input and output at a time; training keeps every layer's output
+    for the backward pass, plus gradients and two optimizer moments per weight. The activations
+    come from one small forward pass measured with hooks (:func:`_probe`), scaled to the batch."""
+    _, s, _ = model.input_shape
+    pixels, total, peak = _probe(model)
+    scale = batch * (height or s) * (width or s) / pixels
+    if training:
+        return int(3 * state_bytes(model) + scale * (total + peak))
+    return int(scale * peak)
+
+
+def check_memory(
+    model: AutoEncoder,
+    batch: int,
+    height: int | None = None,
+    width: int | None = None,
+    training: bool = False,
+) -> None:
+    """Raise :class:`~convae.limits.MemoryLimitError` (one line: the sizes, the estimate and the
+    limit) when :func:`memory_estimate` exceeds the memory available."""
+    h, w = height or model.input_shape[1], width or model.input_shape[2]
+    need = memory_estimate(model, batch, h, w, training)
+    verb = "training" if training else "running"
+    check_fits(need, f"{verb} {_describe(model.config)} on {batch} image(s) of {h}x{w}")
+
+
+# ---------------------------------------------------------------------------------------------
 # Summary
 
 
@@ -233,6 +355,7 @@ def _kind(m: nn.Module) -> str:
 
 def summary(model: AutoEncoder, batch: int = 1) -> dict:
     """Per-layer output shapes and parameter counts, latent size and compression ratio."""
+    check_memory(model, batch)  # before the hooks: the estimate runs a forward of its own
     rows: list[LayerRow] = []
     hooks = []
     for part_name, part in (("encoder", model.encoder), ("decoder", model.decoder)):

@@ -40,7 +40,7 @@ from .config import OPTIMIZERS, DataConfig, RunConfig, TrainConfig, read_run_con
 from .data import load_images, load_split
 from .inference import evaluate, load, reconstruct, spread_indices, to_float
 from .metrics import psnr_per_image
-from .models import AutoEncoder, build_model
+from .models import AutoEncoder, build_model, check_memory
 from .noise import corrupt, parse_noise
 from .optim import SCHEDULES, build_optimizer, lr_at
 from .plots import loss_figure, reconstruction_figure, save_figure
@@ -197,6 +197,7 @@ def _prepare(model: AutoEncoder, train: Tensor | Source, val: Tensor | None, cfg
     if channels_last:
         model.to(memory_format=torch.channels_last)
     batch = min(cfg.batch_size, max(1, len(source) // world))
+    check_memory(model, batch, training=True)
     opt = build_optimizer([p for p in model.parameters() if p.requires_grad], cfg)
     net: torch.nn.Module = model
     if world > 1:
@@ -432,8 +433,10 @@ def train(
     train_src, val_x, (channels, size) = training_data(cfg.data, dev)
     if not resume:
         cfg = resolve_config(cfg, channels, size, len(train_src))
-    # Every mistake in the config surfaces before anything is written.
-    _checked(cfg.train, build_model(cfg.model))
+    # Every mistake in the config surfaces before anything is written; sizes against memory too.
+    model = build_model(cfg.model)
+    _checked(cfg.train, model)
+    check_memory(model, min(cfg.train.batch_size, max(1, len(train_src))), training=True)
     resolve_precision(cfg.train.precision, dev, recipe_for(cfg.model.arch).cpu_bf16)
     if rank == 0:
         out.mkdir(parents=True, exist_ok=True)

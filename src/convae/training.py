@@ -454,6 +454,10 @@ def train(
             progress({"event": "done"})
         if rank == 0:
             _finish_run(out, cfg, history, train_src, dev)
+            # The run report (report.html) sums up the files just written.
+            from .report import report_after_training
+
+            report_after_training(out, dev)
     distributed.barrier()  # every rank returns once rank 0 has finished the run directory
     return out
 

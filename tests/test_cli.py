@@ -97,7 +97,8 @@ def test_run_directory_contents(run):
     d, res = run
     names = {p.name for p in d.iterdir()}
     assert {"config.json", "model.safetensors", "state-0001.safetensors", "history.jsonl",
-            "metrics.json", "loss.png", "reconstructions.png", "trainer.json"} == names  # fmt: skip
+            "metrics.json", "loss.png", "reconstructions.png", "trainer.json",
+            "report.html"} == names  # fmt: skip
     assert not [n for n in names if n.startswith(".")]  # no temp files left by atomic writes
 
     cfg = json.loads((d / "config.json").read_text())

@@ -30,7 +30,6 @@ import math
 import os
 import socket
 import struct
-import tempfile
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -98,12 +97,13 @@ def atomic_write(path: str | os.PathLike, data: bytes | str) -> None:
         ) from None
     if isinstance(data, str):
         data = data.encode("utf-8")
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".convae-", suffix=".tmp")
+    # The name is chosen before the file exists, so that an interrupt at any moment (even right
+    # after the file is created) finds the name in the cleanup below.
+    tmp = str(path.parent / f".convae-{os.urandom(6).hex()}.tmp")
+    fd = -1
     try:
-        # mkstemp makes the file 0600; give it the permissions a plain open() would (0666 - umask).
-        umask = os.umask(0)
-        os.umask(umask)
-        os.fchmod(fd, 0o666 & ~umask)
+        # O_EXCL: never an existing file; 0666 - umask, as a plain open() would make it
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o666)
         with os.fdopen(fd, "wb") as f:
             fd = -1  # owned by f now, closed by the with
             f.write(data)

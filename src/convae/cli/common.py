@@ -377,7 +377,7 @@ def run_inputs(run: str | os.PathLike) -> list[Path]:
 
 # What training writes into a run directory, besides its per-epoch state files.
 _TRAIN_OUTPUTS = ("config.json", "model.safetensors", "trainer.json", "history.jsonl",
-                  "metrics.json", "loss.png", "reconstructions.png")  # fmt: skip
+                  "metrics.json", "loss.png", "reconstructions.png", "report.html")  # fmt: skip
 
 
 def run_outputs(run: str | os.PathLike) -> list[Path]:

@@ -20,18 +20,10 @@ import pytest
 import torch
 
 from convae import data
+from convae.cache import read_folder
 from convae.config import DataConfig
-from convae.data import (
-    REMOTES,
-    list_image_files,
-    load_dataset,
-    load_split,
-    read_cifar_bin,
-    read_folder,
-    read_idx,
-    read_image_files,
-    write_png,
-)
+from convae.data import REMOTES, load_dataset, load_split, read_cifar_bin, read_idx
+from convae.images import list_image_files, luma, read_image_files, write_png
 
 
 @pytest.fixture(autouse=True)
@@ -466,13 +458,11 @@ def test_folder_grey_stored_as_rgb_is_one_channel_unless_forced(
     assert x.shape == (4, 3, 16, 16)
     from PIL import Image
 
-    from convae.data import _luma
-
     rgb = make_images(3, 3, 16, seed=5).numpy()  # the luma matches Pillow's convert("L") exactly
     want = np.stack(
         [np.asarray(Image.fromarray(a.transpose(1, 2, 0)).convert("L"))[None] for a in rgb]
     )
-    np.testing.assert_array_equal(_luma(rgb), want)
+    np.testing.assert_array_equal(luma(rgb), want)
     colour = grey.repeat(1, 3, 1, 1).clone()
     colour[-1, 0] = 255 - colour[-1, 0]  # one image with colour in it: the folder stays RGB
     write_image_folder(tmp_path / "c", colour, None, "png")
@@ -509,7 +499,7 @@ def test_folder_skips_unreadable_files(tmp_path, make_images, write_image_folder
     (root / "1" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really a png")
     (root / "0" / "empty.jpg").write_bytes(b"")
     (root / "0" / "notes.txt").write_text("not an image, not counted")
-    with caplog.at_level(logging.WARNING, logger="convae.data"):
+    with caplog.at_level(logging.WARNING, logger="convae.cache"):
         x, y, _ = read_folder(root)
     assert len(x) == 4
     assert "skipped 2 unreadable" in caplog.text

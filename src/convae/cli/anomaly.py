@@ -119,7 +119,7 @@ def cmd_anomaly(args: argparse.Namespace) -> int:
     # Read (and check) what is to be scored before calibrating: a user's mistake fails fast.
     x, paths, labelled = None, [], None
     if args.inputs:
-        from ..data import read_image_files
+        from ..images import read_image_files
 
         c, s = model.config.channels, model.config.image_size
         x, paths = read_image_files(args.inputs, c, s, resize=args.resize)

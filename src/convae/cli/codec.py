@@ -71,7 +71,8 @@ def _encode_parser(sub) -> None:
 def cmd_encode(args: argparse.Namespace) -> int:
     from .. import codec as cdc
     from ..checkpoint import atomic_write, check_run_dir
-    from ..data import load_split, read_image_files
+    from ..data import load_split
+    from ..images import read_image_files
 
     # the thread count changes speed only: files and pixels are the same with 1 or 2 (tested)
     set_threads(args)
@@ -153,7 +154,7 @@ def _decode_parser(sub) -> None:
 
 def cmd_decode(args: argparse.Namespace) -> int:
     from .. import codec as cdc
-    from ..data import write_png
+    from ..images import write_png
 
     set_threads(args)
     path = Path(args.file)

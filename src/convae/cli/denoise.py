@@ -65,8 +65,8 @@ def _denoise_parser(sub) -> None:
 def cmd_denoise(args: argparse.Namespace) -> int:
     import torch
 
-    from ..data import write_png
     from ..denoise import denoise_images, mean_psnr, read_images
+    from ..images import write_png
     from ..inference import load
     from ..noise import corrupt
 

@@ -166,7 +166,7 @@ def _generate_parser(sub) -> None:
 def cmd_generate(args: argparse.Namespace) -> int:
     import torch
 
-    from ..data import write_png
+    from ..images import write_png
     from ..inference import load
     from ..latent import (
         code_range,
@@ -292,7 +292,7 @@ def _interpolate_parser(sub) -> None:
 
 
 def cmd_interpolate(args: argparse.Namespace) -> int:
-    from ..data import read_image_files, write_png
+    from ..images import read_image_files, write_png
     from ..inference import load, to_float
     from ..latent import decode_codes, encode_images, interpolate_codes, interpolation_figure
     from ..plots import figure_format, save_figure

@@ -256,7 +256,7 @@ def _reconstruct_parser(sub) -> None:
 
 
 def cmd_reconstruct(args: argparse.Namespace) -> int:
-    from ..data import read_image_files, write_png
+    from ..images import read_image_files, write_png
     from ..inference import load, reconstruct
 
     check_out_folder(args.out)

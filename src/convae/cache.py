@@ -733,7 +733,7 @@ class CachedImages:
     def image(self, i: int) -> torch.Tensor:
         """uint8 [C, H, W]."""
         a = self._as_channels(self._rows_hwc(i, 0, int(self._hw[i, 0])))
-        return torch.from_numpy(np.ascontiguousarray(a))
+        return torch.from_numpy(np.array(a))  # a fresh, writable copy
 
     def uniform_size(self) -> tuple[int, int]:
         """(H, W) shared by every image; else a one-line error naming an odd file."""

@@ -258,7 +258,7 @@ def decode_array(
             im.draft(im.mode, scaled[::-1] if swap else scaled)
         img = ImageOps.exif_transpose(im)
         img = _resized(_to_mode(img, channels), size, max_side)
-        arr = np.asarray(img, dtype=np.uint8)
+        arr = np.array(img, dtype=np.uint8)  # a writable copy (Pillow's buffer is read-only)
     return np.ascontiguousarray(arr[:, :, None] if arr.ndim == 2 else arr)
 
 

@@ -10,6 +10,7 @@ import argparse
 import sys
 
 from .anomaly import _anomaly_parser, _bench_anomaly_parser
+from .cache import _cache_parser
 from .codec import _bench_codec_parser, _decode_parser, _encode_parser, _info_parser
 from .common import (
     EXIT_ERROR,
@@ -39,6 +40,7 @@ _COMMANDS: list = [_train_parser, _eval_parser, _reconstruct_parser, _summary_pa
 _COMMANDS += [_latent_parser, _generate_parser, _interpolate_parser, _sweep_parser]
 _COMMANDS += [_encode_parser, _decode_parser, _info_parser]
 _COMMANDS += [_denoise_parser, _anomaly_parser]
+_COMMANDS += [_cache_parser]
 _BENCHES: list = [_bench_codec_parser, _bench_denoise_parser, _bench_anomaly_parser]
 
 

@@ -19,7 +19,7 @@ import pytest
 import torch
 from PIL import Image
 
-from convae import cache
+from convae import cache, images
 from convae.cache import CachedImages, open_folder, update_folder
 from convae.cli import main
 from convae.config import DataConfig
@@ -39,13 +39,13 @@ def own_cache(tmp_path, monkeypatch):
 def decodes(monkeypatch):
     """Counts the files the cache decodes (in this process: folders this small use no workers)."""
     seen: list[str] = []
-    real = cache.decode_array
+    real = images.decode_array
 
     def counting(path, *a, **k):
         seen.append(Path(path).name)
         return real(path, *a, **k)
 
-    monkeypatch.setattr(cache, "decode_array", counting)
+    monkeypatch.setattr(images, "decode_array", counting)
     return seen
 
 

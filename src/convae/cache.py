@@ -12,7 +12,7 @@ Layout, under ``convae.data.cache_dir() / "folders" / "<folder name>-<key>"``::
     current       the name of the live generation, replaced atomically
     g-<id>/       one immutable generation
       pixels.bin  every readable image's pixels, uint8 [H, W, C] (C = 1 or 3), one after another
-      index.npz   per listed file: offset, height, width, stored channels, grey, status, pixels
+      index.npy   per listed file: offset, height, width, stored channels, grey, status...
       meta.json   format, folder, options, decoder, signature, names, errors, channels, bytes
     .build-<id>/  a build in progress; a killed build's is removed by the next build
 
@@ -38,13 +38,10 @@ import fcntl
 import hashlib
 import json
 import logging
-import multiprocessing
 import os
 import re
 import secrets
 import shutil
-import signal
-import sys
 import time
 import weakref
 from collections.abc import Callable, Iterator
@@ -54,8 +51,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .images import IMAGE_SUFFIXES, ImageTooLarge, decode_array, is_grey, luma, walk_images
-from .limits import MemoryLimitError, check_fits
+from .images import (
+    IMAGE_SUFFIXES,
+    PARALLEL_FROM,
+    ImageTooLarge,
+    decode_files,
+    default_max_pixels,
+    luma,
+    walk_images,
+)
+from .limits import check_fits
 
 log = logging.getLogger(__name__)
 
@@ -71,8 +76,11 @@ __all__ = [
 
 FORMAT = 1
 OK, UNREADABLE, TOO_LARGE = 0, 1, 2  # index status of a listed file
-_PARALLEL_FROM = 64  # files to decode: fewer decode in this process (starting workers costs more)
-_CHUNK = 16  # files per task sent to a worker
+# index.npy: one row per listed file. stored = channels in pixels.bin (1 or 3); grey = R, G, B
+# within 2 levels; pixels = the size of a file refused by the pixel limit; size, mtime = listing.
+ROW = np.dtype([("offset", "<i8"), ("height", "<i4"), ("width", "<i4"), ("stored", "u1"),
+                ("grey", "?"), ("status", "u1"), ("pixels", "<i8"), ("size", "<i8"),
+                ("mtime", "<i8")])  # fmt: skip
 Progress = Callable[[int, int], None]  # (files done, files in the folder)
 
 
@@ -193,22 +201,18 @@ class _Generation:
     def __init__(self, path: Path) -> None:
         self.path = path
         self.meta = json.loads((path / "meta.json").read_text())
-        with np.load(path / "index.npz", allow_pickle=False) as z:
-            ix = {k: z[k] for k in z.files}
-        self.offset, self.height, self.width = ix["offset"], ix["height"], ix["width"]
-        self.stored, self.grey, self.status = ix["stored"], ix["grey"], ix["status"]
-        self.pixels, self.sizes, self.mtimes = ix["pixels"], ix["sizes"], ix["mtimes"]
+        self.rows = np.load(path / "index.npy", allow_pickle=False)
         self.names: list[str] = self.meta["names"]
         self.errors: dict[str, str] = self.meta["errors"]
         self.root = Path(self.meta["folder"])
         self.channels = int(self.meta["channels"] or 3)
-        n = len(self.names)
-        if any(len(a) != n for a in (self.offset, self.status, self.sizes, self.mtimes)):
+        if self.rows.dtype != ROW or len(self.rows) != len(self.names):
             raise ValueError(f"{path}: index and names disagree")
         self.fd = os.open(path / "pixels.bin", os.O_RDONLY)
         self._closer = weakref.finalize(self, os.close, self.fd)
         if os.fstat(self.fd).st_size != int(self.meta["bytes"]):
             raise ValueError(f"{path}: pixel file size disagrees with its index")
+        self.status = self.rows["status"]
         self.ok = np.flatnonzero(self.status == OK)
         self.classes, self.labels = _classes(self.names, self.root)
 
@@ -224,11 +228,9 @@ class _Generation:
 
     def retry_large(self, max_pixels: int | None) -> np.ndarray:
         """Refused files that ``max_pixels`` now allows: bool [N]."""
-        from .images import default_max_pixels
-
         limit = default_max_pixels() if max_pixels is None else max_pixels
         big = self.status == TOO_LARGE
-        return big if limit is None else big & (self.pixels <= limit)
+        return big if limit is None else big & (self.rows["pixels"] <= limit)
 
     def read(self, offset: int, n: int) -> bytes:
         """``n`` bytes of the pixel file at ``offset``."""
@@ -298,49 +300,6 @@ def _locked(keydir: Path) -> Iterator[None]:
         os.close(fd)  # releases the lock
 
 
-def _decode_entry(path: Path, opts: CacheOptions, max_pixels: int | None) -> tuple:
-    """("ok", uint8 [H, W, C], grey) | ("error", message) | ("large", pixels, message)."""
-    try:
-        a = decode_array(path, opts.channels, opts.image_size, max_side=opts.max_side,
-                         max_pixels=max_pixels)  # fmt: skip
-    except ImageTooLarge as e:
-        return ("large", e.pixels, str(e))
-    except MemoryLimitError:
-        raise
-    except Exception as e:  # noqa: BLE001 - any decoder failure means "unreadable"
-        return ("error", f"{path}: cannot read image ({e})")
-    if a.shape[2] == 1:
-        return ("ok", a, True)
-    if (
-        opts.channels is None
-        and (a[:, :, 0] == a[:, :, 1]).all()
-        and (a[:, :, 1] == a[:, :, 2]).all()
-    ):
-        return ("ok", np.ascontiguousarray(a[:, :, :1]), True)  # exactly grey: 1 channel holds it
-    return ("ok", a, is_grey(a, axis=2))
-
-
-def _decode_chunk(job: tuple) -> list[tuple[int, tuple]]:
-    root, items, opts, max_pixels = job
-    return [(i, _decode_entry(root / name, opts, max_pixels)) for i, name in items]
-
-
-def _worker_init() -> None:
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
-
-
-def _decoded(root: Path, items: list, opts, max_pixels, workers: int) -> Iterator[list]:
-    """Decode results for ``items`` [(index, name)], in order, a chunk at a time."""
-    jobs = [(root, items[k : k + _CHUNK], opts, max_pixels) for k in range(0, len(items), _CHUNK)]
-    if workers <= 1 or len(items) < _PARALLEL_FROM:
-        yield from map(_decode_chunk, jobs)
-        return
-    # fork: the workers start at once and run only Pillow and numpy (no torch, no threads).
-    ctx = multiprocessing.get_context("fork" if sys.platform.startswith("linux") else "spawn")
-    with ctx.Pool(min(workers, len(jobs)), initializer=_worker_init) as pool:
-        yield from pool.imap(_decode_chunk, jobs)
-
-
 def _write_all(fd: int, data) -> None:
     view = memoryview(data).cast("B")
     while view:
@@ -363,34 +322,14 @@ def _copy_range(src: int, dst: int, offset: int, n: int) -> None:
         offset, n = offset + k, n - k
 
 
-class _Columns:
-    """The index being built, one row per listed file."""
+class _Index:
+    """The index being built: a row per listed file (unreadable until written) and the errors."""
 
     def __init__(self, listing: _Listing) -> None:
-        n = len(listing.names)
-        self.offset = np.zeros(n, np.int64)
-        self.height = np.zeros(n, np.int32)
-        self.width = np.zeros(n, np.int32)
-        self.stored = np.zeros(n, np.uint8)
-        self.grey = np.zeros(n, bool)
-        self.status = np.full(n, UNREADABLE, np.uint8)
-        self.pixels = np.zeros(n, np.int64)
+        self.rows = np.zeros(len(listing.names), ROW)
+        self.rows["status"] = UNREADABLE
+        self.rows["size"], self.rows["mtime"] = listing.sizes, listing.mtimes
         self.errors: dict[str, str] = {}
-        self.sizes, self.mtimes = listing.sizes, listing.mtimes
-
-    def arrays(self) -> dict[str, np.ndarray]:
-        names = (
-            "offset",
-            "height",
-            "width",
-            "stored",
-            "grey",
-            "status",
-            "pixels",
-            "sizes",
-            "mtimes",
-        )
-        return {k: getattr(self, k) for k in names}
 
 
 def _reuse_plan(listing: _Listing, old: _Generation | None, max_pixels: int | None) -> np.ndarray:
@@ -399,51 +338,52 @@ def _reuse_plan(listing: _Listing, old: _Generation | None, max_pixels: int | No
     if old is None or old.meta.get("decoder") != _decoder():
         return plan
     retry = old.retry_large(max_pixels)
-    rows = {name: j for j, name in enumerate(old.names)}
+    where = {name: j for j, name in enumerate(old.names)}
+    size, mtime = old.rows["size"], old.rows["mtime"]
     for i, name in enumerate(listing.names):
-        j = rows.get(name, -1)
-        if j >= 0 and old.sizes[j] == listing.sizes[i] and old.mtimes[j] == listing.mtimes[i]:
+        j = where.get(name, -1)
+        if j >= 0 and size[j] == listing.sizes[i] and mtime[j] == listing.mtimes[i]:
             plan[i] = -1 if retry[j] else j
     return plan
 
 
-def _copy_reused(fd: int, old: _Generation | None, plan: np.ndarray, cols: _Columns,
+def _copy_reused(fd: int, old: _Generation | None, plan: np.ndarray, index: _Index,
                  names: list[str]) -> int:  # fmt: skip
-    """Copy the kept images' pixels (contiguous runs at once) and rows; returns bytes written."""
+    """Copy the kept images' rows and pixels (contiguous runs at once); returns bytes written."""
     written, run_start, run_len = 0, 0, 0
     for i in np.flatnonzero(plan >= 0):
         j = int(plan[i])
-        for k in ("height", "width", "stored", "grey", "status", "pixels"):
-            getattr(cols, k)[i] = getattr(old, k)[j]
-        if old.status[j] != OK:
-            cols.errors[names[i]] = old.errors.get(old.names[j], "cannot read image")
+        row = index.rows[i] = old.rows[j]
+        if row["status"] != OK:
+            index.errors[names[i]] = old.errors.get(old.names[j], "cannot read image")
             continue
-        n = int(old.height[j]) * int(old.width[j]) * int(old.stored[j])
-        cols.offset[i] = written
-        if run_len and int(old.offset[j]) == run_start + run_len:
+        n = int(row["height"]) * int(row["width"]) * int(row["stored"])
+        index.rows["offset"][i] = written
+        if run_len and int(old.rows["offset"][j]) == run_start + run_len:
             run_len += n
         else:
             if run_len:
                 _copy_range(old.fd, fd, run_start, run_len)
-            run_start, run_len = int(old.offset[j]), n
+            run_start, run_len = int(old.rows["offset"][j]), n
         written += n
     if run_len:
         _copy_range(old.fd, fd, run_start, run_len)
     return written
 
 
-def _store_result(fd: int, i: int, res: tuple, cols: _Columns, name: str, offset: int) -> int:
-    """Write one decode result; returns the bytes written."""
+def _store_result(fd: int, i: int, res: tuple, index: _Index, name: str, offset: int) -> int:
+    """Write one decode result (see :func:`convae.images.decode_stored`); returns its bytes."""
+    row = index.rows[i : i + 1]  # a view: assignments land in the index
     if res[0] == "ok":
         a = res[1]
-        cols.offset[i], cols.status[i], cols.grey[i] = offset, OK, res[2]
-        cols.height[i], cols.width[i], cols.stored[i] = a.shape
+        row["offset"], row["status"], row["grey"] = offset, OK, res[2]
+        row["height"], row["width"], row["stored"] = a.shape
         _write_all(fd, a)
         return a.nbytes
     if res[0] == "large":
-        cols.status[i], cols.pixels[i], cols.errors[name] = TOO_LARGE, res[1], res[2]
+        row["status"], row["pixels"], index.errors[name] = TOO_LARGE, res[1], res[2]
     else:
-        cols.status[i], cols.errors[name] = UNREADABLE, res[1]
+        row["status"], index.errors[name] = UNREADABLE, res[1]
     return 0
 
 
@@ -460,28 +400,32 @@ def _build(keydir: Path, listing: _Listing, opts: CacheOptions, old: _Generation
     """Build and publish a new generation; returns (its name, files decoded, files reused)."""
     names, total = listing.names, len(listing.names)
     plan = _reuse_plan(listing, old, max_pixels)
-    todo = [(int(i), names[i]) for i in np.flatnonzero(plan < 0)]
+    todo = [(int(i), listing.root / names[i]) for i in np.flatnonzero(plan < 0)]
+    log.log(logging.INFO if len(todo) >= PARALLEL_FROM else logging.DEBUG,  # a few: no news
+            "decoding %d of the %d image files of %s (%s) into %s", len(todo), total,
+            listing.root, opts.describe(), keydir)  # fmt: skip
     token = f"{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(4)}"
     tmp = keydir / f".build-{token}"
     tmp.mkdir()
-    cols = _Columns(listing)
+    index = _Index(listing)
     try:
         fd = os.open(tmp / "pixels.bin", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
         try:
-            offset = _copy_reused(fd, old, plan, cols, names)
+            offset = _copy_reused(fd, old, plan, index, names)
             done = total - len(todo)
             if progress is not None:
                 progress(done, total)
-            for chunk in _decoded(listing.root, todo, opts, max_pixels, workers):
+            for chunk in decode_files(todo, opts.channels, opts.image_size, opts.max_side,
+                                      max_pixels, workers):  # fmt: skip
                 for i, res in chunk:
-                    offset += _store_result(fd, i, res, cols, names[i], offset)
+                    offset += _store_result(fd, i, res, index, names[i], offset)
                 done += len(chunk)
                 if progress is not None:
                     progress(done, total)
             os.fsync(fd)
         finally:
             os.close(fd)
-        _write_index(tmp, listing, opts, cols, offset)
+        _write_index(tmp, listing, opts, index, offset)
         os.rename(tmp, keydir / f"g-{token}")
         _fsync_dir(keydir)
         from .checkpoint import atomic_write
@@ -501,22 +445,18 @@ def _build(keydir: Path, listing: _Listing, opts: CacheOptions, old: _Generation
     return f"g-{token}", len(todo), total - len(todo)
 
 
-def _write_index(tmp: Path, listing: _Listing, opts: CacheOptions, cols: _Columns, nbytes: int):
-    ok = cols.status == OK
-    channels = opts.channels or (None if not ok.any() else 1 if cols.grey[ok].all() else 3)
-    meta = {
-        "format": FORMAT,
-        "folder": os.fsdecode(listing.root),
-        "options": asdict(opts),
-        "decoder": _decoder(),
-        "signature": listing.signature,
-        "channels": channels,
-        "bytes": nbytes,
-        "names": listing.names,
-        "errors": cols.errors,
-    }
-    with open(tmp / "index.npz", "wb") as f:
-        np.savez(f, **cols.arrays())
+def _write_index(tmp: Path, listing: _Listing, opts: CacheOptions, index: _Index, nbytes: int):
+    ok = index.rows["status"] == OK
+    grey = bool(index.rows["grey"][ok].all())
+    channels = opts.channels or (None if not ok.any() else 1 if grey else 3)
+    meta = {"format": FORMAT, "folder": os.fsdecode(listing.root), "options": asdict(opts),
+            "decoder": _decoder(), "signature": listing.signature, "channels": channels,
+            "bytes": nbytes, "names": listing.names, "errors": index.errors}  # fmt: skip
+    if channels == 1 and opts.channels is None and (index.rows["stored"][ok] == 3).any():
+        log.info("all %d images in %s are grey stored as RGB: using 1 channel (--channels 3 "
+                 "keeps 3)", int(ok.sum()), listing.root)  # fmt: skip
+    with open(tmp / "index.npy", "wb") as f:
+        np.save(f, index.rows, allow_pickle=False)
         f.flush()
         os.fsync(f.fileno())
     with open(tmp / "meta.json", "w", encoding="utf-8") as f:
@@ -560,8 +500,6 @@ def _ensure(root, opts: CacheOptions, max_pixels: int | None, workers: int | Non
         if gen is not None and gen.fresh(listing, opts, max_pixels):
             return gen, "up to date", 0, 0, listing
         _clean(keydir, keep=gen.path.name if gen is not None else None)
-        todo = len(listing.names)
-        log.info("caching %d image files of %s (%s) in %s", todo, root, opts.describe(), keydir)
         name, decoded, reused = _build(keydir, listing, opts, gen, max_pixels,
                                        workers or _default_workers(), progress)  # fmt: skip
         _clean(keydir, keep=name)
@@ -577,7 +515,7 @@ def _check(gen: _Generation, root, strict: bool) -> None:
     refused = np.flatnonzero(gen.status == TOO_LARGE)
     if len(refused):  # after _ensure, only files the current limit still refuses
         j = int(refused[0])
-        raise ImageTooLarge(gen.errors[gen.names[j]], int(gen.pixels[j]))
+        raise ImageTooLarge(gen.errors[gen.names[j]], int(gen.rows["pixels"][j]))
     bad = np.flatnonzero(gen.status == UNREADABLE)
     if len(bad) and strict:
         more = f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""
@@ -640,28 +578,31 @@ def update_folder(
     return _report(root, gen, state, opts, listing, decoded, reused, time.perf_counter() - t0)
 
 
+def _sizes(hw: np.ndarray) -> str:
+    """The sizes of [N, 2] (height, width) for people: one ("64x48"), or the extremes."""
+    if not len(hw):
+        return ""
+    if (hw == hw[0]).all():
+        return f"{hw[0, 1]}x{hw[0, 0]}"
+    order = np.argsort(hw[:, 0].astype(np.int64) * hw[:, 1])
+    (lh, lw), (hh, hw_) = hw[order[0]], hw[order[-1]]
+    return f"from {lw}x{lh} to {hw_}x{hh}"
+
+
 def _report(root, gen, state, opts, listing, decoded, reused, seconds) -> CacheReport:
     if gen is None:
         return CacheReport(str(root), "", state, opts.describe(), len(listing.names), 0, 0, (),
                            0, None, 0, "", decoded, reused, seconds)  # fmt: skip
-    ok = gen.ok
-    bad = [n for j, n in enumerate(gen.names) if gen.status[j] == UNREADABLE]
-    hw = np.stack([gen.height[ok], gen.width[ok]], 1) if len(ok) else np.zeros((0, 2), int)
-    if len(hw) and (hw == hw[0]).all():
-        sizes = f"{hw[0, 1]}x{hw[0, 0]}"
-    elif len(hw):
-        order = np.argsort(hw[:, 0].astype(np.int64) * hw[:, 1])
-        lo, hi = hw[order[0]], hw[order[-1]]
-        sizes = f"from {lo[1]}x{lo[0]} to {hi[1]}x{hi[0]}"
-    else:
-        sizes = ""
+    r = gen.rows
+    bad = [gen.names[j] for j in np.flatnonzero(r["status"] == UNREADABLE)]
     return CacheReport(
         folder=str(root), cache=str(gen.path), state=state, options=opts.describe(),
-        files=len(gen.names), images=len(ok), skipped=len(bad),
+        files=len(gen.names), images=len(gen.ok), skipped=len(bad),
         skipped_files=tuple(gen.errors[n] for n in bad[:5]),
-        refused=int((gen.status == TOO_LARGE).sum()), channels=gen.channels if len(ok) else None,
-        bytes=int(gen.meta["bytes"]), sizes=sizes, decoded=decoded, reused=reused,
-        seconds=seconds,
+        refused=int((r["status"] == TOO_LARGE).sum()),
+        channels=gen.channels if len(gen.ok) else None, bytes=int(gen.meta["bytes"]),
+        sizes=_sizes(np.stack([r["height"][gen.ok], r["width"][gen.ok]], 1)),
+        decoded=decoded, reused=reused, seconds=seconds,
     )  # fmt: skip
 
 
@@ -683,8 +624,9 @@ class CachedImages:
         self.root, self.classes, self.channels = gen.root, gen.classes, gen.channels
         self.labels = gen.labels[r]
         self.names = [gen.names[j] for j in r.tolist()]
-        self._off, self._stored = gen.offset[r], gen.stored[r]
-        self._hw = np.stack([gen.height[r], gen.width[r]], 1).astype(np.int64)
+        rows = gen.rows[r]
+        self._off, self._stored = rows["offset"], rows["stored"]
+        self._hw = np.stack([rows["height"], rows["width"]], 1).astype(np.int64)
 
     def __len__(self) -> int:
         return len(self._rows)

@@ -39,6 +39,8 @@ __all__ = [
     "write_png",
     "is_grey",
     "luma",
+    "decode_stored",
+    "decode_files",
 ]
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
@@ -365,3 +367,66 @@ def write_png(img: np.ndarray | torch.Tensor, path: str | os.PathLike) -> None:
     buf = io.BytesIO()
     Image.fromarray(a).save(buf, format="PNG")
     atomic_write(Path(path), buf.getvalue())
+
+
+# ---------------------------------------------------------------------------------------------
+# Decoding many files in worker processes (the folder cache)
+
+_CHUNK = 16  # files per task sent to a worker
+PARALLEL_FROM = 64  # fewer files decode in the calling process (starting workers costs more)
+
+
+def decode_stored(path: Path, channels: int | None, size: int | None, max_side: int | None,
+                  max_pixels: int | None) -> tuple:  # fmt: skip
+    """One file as the cache stores it: ("ok", uint8 [H, W, C], grey) where an exactly grey
+    RGB image (unforced channels) comes back with 1 channel and ``grey`` says whether R, G, B
+    are within 2 levels; ("error", message) for an unreadable file; ("large", pixels, message)
+    above ``max_pixels``. A ``MemoryLimitError`` is raised: no file is to blame."""
+    try:
+        a = decode_array(path, channels, size, max_side=max_side, max_pixels=max_pixels)
+    except ImageTooLarge as e:
+        return ("large", e.pixels, str(e))
+    except MemoryLimitError:
+        raise
+    except Exception as e:  # noqa: BLE001 - any decoder failure means "unreadable"
+        return ("error", f"{path}: cannot read image ({e})")
+    if a.shape[2] == 1:
+        return ("ok", a, True)
+    if channels is None and (a[:, :, 0] == a[:, :, 1]).all() and (a[:, :, 1] == a[:, :, 2]).all():
+        return ("ok", np.ascontiguousarray(a[:, :, :1]), True)  # 1 channel holds it exactly
+    return ("ok", a, is_grey(a, axis=2))
+
+
+def _decode_chunk(job: tuple) -> list[tuple[int, tuple]]:
+    items, args = job
+    return [(i, decode_stored(path, *args)) for i, path in items]
+
+
+def _worker_init() -> None:
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
+
+
+def decode_files(
+    items: list[tuple[int, Path]],
+    channels: int | None,
+    size: int | None,
+    max_side: int | None,
+    max_pixels: int | None,
+    workers: int,
+) -> Iterator[list[tuple[int, tuple]]]:
+    """:func:`decode_stored` of every (index, path) of ``items``, by ``workers`` processes, in
+    order, a chunk of results at a time."""
+    import multiprocessing
+    import sys
+
+    args = (channels, size, max_side, max_pixels)
+    jobs = [(items[k : k + _CHUNK], args) for k in range(0, len(items), _CHUNK)]
+    if workers <= 1 or len(items) < PARALLEL_FROM:
+        yield from map(_decode_chunk, jobs)
+        return
+    # fork: the workers start at once and run only Pillow and numpy (no torch, no threads).
+    ctx = multiprocessing.get_context("fork" if sys.platform.startswith("linux") else "spawn")
+    with ctx.Pool(min(workers, len(jobs)), initializer=_worker_init) as pool:
+        yield from pool.imap(_decode_chunk, jobs)

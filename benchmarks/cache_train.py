@@ -9,7 +9,7 @@ longer side at ``--max-side`` (256: 256x192 RGB, 2.9 GB for 20,000 images) under
 benchmarks/out/cache unless $CONVAE_CACHE says otherwise.
 
 Throughput (``convae.train.fit``, a ``convae-map`` model on 64x64 RGB crops, batch 32, the
-library's default precision and threads): steps per second from the 5th step on, the same
+library's default precision, ``--threads`` torch threads): steps per second from the 5th step on, the same
 number of steps from three sources, in turn, ``--repeats`` times:
 
 * tensors: 64x64 crops cut beforehand, a uint8 tensor in memory (``TensorImages``);
@@ -127,9 +127,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--limit-mib", type=int, default=768)
     p.add_argument("--rss-steps", type=int, default=200)
+    p.add_argument("--threads", type=int, default=1, help="torch threads (a shared machine: 1)")
     p.add_argument("--rss-child", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--json", action="store_true")
     a = p.parse_args(argv)
+    torch.set_num_threads(a.threads)
     os.environ.setdefault("CONVAE_CACHE", str(OUT / "cache"))
     if a.rss_child:
         print(json.dumps(rss_child(a.folder, a.max_side, a.limit_mib << 20, a.rss_steps)))
@@ -140,7 +142,7 @@ def main(argv: list[str] | None = None) -> int:
     speed = throughput(a.folder, a.max_side, a.images, a.steps, a.repeats)
     child = subprocess.run([sys.executable, __file__, "--rss-child", "--folder", str(a.folder),
                             "--max-side", str(a.max_side), "--limit-mib", str(a.limit_mib),
-                            "--rss-steps", str(a.rss_steps)],
+                            "--rss-steps", str(a.rss_steps), "--threads", str(a.threads)],
                            check=True, capture_output=True, text=True)  # fmt: skip
     rss = json.loads(child.stdout.strip().splitlines()[-1])
     res = {"cache": built.to_dict(), "throughput": speed, "rss": rss,

@@ -33,11 +33,9 @@ from pathlib import Path
 
 import numpy as np
 
-W, H = 1024, 768
 
-
-def _photo(args: tuple[Path, int]) -> None:
-    path, seed = args
+def _photo(args: tuple[Path, int, int, int]) -> None:
+    path, seed, W, H = args
     from PIL import Image
 
     rng = np.random.default_rng(seed)
@@ -49,11 +47,11 @@ def _photo(args: tuple[Path, int]) -> None:
     os.replace(tmp, path)
 
 
-def generate(folder: Path, n: int) -> list[Path]:
+def generate(folder: Path, n: int, width: int = 1024, height: int = 768) -> list[Path]:
     """``n`` JPEGs under ``folder/dNNN/`` (200 a folder); existing ones are kept."""
     paths = [folder / f"d{i // 200:03d}" / f"{i:05d}.jpg" for i in range(n)]
-    todo = [(p, i) for i, p in enumerate(paths) if not p.exists()]
-    for d in {p.parent for p, _ in todo}:
+    todo = [(p, i, width, height) for i, p in enumerate(paths) if not p.exists()]
+    for d in {t[0].parent for t in todo}:
         d.mkdir(parents=True, exist_ok=True)
     if todo:
         print(f"generating {len(todo)} JPEGs in {folder} ...", file=sys.stderr)
@@ -113,6 +111,8 @@ def main(argv: list[str] | None = None) -> int:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     p.add_argument("--images", type=int, default=20000)
+    p.add_argument("--width", type=int, default=1024, help="of the generated JPEGs")
+    p.add_argument("--height", type=int, default=768)
     p.add_argument("--folder", type=Path)
     p.add_argument("--size", type=int, default=64, help="cache side (image_size)")
     p.add_argument("--plain", type=int, default=1000, help="files timed in the plain loop")
@@ -122,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", action="store_true")
     a = p.parse_args(argv)
     folder = a.folder or Path(__file__).parent / "out" / f"photos-{a.images}"
-    paths = generate(folder, a.images)
+    paths = generate(folder, a.images, a.width, a.height)
     if a.generate_only:
         return 0
     rows = []
@@ -130,12 +130,12 @@ def main(argv: list[str] | None = None) -> int:
         plain = plain_loop(paths[: a.plain], a.size)
         rows.append({"plain_images_per_s": plain, **cache_runs(folder, a.size, a.workers)})
         rows[-1]["cold_vs_plain"] = rows[-1]["cold_images_per_s"] / plain
-    res = {"folder": str(folder), "size": a.size, "cpus": os.cpu_count(),
+    res = {"folder": str(folder), "size": a.size, "cpus": os.cpu_count(), "jpeg": [a.width, a.height],
            "load_average": os.getloadavg(), "runs": rows}  # fmt: skip
     if a.json:
         print(json.dumps(res))
         return 0
-    print(f"{len(paths)} JPEGs of {W}x{H} -> {a.size}x{a.size}, {os.cpu_count()} CPUs, "
+    print(f"{len(paths)} JPEGs of {a.width}x{a.height} -> {a.size}x{a.size}, {os.cpu_count()} CPUs, "
           f"load average {os.getloadavg()[0]:.1f}")  # fmt: skip
     print(
         "| run | plain loop (img/s) | cache cold (img/s) | cold / plain | warm check (s) | open (s) |"

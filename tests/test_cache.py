@@ -23,7 +23,14 @@ from convae import cache, images
 from convae.cache import CachedImages, open_folder, update_folder
 from convae.cli import main
 from convae.config import DataConfig
-from convae.data import folder_split, load_dataset, load_images, load_split, stratified_split
+from convae.data import (
+    folder_split,
+    load_dataset,
+    load_images,
+    load_split,
+    prepare_data,
+    stratified_split,
+)
 from convae.images import ImageTooLarge, decode_image
 from convae.sampling import RandomCrops, fixed_crops
 
@@ -342,6 +349,18 @@ def test_split_by_folder_needs_enough_folders(tmp_path):
         load_split(DataConfig(spec=f"folder:{root}", split_by="leaf"), "train")
 
 
+def test_prepare_data_builds_what_training_reads(tmp_path, decodes):
+    root = nested_folder(tmp_path / "n")
+    cfg = DataConfig(spec=f"folder:{root}", image_size=6, channels=1)
+    seen = []
+    report = prepare_data(cfg, progress=lambda done, total: seen.append((done, total)))
+    assert report.state == "built" and report.images == 38 and seen[-1] == (38, 38)
+    decodes.clear()
+    x, _ = load_split(cfg, "train")
+    assert decodes == [] and x.shape[1:] == (1, 6, 6)
+    assert prepare_data(cfg, build=False).state == "up to date"
+
+
 def test_load_images_gives_split_views_of_one_cache(tmp_path):
     root = nested_folder(tmp_path / "n")
     cfg = DataConfig(spec=f"folder:{root}", val_fraction=0.2)
@@ -392,3 +411,40 @@ def test_cache_command(tmp_path, capsys):
     assert main(["cache", str(root), "--image-size", "8", "--max-side", "9"]) == 2
     err = capsys.readouterr().err
     assert err.count("convae: error:") == 2 and "Traceback" not in err
+
+
+# ---------------------------------------------------------------------------------------------
+# The benchmarks behind docs/photos.md, on tiny settings
+
+
+def _bench(name: str):
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", path)
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mod  # its worker processes find their function by module name
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_ingest_benchmark(tmp_path, capsys):
+    args = ["--images", "70", "--width", "96", "--height", "72", "--folder", str(tmp_path / "ph"),
+            "--size", "16", "--plain", "5", "--repeats", "1", "--json"]  # fmt: skip
+    assert _bench("ingest").main(args) == 0
+    (run,) = json.loads(capsys.readouterr().out.splitlines()[-1])["runs"]
+    assert run["files"] == run["images"] == 70 and run["cache_bytes"] == 70 * 16 * 16 * 3
+    assert (
+        run["plain_images_per_s"] > 0 and run["cold_images_per_s"] > 0 and run["warm_seconds"] > 0
+    )
+
+
+@pytest.mark.slow
+def test_cache_train_benchmark(tmp_path, capsys):
+    _bench("ingest").generate(tmp_path / "ph", 12, 96, 72)
+    args = ["--folder", str(tmp_path / "ph"), "--max-side", "80", "--images", "12", "--steps", "7",
+            "--repeats", "1", "--rss-steps", "6", "--limit-mib", "2048", "--json"]  # fmt: skip
+    assert _bench("cache_train").main(args) == 0
+    res = json.loads(capsys.readouterr().out.splitlines()[-1])
+    assert set(res["throughput"]["median"]) == {"tensors", "memory_crops", "cache_crops"}
+    assert res["rss"]["images"] == 12 and 0 < res["rss"]["peak_rss"] < 2048 << 20

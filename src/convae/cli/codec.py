@@ -10,7 +10,7 @@ from .. import codec as cdc
 from ..checkpoint import atomic_write, check_run_dir
 from ..codec.bench import BENCH_FILES, bench_codec, default_codec_run
 from ..codec.store import CODEC_FILE, CODEC_JSON
-from ..data import read_image_files, write_png
+from ..images import read_image_files, write_png
 from .common import (
     THREADS_HELP,
     ProgressBar,

@@ -9,7 +9,7 @@ from typing import Any
 
 import torch
 
-from ..data import write_png
+from ..images import write_png
 from ..denoise import (
     FILTERS,
     bench_denoise,

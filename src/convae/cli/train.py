@@ -21,7 +21,7 @@ from ..config import (
     read_run_config,
     recipe_for,
 )
-from ..data import read_image_files, write_png
+from ..images import read_image_files, write_png
 from ..inference import evaluate, load, reconstruct
 from ..metrics import json_restore
 from ..models import available, build_model, summary

@@ -608,7 +608,9 @@ class ArrayImages:
         self.x = x.numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
         self.labels = np.asarray(labels, dtype=np.int64)
         self.names = names if names is not None else [""] * len(self.x)
-        self.classes = classes if classes is not None else [str(c) for c in np.unique(labels)]
+        # classes[label] names a label (a built-in dataset's labels are their own names)
+        top = int(self.labels.max()) + 1 if len(self.labels) else 0
+        self.classes = classes if classes is not None else [str(c) for c in range(top)]
         self.channels = int(self.x.shape[1]) if self.x.ndim == 4 else 1
 
     def __len__(self) -> int:

@@ -48,7 +48,7 @@ def _timed_fit(source, steps: int) -> float:
     """Steps per second of fit() on ``source`` after 5 warm-up steps."""
     from convae.config import ModelConfig, TrainConfig
     from convae.models import build_model
-    from convae.train import fit
+    from convae.training import fit
 
     torch.manual_seed(0)
     model = build_model(ModelConfig(arch="convae-map", channels=3, image_size=CROP))

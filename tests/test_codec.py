@@ -520,6 +520,8 @@ def test_cli_encode_info_decode_files(
     assert main(["info", str(out), "--json"]) == 0
     info = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert info["names"] == [p.name for p in paths] and info["model"] == codec.fingerprint.hex()
+    h, w = test_x.shape[-2:]  # bpp: file bits per image pixel, whatever the channel count
+    assert info["bpp"] == pytest.approx(8 * info["bytes"] / (6 * h * w))
     assert main(["decode", str(out), "--out", str(tmp_path / "dec")]) == 0
     assert sorted(p.name for p in (tmp_path / "dec").iterdir()) == sorted(p.name for p in paths)
     from convae.images import read_image_files

@@ -303,9 +303,9 @@ class ProgressBar:
             from tqdm import tqdm
 
             total = ev["steps"] * ev["epochs"] if ev["event"] == "step" else None
-            self.bar = tqdm(
-                total=total, unit="step", dynamic_ncols=True, file=sys.stderr, leave=True
-            )
+            # disable=None: no bar when stderr is not a terminal (a log file gets the epoch lines)
+            self.bar = tqdm(total=total, unit="step", dynamic_ncols=True, file=sys.stderr,
+                            leave=True, disable=None)  # fmt: skip
         if ev["event"] == "step":
             done = (ev["epoch"] - 1) * ev["steps"] + ev["step"]
             self.bar.update(max(0, done - self.bar.n))

@@ -178,7 +178,7 @@ _MODEL_FLAGS = ("arch", "latent_dim", "width", "decoder", "norm", "depth", "code
 _TRAIN_FLAGS = ("epochs", "batch_size", "lr", "optimizer", "weight_decay", "schedule", "loss",
                 "precision", "patience", "seed")  # fmt: skip
 _DATA_FLAGS = ("data_dir", "classes", "channels", "image_size", "max_side", "split_by", "strict",
-               "val_fraction", "crop", "crops_per_epoch")  # fmt: skip
+               "max_pixels", "val_fraction", "crop", "crops_per_epoch")  # fmt: skip
 _FIELDS = {
     "data": ("data", "spec"),
     **{k: ("data", k) for k in _DATA_FLAGS},

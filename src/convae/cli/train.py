@@ -59,7 +59,9 @@ def _add_train_parser(sub) -> None:
         sub,
         "train",
         "train a convolutional autoencoder and write a run directory",
-        "convae train --data mnist-sample --arch seed-strided --latent-dim 12 --out runs/strided",
+        "convae train --data mnist-sample --arch seed-strided --latent-dim 12 --out runs/strided\n"
+        "  convae train --data folder:photos --crop 32 --out runs/photos   "
+        "# random 32x32 crops of photos of any size",
     )
     add_data_args(p, default_spec=None)
     p.add_argument(
@@ -366,7 +368,8 @@ def _add_eval_parser(sub) -> None:
         sub,
         "eval",
         "test metrics of a trained run: MSE, PSNR, SSIM, compression ratio",
-        "convae eval runs/strided --split test --json",
+        "convae eval runs/strided --split test --json\n"
+        "  convae eval runs/photos --data folder:photos --split all --by-class",
     )
     p.add_argument("run", help="run directory")
     add_data_args(p, default_spec=None)

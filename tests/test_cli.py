@@ -172,9 +172,9 @@ def test_eval_on_images_the_model_cannot_take(run, tmp_path, make_images, write_
     d, _ = run
     write_image_folder(tmp_path / "rgb", make_images(12, 3, 32), [0] * 12)
     line = assert_one_line_error(*run_cli("eval", d, "--data", f"folder:{tmp_path / 'rgb'}"))
-    assert "--channels" in line or "--image-size" in line
+    assert "3-channel images and the model takes 1: add --channels 1" in line
     rc, out, err = run_cli("eval", d, "--data", f"folder:{tmp_path / 'rgb'}", "--channels", "1",
-                           "--image-size", "28", "--split", "train", "--json")  # fmt: skip
+                           "--split", "train", "--json")  # fmt: skip
     assert rc == 0, err
     assert last_json(out)["images"] > 0
 
@@ -215,12 +215,12 @@ def test_reconstruct_names_and_sizes(run, tmp_path):
     assert np.array_equal(a, b)  # the same input twice
 
 
-def test_reconstruct_size_mismatch_needs_resize(run, tmp_path):
+def test_reconstruct_keeps_each_size_unless_resized(run, tmp_path):
     d, _ = run
     src = _digits(tmp_path, size=32)
-    line = assert_one_line_error(*run_cli("reconstruct", d, src, "--out", tmp_path / "out"))
-    assert "--resize" in line
-    assert not (tmp_path / "out").exists()  # everything is read before anything is written
+    rc, out, err = run_cli("reconstruct", d, src, "--out", tmp_path / "own")
+    assert rc == 0, err
+    assert _png_ok(tmp_path / "own" / "two.png") == (32, 32)  # each image at its own size
     rc, out, err = run_cli("reconstruct", d, src, "--out", tmp_path / "out", "--resize")
     assert rc == 0, err
     assert "3" in out

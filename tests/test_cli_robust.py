@@ -551,11 +551,11 @@ def test_lossless_rows_of_the_codec_benchmark_are_valid_json(run_copy, tmp_path)
 
 
 def test_a_nan_result_is_an_error_not_output(tiny_run, monkeypatch):
-    def broken(model, x, **k):
-        return {"mse": math.nan, "psnr": math.nan, "ssim": math.nan, "images": len(x),
+    def broken(model, store, **k):
+        return {"mse": math.nan, "psnr": math.nan, "ssim": math.nan, "images": len(store),
                 "latent_dim": 8, "compression_ratio": 98.0}  # fmt: skip
 
-    monkeypatch.setattr(cli_train, "evaluate", broken)
+    monkeypatch.setattr(cli_train, "evaluate_store", broken)
     for extra in (["--json"], []):
         rc, out, err = run_cli("eval", tiny_run, "--split", "val", *extra)
         line = one_line_error(rc, out, err)

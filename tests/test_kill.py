@@ -352,8 +352,7 @@ def test_fuzzed_runs_fail_in_one_line(fuzz_base, tmp_path, make_images, write_im
     def reached(*a, **k):
         raise _Reached
 
-    # the module, not the convae.train function that the package exports under the same name
-    monkeypatch.setattr(importlib.import_module("convae.train"), "_train_epoch", reached)
+    monkeypatch.setattr(importlib.import_module("convae.training"), "_train_epoch", reached)
     monkeypatch.setenv("CONVAE_MEMORY_LIMIT", "4G")
     imgs = tmp_path / "imgs"
     write_image_folder(imgs, make_images(2, 1, 28))

@@ -58,6 +58,7 @@ from .images import (
     decode_files,
     default_max_pixels,
     luma,
+    too_large,
     walk_images,
 )
 from .limits import check_fits
@@ -74,10 +75,11 @@ __all__ = [
     "folder_cache_root",
 ]
 
-FORMAT = 1
+FORMAT = 2
 OK, UNREADABLE, TOO_LARGE = 0, 1, 2  # index status of a listed file
 # index.npy: one row per listed file. stored = channels in pixels.bin (1 or 3); grey = R, G, B
-# within 2 levels; pixels = the size of a file refused by the pixel limit; size, mtime = listing.
+# within 2 levels; pixels = the file's own pixel count (checked against each open's limit);
+# size, mtime = listing.
 ROW = np.dtype([("offset", "<i8"), ("height", "<i4"), ("width", "<i4"), ("stored", "u1"),
                 ("grey", "?"), ("status", "u1"), ("pixels", "<i8"), ("size", "<i8"),
                 ("mtime", "<i8")])  # fmt: skip
@@ -378,6 +380,7 @@ def _store_result(fd: int, i: int, res: tuple, index: _Index, name: str, offset:
         a = res[1]
         row["offset"], row["status"], row["grey"] = offset, OK, res[2]
         row["height"], row["width"], row["stored"] = a.shape
+        row["pixels"] = res[3]
         _write_all(fd, a)
         return a.nbytes
     if res[0] == "large":
@@ -509,13 +512,18 @@ def _ensure(root, opts: CacheOptions, max_pixels: int | None, workers: int | Non
     return new, "built" if gen is None else "updated", decoded, reused, listing
 
 
-def _check(gen: _Generation, root, strict: bool) -> None:
-    """Errors for files above the pixel limit, for unreadable files when ``strict``, and for a
-    folder with no readable image."""
+def _check(gen: _Generation, root, strict: bool, max_pixels: int | None) -> None:
+    """Errors for files above the pixel limit (also those a higher limit let in earlier), for
+    unreadable files when ``strict``, and for a folder with no readable image."""
     refused = np.flatnonzero(gen.status == TOO_LARGE)
     if len(refused):  # after _ensure, only files the current limit still refuses
         j = int(refused[0])
         raise ImageTooLarge(gen.errors[gen.names[j]], int(gen.rows["pixels"][j]))
+    limit = default_max_pixels() if max_pixels is None else max_pixels
+    over = gen.ok[gen.rows["pixels"][gen.ok] > limit] if limit is not None else []
+    if len(over):
+        j = int(over[0])
+        raise too_large(str(gen.root / gen.names[j]), int(gen.rows["pixels"][j]), limit)
     bad = np.flatnonzero(gen.status == UNREADABLE)
     if len(bad) and strict:
         more = f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""
@@ -545,7 +553,7 @@ def open_folder(
     """
     opts = CacheOptions(image_size, max_side, channels)
     gen, state, *_ = _ensure(root, opts, max_pixels, workers, progress)
-    _check(gen, root, strict)
+    _check(gen, root, strict, max_pixels)
     skipped = int((gen.status == UNREADABLE).sum())
     if skipped and gen.path not in _WARNED:  # once per process, not once per split
         _WARNED.add(gen.path)
@@ -574,7 +582,7 @@ def update_folder(
     opts = CacheOptions(image_size, max_side, channels)
     gen, state, decoded, reused, listing = _ensure(root, opts, max_pixels, workers, progress, build)
     if gen is not None and state not in ("missing", "stale"):
-        _check(gen, root, strict)
+        _check(gen, root, strict, max_pixels)
     return _report(root, gen, state, opts, listing, decoded, reused, time.perf_counter() - t0)
 
 

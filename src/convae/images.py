@@ -40,6 +40,7 @@ __all__ = [
     "is_grey",
     "luma",
     "decode_stored",
+    "too_large",
     "decode_files",
 ]
 
@@ -137,6 +138,13 @@ def _decoded_bytes(mode: str, pixels: int, channels: int) -> int:
     the uint8 array handed back."""
     per = 1 if mode in ("1", "L", "P") else 2 if mode.startswith("I;16") else 4
     return pixels * (per + channels)
+
+
+def too_large(name: str, pixels: int, limit: int) -> ImageTooLarge:
+    """The error for an image of ``pixels`` above ``limit`` whose size and mode are not at hand."""
+    return ImageTooLarge(
+        f"{name}: {pixels:,} pixels, above the limit of {limit:,} pixels; {MAX_PIXELS_HINT}", pixels
+    )
 
 
 def _too_large(name: str, size: tuple[int, int], mode: str, limit: int) -> ImageTooLarge:
@@ -407,11 +415,14 @@ PARALLEL_FROM = 64  # fewer files decode in the calling process (starting worker
 
 def decode_stored(path: Path, channels: int | None, size: int | None, max_side: int | None,
                   max_pixels: int | None) -> tuple:  # fmt: skip
-    """One file as the cache stores it: ("ok", uint8 [H, W, C], grey) where an exactly grey
-    RGB image (unforced channels) comes back with 1 channel and ``grey`` says whether R, G, B
-    are within 2 levels; ("error", message) for an unreadable file; ("large", pixels, message)
-    above ``max_pixels``. A ``MemoryLimitError`` is raised: no file is to blame."""
+    """One file as the cache stores it: ("ok", uint8 [H, W, C], grey, pixels) where an exactly
+    grey RGB image (unforced channels) comes back with 1 channel, ``grey`` says whether R, G, B
+    are within 2 levels and ``pixels`` is the file's own pixel count (a later, lower limit
+    refuses it); ("error", message) for an unreadable file; ("large", pixels, message) above
+    ``max_pixels``. A ``MemoryLimitError`` is raised: no file is to blame."""
     try:
+        with _open_checked(path, max_pixels) as im:
+            pixels = im.size[0] * im.size[1]
         a = decode_array(path, channels, size, max_side=max_side, max_pixels=max_pixels)
     except ImageTooLarge as e:
         return ("large", e.pixels, str(e))
@@ -420,10 +431,10 @@ def decode_stored(path: Path, channels: int | None, size: int | None, max_side: 
     except Exception as e:  # noqa: BLE001 - any decoder failure means "unreadable"
         return ("error", f"{path}: cannot read image ({e})")
     if a.shape[2] == 1:
-        return ("ok", a, True)
+        return ("ok", a, True, pixels)
     if channels is None and (a[:, :, 0] == a[:, :, 1]).all() and (a[:, :, 1] == a[:, :, 2]).all():
-        return ("ok", np.ascontiguousarray(a[:, :, :1]), True)  # 1 channel holds it exactly
-    return ("ok", a, is_grey(a, axis=2))
+        return ("ok", np.ascontiguousarray(a[:, :, :1]), True, pixels)  # 1 channel holds it exactly
+    return ("ok", a, is_grey(a, axis=2), pixels)
 
 
 def _decode_chunk(job: tuple) -> list[tuple[int, tuple]]:

@@ -388,6 +388,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
     store = load_images(data, args.split)
     if len(store) == 0:
         raise ValueError(f"{data.spec} {args.split}: no images")
+    c = model.input_shape[0]
+    if store.channels != c:
+        raise ValueError(f"{data.spec} has {store.channels}-channel images and the model takes "
+                         f"{c}: add --channels {c} to convert them")  # fmt: skip
     m = {**evaluate_store(model, store, by_class=args.by_class), "split": args.split,
          "data": data.spec}  # fmt: skip
     return finish(args, m, lambda: _eval_text(m))

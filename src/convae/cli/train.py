@@ -15,9 +15,11 @@ from ..checkpoint import read_json, read_state
 from ..config import (
     OPTIMIZERS,
     PRESETS,
+    DataConfig,
     ModelConfig,
     RunConfig,
     apply_preset,
+    preset_overrides,
     read_run_config,
     recipe_for,
 )
@@ -203,7 +205,8 @@ def _given(args: argparse.Namespace) -> dict[str, Any]:
 
 def build_run_config(args: argparse.Namespace) -> RunConfig:
     """Defaults -> preset -> explicit flags."""
-    cfg = apply_preset(RunConfig(), args.preset)
+    # the crop decides which form of a preset applies (CROP_PRESETS)
+    cfg = apply_preset(RunConfig(data=DataConfig(crop=args.crop)), args.preset)
     given = _given(args)
     m = {k: v for k, v in given.items() if _FIELDS[k][0] == "model"}
     t = {k: v for k, v in given.items() if _FIELDS[k][0] == "train"}
@@ -243,7 +246,7 @@ def resume_differences(args: argparse.Namespace, stored: RunConfig) -> list[str]
     stored = replace(stored, train=recipe_for(stored.model.arch).fill(stored.train))
     out = []
     given = _given(args)
-    preset = PRESETS[args.preset] if args.preset else {}
+    preset = preset_overrides(args.preset, stored.data.crop is not None) if args.preset else {}
     for section, fields in preset.items():
         for name, v in fields.items():
             if v is None or (name in given and _FIELDS.get(name, (None,))[0] == section):

@@ -36,7 +36,8 @@ def texture(h: int, w: int, seed: int) -> np.ndarray:
     noise = torch.from_numpy(rng.normal(0, 1, (h, w))).float()
     smooth = anomaly_maps.gaussian_blur(noise, 1.5).numpy()
     stripes = np.sin(np.arange(w) / 3.0)[None, :]
-    g = np.clip(128 + 40 * smooth / smooth.std() + 30 * stripes, 0, 255).astype(np.uint8)
+    # 128 +- about 75: a 40-level defect is never clipped
+    g = np.clip(128 + 18 * smooth / smooth.std() + 20 * stripes, 0, 255).astype(np.uint8)
     return np.repeat(g[None], 3, 0)
 
 
@@ -87,12 +88,16 @@ def test_map_calibration_refuses_bad_input():
     with pytest.raises(ValueError, match="no normal"):
         anomaly_maps.fit_map_calibration([], ("sq", "dssim"), 0.01)
     with pytest.raises(ValueError, match="NaN"):
-        anomaly_maps.fit_map_calibration([torch.full((2, 8, 8), float("nan"))], ("sq", "dssim"), 0.01)
+        anomaly_maps.fit_map_calibration(
+            [torch.full((2, 8, 8), float("nan"))], ("sq", "dssim"), 0.01
+        )
     cal = anomaly_maps.fit_map_calibration([torch.rand(2, 8, 8)], ("sq", "dssim"), 0.01)
     d = cal.to_dict()
     assert anomaly_maps.MapCalibration.from_dict(json.loads(json.dumps(d))) == cal
     with pytest.raises(ValueError, match="spreads"):
-        anomaly_maps.MapCalibration.from_dict({**d, "spread": {"sq": [0.0] * 12, "dssim": [1.0] * 12}})
+        anomaly_maps.MapCalibration.from_dict(
+            {**d, "spread": {"sq": [0.0] * 12, "dssim": [1.0] * 12}}
+        )
 
 
 def test_component_maps_see_structure_and_colour_not_only_squared_error():
@@ -136,7 +141,9 @@ def test_write_map_files_sizes_and_dtypes(tmp_path, h, w):
     mask = np.asarray(Image.open(files["mask"]))
     assert mask.shape == (h, w) and set(np.unique(mask)) <= {0, 255}
     assert np.array_equal(mask == 255, m > 2.0)
-    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(Path(f).name for f in files.values())
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        Path(f).name for f in files.values()
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -189,8 +196,10 @@ def test_pixel_auroc_and_pro_on_known_maps():
     assert defects.pixel_auroc(perfect, masks) == 1.0
     assert defects.pro_score(perfect, masks) == pytest.approx(1.0, abs=0.01)
     assert defects.pro_score(1.0 - perfect, masks) == pytest.approx(0.0, abs=0.01)
-    rnd = np.random.default_rng(0).random(masks.shape)
-    assert defects.pro_score(rnd, masks) == pytest.approx(0.15, abs=0.05)  # max_fpr / 2
+    many = np.zeros((20, 64, 64), dtype=bool)
+    many[:, 10:20, 30:40] = True
+    rnd = np.random.default_rng(0).random(many.shape)
+    assert defects.pro_score(rnd, many) == pytest.approx(0.15, abs=0.02)  # max_fpr / 2
     assert len(defects.regions(masks)) == 2
     # every region weighs the same in PRO: finding only the small one gives about half
     small_only = np.zeros_like(perfect)
@@ -264,7 +273,9 @@ def test_per_pixel_threshold_flags_its_rate_of_held_out_normal_pixels(crop_run):
     det, _ = anomaly.ensure_detector(model, pixel_fpr=0.05)
     assert det.maps.pixel_fpr == 0.05
     val = anomaly._validation_images(model)
-    rates = [anomaly.inspect_image(model, det, val.image(i))["mask"].mean() for i in range(len(val))]
+    rates = [
+        anomaly.inspect_image(model, det, val.image(i))["mask"].mean() for i in range(len(val))
+    ]
     assert float(np.mean(rates)) == pytest.approx(0.05, abs=0.01)  # calibrated on these pixels
 
 

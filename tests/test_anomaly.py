@@ -16,7 +16,8 @@ import torch
 
 import convae
 from convae import anomaly, anomaly_bench, cli
-from convae.data import load_dataset, write_png
+from convae.data import load_dataset
+from convae.images import write_png
 
 # One-class run: the default architecture at width 8, digit 0 only, a few quick epochs.
 ONE_CLASS = ["--classes", "0", "--arch", "convae", "--width", "8", "--latent-dim", "8", "--epochs", "3",
@@ -133,7 +134,9 @@ def test_combined_score_is_the_sum_of_parts_scaled_by_their_normal_medians(run):
 
 def test_pca_baseline_scores_off_subspace_images_higher():
     x, _ = load_dataset("mnist-sample", "train", classes=[1])
-    s = anomaly_bench.pca_scores(x[:200], torch.cat([x[200:220], with_square(x[200:220])]), components=8)
+    s = anomaly_bench.pca_scores(
+        x[:200], torch.cat([x[200:220], with_square(x[200:220])]), components=8
+    )
     assert (s[20:] > s[:20]).all()
 
 

@@ -15,7 +15,7 @@ import torch
 from PIL import Image
 
 from convae import anomaly, anomaly_maps, cli, defects
-from convae.data import write_png
+from convae.images import write_png
 from convae.inference import load
 
 

@@ -29,8 +29,7 @@ from ..anomaly_bench import BENCH_SCORES, bench_anomaly
 from ..anomaly_maps import heat_overlay, map_file_names, write_map_files
 from ..checkpoint import atomic_write
 from ..config import PRESETS, RunConfig, apply_preset
-from ..data import read_image_files
-from ..denoise import read_images
+from ..images import read_image_files, read_images
 from ..inference import load, reconstruct, to_float
 from ..plots import heatmap_figure, overlay_figure, roc_figure, save_figure
 from .common import (

@@ -273,6 +273,9 @@ def test_per_pixel_threshold_flags_its_rate_of_held_out_normal_pixels(crop_run):
     det, _ = anomaly.ensure_detector(model, pixel_fpr=0.05)
     assert det.maps.pixel_fpr == 0.05
     val = anomaly._validation_images(model)
+    with pytest.raises(ValueError, match="no image threshold"):
+        anomaly.inspect_image(model, det, val.image(0))
+    det = anomaly.ensure_image_thresholds(model, det, val.sizes().tolist())
     rates = [
         anomaly.inspect_image(model, det, val.image(i))["mask"].mean() for i in range(len(val))
     ]
@@ -299,3 +302,24 @@ def test_cli_map_on_a_tiny_image(crop_run, tmp_path):
         assert np.load(tmp_path / "m" / "tiny_map.npy").shape == (9, 5)
     else:
         assert err.startswith("convae: error:") and len(err.strip().splitlines()) == 1
+
+
+def test_anomaly_preset_on_a_folder_of_any_size_trains_on_crops(tmp_path):
+    from convae.cli import build_parser
+    from convae.cli.train import ANOMALY_CROP, build_run_config
+
+    def config(folder: Path, *extra: str):
+        args = build_parser().parse_args(["train", "--data", f"folder:{folder}", *extra])
+        return build_run_config(args)
+
+    for i, (h, w) in enumerate([(67, 91), (75, 59)]):
+        write_png(torch.from_numpy(texture(h, w, i)), tmp_path / "mixed" / f"{i}.png")
+        write_png(torch.from_numpy(texture(28, 28, i)), tmp_path / "small" / f"{i}.png")
+    cfg = config(tmp_path / "mixed", "--preset", "anomaly")
+    assert cfg.data.crop == ANOMALY_CROP and cfg.model.arch == "convae-map"
+    assert cfg.data.channels == 3
+    assert config(tmp_path / "mixed", "--preset", "anomaly", "--crop", "32").data.crop == 32
+    # one small size: whole images, the fixed-size preset (as for digits)
+    small = config(tmp_path / "small", "--preset", "anomaly")
+    assert small.data.crop is None and small.model.arch != "convae-map"
+    assert config(tmp_path / "mixed").data.crop is None  # no preset: no guess

@@ -315,19 +315,21 @@ def random_crops(store, h: int, w: int, count: int, seed: int = 0) -> list[Tenso
             for i, t, q in where]  # fmt: skip
 
 
-def threshold_at_fpr(normal_scores: np.ndarray, fpr: float) -> float:
+def threshold_at_fpr(normal_scores: np.ndarray, fpr: float, *, quiet: bool = False) -> float:
     """Score threshold that a new normal image exceeds with probability ``fpr``.
 
     The order statistic at plotting position ``k / (n + 1)`` (numpy's "weibull" quantile): for
     i.i.d. scores, ``P(new > X_(k)) = (n + 1 - k) / (n + 1)``, so it is unbiased where the plain
-    sample quantile flags too many normal images when ``n`` is small.
+    sample quantile flags too many normal images when ``n`` is small. Below the finest rate ``n``
+    scores resolve, ``1 / (n + 1)``, it is the largest normal score (with a warning unless
+    ``quiet``).
     """
     if not 0.0 < fpr < 1.0:
         raise ValueError(f"the false-positive rate must be in (0, 1), e.g. 0.05, not {fpr}")
     s = np.asarray(normal_scores, dtype=np.float64)
     if len(s) == 0:
         raise ValueError("no normal images to calibrate the threshold on")
-    if fpr < 1.0 / (len(s) + 1):
+    if fpr < 1.0 / (len(s) + 1) and not quiet:
         log.warning(
             "%d normal images cannot resolve a false-positive rate of %g (the finest is %.3g); "
             "the threshold is the largest normal score",

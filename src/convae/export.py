@@ -501,6 +501,13 @@ def _current_detector(model: AutoEncoder):
             "%s/anomaly.json was fitted to other weights; the export carries no anomaly "
             "threshold (run `convae anomaly RUN --calibrate` first)", model.run_dir)  # fmt: skip
         return None
+    if det is not None and det.score not in ("mse", "ssim", "mse+ssim"):
+        import logging
+
+        logging.getLogger(__name__).warning(
+            "the %s score of %s/anomaly.json (per-pixel maps) is not part of an export; the "
+            "export carries no anomaly threshold", det.score, model.run_dir)  # fmt: skip
+        return None
     return det
 
 

@@ -215,7 +215,7 @@ def _fprs(raw_cal: Tensor, raw_test: Tensor, names: Sequence[str]) -> dict[str, 
     for f in PIXEL_FPRS:
         thr = float(np.quantile(values, 1 - f))
         out[f"pixel_fpr@{f:g}"] = float((test_maps > thr).double().mean())
-    thr = threshold_at_fpr(image_scores(cal_maps), IMAGE_FPR)
+    thr = threshold_at_fpr(image_scores(cal_maps), IMAGE_FPR, quiet=True)
     out[f"image_fpr@{IMAGE_FPR:g}"] = float((image_scores(test_maps) > thr).mean())
     return out
 
@@ -249,7 +249,7 @@ def evaluate_maps(
     test_idx = [i for i in range(len(raw_cells)) if i not in CALIBRATION]
     raw_cal, raw_test = raw_cells[list(CALIBRATION)], raw_cells[test_idx]
     cal = fit_map_calibration(raw_cal, names, PIXEL_FPRS[0])
-    image_thr = threshold_at_fpr(image_scores(anomaly_maps(raw_cal, cal)), IMAGE_FPR)
+    image_thr = threshold_at_fpr(image_scores(anomaly_maps(raw_cal, cal)), IMAGE_FPR, quiet=True)
     normal = anomaly_maps(raw_test, cal).numpy()
     s_norm = normal.reshape(len(normal), -1).max(1)
     sets = {}

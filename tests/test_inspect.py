@@ -294,14 +294,17 @@ def test_cli_map_errors_are_one_line(crop_run, tmp_path):
         assert "Traceback" not in err and err.strip().splitlines()[-1].startswith("convae: error:")
 
 
-def test_cli_map_on_a_tiny_image(crop_run, tmp_path):
-    write_png(torch.from_numpy(texture(48, 48, 2)[:, :9, :5].copy()), tmp_path / "tiny.png")
-    rc, out, err = run_cli("anomaly", crop_run, tmp_path / "tiny.png", "--map", tmp_path / "m",
+def test_cli_map_on_tiny_images(crop_run, tmp_path):
+    t = texture(48, 48, 2)
+    write_png(torch.from_numpy(t[:, :9, :5].copy()), tmp_path / "in" / "tiny.png")
+    write_png(torch.from_numpy(t[:, :1, :1].copy()), tmp_path / "in" / "dot.png")
+    rc, out, err = run_cli("anomaly", crop_run, tmp_path / "in", "--map", tmp_path / "m",
                            "--json", "--top", "0")  # fmt: skip
-    if rc == 0:
-        assert np.load(tmp_path / "m" / "tiny_map.npy").shape == (9, 5)
-    else:
-        assert err.startswith("convae: error:") and len(err.strip().splitlines()) == 1
+    assert rc == 0, err
+    assert np.load(tmp_path / "m" / "tiny_map.npy").shape == (9, 5)
+    assert np.load(tmp_path / "m" / "dot_map.npy").shape == (1, 1)
+    assert Image.open(tmp_path / "m" / "dot_heat.png").size == (1, 1)
+    assert all(np.isfinite(r["score"]) for r in last_json(out)["results"])
 
 
 def test_anomaly_preset_on_a_folder_of_any_size_trains_on_crops(tmp_path):

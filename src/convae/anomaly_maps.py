@@ -311,7 +311,7 @@ def random_crops(store, h: int, w: int, count: int, seed: int = 0) -> list[Tenso
         rng = np.random.default_rng([seed, h, w])
         which = rng.choice(len(sizes), size=count, p=room / room.sum())
         where = [(i, int(rng.integers(0, rows[i])), int(rng.integers(0, cols[i]))) for i in which]
-    return [torch.from_numpy(np.ascontiguousarray(store.crop(int(i), t, q, h, w)))
+    return [torch.from_numpy(np.array(store.crop(int(i), t, q, h, w)))  # a writable copy
             for i, t, q in where]  # fmt: skip
 
 

@@ -156,8 +156,8 @@ def heat_figure(runs: Path, textures: list[str], contrast: int, seed: int):
         cal = fit_map_calibration(raw_maps(model, cells, comps), comps, 0.01)
         band, mask = _band_with_defects(name, contrast, seed)
         m = anomaly_maps(raw_maps(model, [torch.from_numpy(band)], comps), cal)[0].numpy()
-        grey = np.repeat(band.mean(0, keepdims=True), 3, 0).transpose(1, 2, 0) / 255
-        shown = np.where(mask[..., None] & ~_eroded(mask)[..., None], (1.0, 0.2, 0.2), grey)
+        rgb = band.transpose(1, 2, 0) / 255  # in colour: the colour spot shows here only
+        shown = np.where(mask[..., None] & ~_eroded(mask)[..., None], (1.0, 0.2, 0.2), rgb)
         row[0].imshow(shown, interpolation="nearest")
         row[1].imshow(heat_overlay(band, m, cal.pixel_threshold), interpolation="nearest")
         row[0].set_title(f"{name}: rows 256-511, defects of {contrast} levels (red: truth)",

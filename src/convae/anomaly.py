@@ -513,8 +513,11 @@ def ensure_image_thresholds(model, det: Detector, sizes) -> Detector:
         t = image_threshold(model, det.maps, store, (h, w), det.fpr)
         t.pop("quantiles")
         thresholds[size_key(h, w)] = t
-        log.info("image threshold for %dx%d images: %.6g (from %d normal %s of that size)",
-                 h, w, t["threshold"], t["n"], "crops" if t["how"] == "crops" else "blocks")  # fmt: skip
+        bh, bw = t["block"]
+        where = ("crops of that size" if t["how"] == "crops" else
+                 f"{bh}x{bw} blocks: no validation image is that large")  # fmt: skip
+        log.info("image threshold for %dx%d images: %.6g (from %d normal %s)", h, w,
+                 t["threshold"], t["n"], where)  # fmt: skip
     det = replace(det, thresholds=thresholds)
     save_detector(run_path(model), det)
     return det

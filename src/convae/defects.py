@@ -118,7 +118,9 @@ def add_defect(
     ``foreign``: a grey uint8 texture the ``patch`` defect is cut from (needed for that kind only).
     """
     if img.ndim != 3 or img.shape[0] != 3 or min(img.shape[1:]) < 48:
-        raise ValueError(f"defects go into RGB images [3, H, W] of at least 48 x 48, not {img.shape}")
+        raise ValueError(
+            f"defects go into RGB images [3, H, W] of at least 48 x 48, not {img.shape}"
+        )
     _, h, w = img.shape
     if kind in ("scratch-dark", "scratch-bright"):
         a = _scratch_alpha(h, w, rng)

@@ -37,7 +37,7 @@ from .training import fit_config
 __all__ = ["BENCH_SCORES", "pca_scores", "one_class_benchmark", "bench_anomaly"]
 
 # The per-image scores the one-class benchmark compares (the map score inspects images of any
-# size: docs/anomaly.md, texture inspection).
+# size: docs/anomaly.md, "Textures").
 BENCH_SCORES = tuple(s for s in SCORES if s != "map")
 
 

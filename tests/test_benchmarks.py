@@ -6,6 +6,8 @@ import importlib.util
 import json
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -91,3 +93,32 @@ def test_speed_reference_runs_the_seeds_torch_modules():
     assert type(model.encoder[4]) is torch.nn.Conv2d
     assert type(model.decoder[0]) is torch.nn.ConvTranspose2d
     torch.testing.assert_close(after, before, rtol=1e-5, atol=1e-6)
+
+
+def test_inspect_demo_writes_normal_tiles_and_parts(tmp_path):
+    from PIL import Image
+
+    assert _script("inspect_demo").main([str(tmp_path)]) == 0
+    assert len(list((tmp_path / "normal").glob("*.png"))) == 8
+    with Image.open(tmp_path / "parts" / "brick_defects.png") as im:
+        assert im.size == (512, 512) and im.mode == "RGB"
+    with Image.open(tmp_path / "parts" / "chelsea.png") as im:
+        assert im.size == (451, 300)
+
+
+@pytest.mark.slow
+def test_texture_benchmark_smoke(tmp_path, capsys, monkeypatch):
+    from convae import texture_bench
+
+    monkeypatch.setattr(texture_bench, "SPLITS", 5)
+    bench = _script("inspect_textures")
+    args = ["--textures", "brick", "--kinds", "blob,colour", "--contrasts", "20", "--epochs", "1",
+            "--out", str(tmp_path), "--figure", str(tmp_path / "fig.png"), "--json"]  # fmt: skip
+    assert bench.main(args) == 0
+    res = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    sets = res["brick"]["convae"]["sets"]
+    assert set(sets) == {"blob/20", "colour/20"}
+    assert sets["colour/20"]["pixel_auroc"] > 0.9  # the chroma of the residual
+    for m in ("convae", "pca"):
+        assert 0 <= res["mean"][m]["subtle_pro"] <= 1
+    assert (tmp_path / "fig.png").stat().st_size > 0 and (tmp_path / "results.json").is_file()

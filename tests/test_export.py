@@ -138,7 +138,7 @@ def test_numpy_scores_are_convae_scores(anomaly_run):
     x, _ = load_split(replace(model.run_config.data, classes=None), "test")
     x = x[::10]
     recon = reconstruct(model, x)
-    for score in anomaly.SCORES:
+    for score in export.EXPORT_SCORES:
         det = anomaly.calibrate(model, x[:40], score=score)
         ours = export.numpy_scores(x.numpy(), recon.numpy(), export.anomaly_spec(det))
         ref = anomaly.score_images(model, x, det, recon=recon)

@@ -1,6 +1,6 @@
 """Anomaly detection: a model trained on "normal" images scores how badly it reconstructs the rest.
 
-Scores (higher = more anomalous), all per image, from the input ``x`` and its reconstruction
+Scores (higher = more anomalous), one per image, from the input ``x`` and its reconstruction
 ``x_hat`` (pixels in [0, 1]):
 
 ``mse``
@@ -10,18 +10,30 @@ Scores (higher = more anomalous), all per image, from the input ``x`` and its re
     ``1 - SSIM(x, x_hat)`` (scikit-image, 11-px Gaussian window, as ``convae eval``): structural
     dissimilarity. It weighs a wrong stroke (structure) over a slightly-off grey level, and detects
     clearly better than ``mse`` on digits (docs/anomaly.md).
-``mse+ssim`` (the default)
+``mse+ssim`` (the default for images of one size)
     ``mse / m_mse + ssim / m_ssim``, each term divided by its median over the normal calibration
     images: about 2 for a typical normal image, 4 for one "twice as badly reconstructed". The two
-    errors fail on different anomalies, so their sum detects best on the benchmark.
+    errors fail on different anomalies, so their sum detects best on the digit benchmark.
+``map`` (the default for a model trained on crops: images of any size)
+    The largest value of the image's per-pixel anomaly map (:mod:`convae.anomaly_maps`: squared
+    error, 1 - SSIM of the luma and the residual's chroma, smoothed and normalized per distance
+    to the border, the largest of the three): a small defect anywhere in a large image counts
+    in full, where a mean over the image would dilute it.
 
-The threshold is calibrated on normal images only: the run's own validation split (the run was
+Every detector also carries the per-pixel map's calibration and its per-pixel threshold, so any
+run can draw maps and masks of where an image differs.
+
+The thresholds are calibrated on normal images only: the run's own validation split (the run was
 trained on normal data, so its validation split is normal data too, and the model never trained on
-it). It is the score quantile at ``1 - fpr`` with the unbiased plotting position ``k / (n + 1)``,
-so a new normal image lands above it with probability ``fpr`` (the target false-positive rate).
-The :class:`Detector` - score name, scales, threshold and the fingerprint of the weights it was
-fitted to - is stored atomically as ``anomaly.json`` in the run directory; every command reads it
-from there, and it is refitted automatically when the weights change.
+it; whole files for a run trained on crops). The image threshold is the score quantile at
+``1 - fpr`` with the unbiased plotting position ``k / (n + 1)``, so a new normal image lands above
+it with probability ``fpr`` (the target false-positive rate). The ``map`` score grows with the
+image's area, so its threshold is set per image size, from crops of that size of the validation
+files, when an image of a new size is first scored. The per-pixel threshold is the ``1 -
+pixel_fpr`` quantile of the map over the validation pixels. The :class:`Detector` - score,
+scales, thresholds and the fingerprint of the weights it was fitted to - is stored atomically as
+``anomaly.json`` in the run directory; every command reads it from there, and it is refitted
+automatically when the weights change.
 """
 
 from __future__ import annotations
@@ -29,7 +41,6 @@ from __future__ import annotations
 import logging
 import math
 import os
-import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -37,24 +48,36 @@ from typing import Any
 
 import numpy as np
 import torch
-from matplotlib.figure import Figure
 from torch import Tensor
 
+from .anomaly_maps import (
+    MapCalibration,
+    anomaly_maps,
+    component_maps,
+    components_for,
+    fit_map_calibration,
+    image_scores,
+    image_threshold,
+    raw_maps,
+    score_quantiles,
+    size_key,
+    threshold_at_fpr,
+)
 from .checkpoint import fingerprint, read_json, write_json
-from .data import load_split
+from .data import ArrayImages, load_images, load_split
 from .inference import reconstruct, run_path, to_float
-from .metrics import json_safe, ssim_maps, ssim_per_image
-from .runs import resolve_config
-from .runtime import resolve_device
-from .training import fit_config
+from .metrics import ssim_maps, ssim_per_image
 
 log = logging.getLogger(__name__)
 
 __all__ = [
     "SCORES",
     "DEFAULT_SCORE",
+    "MAP_SCORE",
     "Detector",
+    "default_score",
     "score_images",
+    "inspect_image",
     "error_maps",
     "calibrate",
     "threshold_at_fpr",
@@ -62,38 +85,44 @@ __all__ = [
     "load_detector",
     "save_detector",
     "ensure_detector",
+    "ensure_image_thresholds",
     "detection_metrics",
-    "roc_figure",
-    "heatmap_figure",
-    "pca_scores",
-    "one_class_benchmark",
-    "bench_anomaly",
 ]
 
 SCORES = {
     "mse": "mean squared reconstruction error per image (pixels in [0, 1])",
     "ssim": "1 - SSIM(input, reconstruction): structural dissimilarity",
     "mse+ssim": "mse and 1 - SSIM, each divided by its median on normal images, summed",
+    "map": "largest value of the per-pixel anomaly map (squared error, 1 - SSIM of the luma, "
+    "chroma; smoothed, normalized per border distance): for images of any size",
 }
 DEFAULT_SCORE = "mse+ssim"
+MAP_SCORE = "map"
 DEFAULT_FPR = 0.05
+DEFAULT_PIXEL_FPR = 0.01
 DETECTOR_FILE = "anomaly.json"
-DETECTOR_VERSION = 1
-_PARTS = {"mse": ("mse",), "ssim": ("ssim",), "mse+ssim": ("mse", "ssim")}
+DETECTOR_VERSION = 2
+_PARTS = {"mse": ("mse",), "ssim": ("ssim",), "mse+ssim": ("mse", "ssim"), "map": ("map",)}
 
 
 @dataclass(frozen=True)
 class Detector:
-    """Everything needed to turn a model's output into a score and a decision, stored as JSON."""
+    """Everything needed to turn a model's output into scores, maps and decisions, stored as JSON."""
 
     score: str  # one of SCORES
-    threshold: float  # flag an image when its score is strictly above this
-    fpr: float  # target false-positive rate the threshold was set for
+    threshold: float  # flag an image when its score is strictly above this (at ``size``)
+    fpr: float  # target false-positive rate of images the thresholds were set for
     fingerprint: str  # hex fingerprint of the weights + model config the detector was fitted to
-    n_calibration: int  # normal images the threshold (and the scales) came from
+    n_calibration: int  # normal images the thresholds (and the scales) came from
     scales: dict[str, float] = field(default_factory=dict)  # mse+ssim: median of each part on them
     calibration_data: dict[str, Any] = field(default_factory=dict)  # spec / split / classes used
     calibration_quantiles: dict[str, float] = field(default_factory=dict)  # their score spread
+    # The per-pixel map: MapCalibration.to_dict() (components, normalization per border
+    # distance, per-pixel threshold and its target rate). None in files without maps.
+    pixel: dict[str, Any] | None = None
+    size: list[int] | None = None  # [H, W] that ``threshold`` holds for ("map"); None: any size
+    # "map": the image threshold per image size "HxW" -> {threshold, n, how, block}
+    thresholds: dict[str, dict[str, Any]] = field(default_factory=dict)
     version: int = DETECTOR_VERSION
 
     def to_dict(self) -> dict[str, Any]:
@@ -108,11 +137,42 @@ class Detector:
         known = set(cls.__dataclass_fields__)
         det = cls(**{k: v for k, v in d.items() if k in known})
         _check_numbers(det.threshold, det.fpr, det.scales)
+        if det.pixel is not None:
+            MapCalibration.from_dict(det.pixel)  # checks it
+        if not isinstance(det.thresholds, dict) or not all(
+            isinstance(t, dict) and _is_number(t.get("threshold")) for t in det.thresholds.values()
+        ):
+            raise ValueError("thresholds must map image sizes to {'threshold': number, ...}")
         return det
 
-    def flag(self, scores: np.ndarray) -> np.ndarray:
-        """Boolean [N]: which scores are above the threshold."""
-        return np.asarray(scores) > self.threshold
+    @property
+    def maps(self) -> MapCalibration:
+        """The per-pixel map calibration."""
+        if self.pixel is None:
+            raise ValueError("this detector has no per-pixel calibration; pass --calibrate")
+        return MapCalibration.from_dict(self.pixel)
+
+    def threshold_for(self, h: int, w: int) -> float:
+        """The image threshold for an ``h x w`` image (the ``map`` score's depends on the size)."""
+        if self.score != MAP_SCORE:
+            return self.threshold
+        t = self.thresholds.get(size_key(h, w))
+        if t is None:
+            raise ValueError(
+                f"no image threshold for {h}x{w} images yet (ensure_image_thresholds sets it)"
+            )
+        return float(t["threshold"])
+
+    def flag(self, scores: np.ndarray, size: tuple[int, int] | None = None) -> np.ndarray:
+        """Boolean [N]: which scores (of images of ``size``) are above the threshold."""
+        thr = self.threshold if size is None else self.threshold_for(*size)
+        return np.asarray(scores) > thr
+
+
+def default_score(model) -> str:
+    """``map`` for a model trained on crops (it inspects images of any size), else ``mse+ssim``."""
+    cfg = getattr(model, "run_config", None)
+    return MAP_SCORE if cfg is not None and cfg.data.crop else DEFAULT_SCORE
 
 
 # ---------------------------------------------------------------------------------------------
@@ -131,10 +191,19 @@ def _part(x: Tensor, y: Tensor, name: str) -> np.ndarray:
     return 1.0 - ssim_per_image(x, y)
 
 
+def _parts(images, recon, names: Sequence[str]) -> dict[str, np.ndarray]:
+    """Per-image errors of uint8 images (a batch, or a list of any sizes) and reconstructions."""
+    if isinstance(images, Tensor) and images.ndim == 4:
+        x = to_float(images)
+        return {p: _part(x, recon, p) for p in names}
+    rows = [_parts(img[None], r[None], names) for img, r in zip(images, recon, strict=True)]
+    return {p: np.concatenate([r[p] for r in rows]) for p in names}
+
+
 def _combine(parts: dict[str, Any], score: str, scales: dict[str, float]) -> Any:
     """The score from its raw parts (arrays or maps): one part as is, or the sum of scaled parts."""
     if len(_PARTS[score]) == 1:
-        return parts[score]
+        return parts[_PARTS[score][0]]
     missing = [p for p in _PARTS[score] if not scales.get(p)]
     if missing:
         raise ValueError(
@@ -144,13 +213,18 @@ def _combine(parts: dict[str, Any], score: str, scales: dict[str, float]) -> Any
     return sum(parts[p] / scales[p] for p in _PARTS[score])
 
 
+def _map_scores(model, images, cal: MapCalibration) -> np.ndarray:
+    return image_scores(anomaly_maps(raw_maps(model, images, cal.components), cal))
+
+
 def score_images(
-    model, images_u8: Tensor, detector: Detector | str = "mse", recon: Tensor | None = None
+    model, images_u8, detector: Detector | str = "mse", recon: Tensor | None = None
 ) -> np.ndarray:
-    """Anomaly scores [N] (float64, higher = more anomalous) of uint8 images [N, C, H, W].
+    """Anomaly scores [N] (float64, higher = more anomalous) of uint8 images: a batch
+    ``[N, C, H, W]``, or a list of ``[C, H, W]`` of any sizes.
 
     ``detector`` is a :class:`Detector`, or the name of a score that needs no calibration ("mse",
-    "ssim"). Pass ``recon`` (float [N, C, H, W]) to reuse reconstructions already made.
+    "ssim"). Pass ``recon`` (float, like the images) to reuse reconstructions already made.
     """
     score, scales = (
         (detector, {}) if isinstance(detector, str) else (detector.score, detector.scales)
@@ -158,22 +232,52 @@ def score_images(
     _check_score(score)
     if len(images_u8) == 0:
         return np.zeros(0)
-    x = to_float(images_u8)
+    if score == MAP_SCORE:
+        if isinstance(detector, str):
+            raise ValueError("the map score needs a calibrated detector")
+        return _map_scores(model, images_u8, detector.maps)
     y = reconstruct(model, images_u8) if recon is None else recon
-    return _combine({p: _part(x, y, p) for p in _PARTS[score]}, score, scales)
+    return _combine(_parts(images_u8, y, _PARTS[score]), score, scales)
+
+
+def inspect_image(model, detector: Detector, image: Tensor) -> dict[str, Any]:
+    """Map, score and decide one uint8 image ``[C, H, W]`` of any size the model takes.
+
+    Returns ``map`` (float32 [H, W] in map units: 0 = a typical normal pixel, 1 = a component's
+    normal 99th percentile), ``mask`` (bool [H, W]: pixels above the per-pixel threshold),
+    ``pixel_threshold``, ``score`` (the detector's image score), ``threshold`` (the image
+    threshold for this size; :func:`ensure_image_thresholds` sets it) and ``flagged``.
+    """
+    cal = detector.maps
+    raw = raw_maps(model, [image], cal.components)[0]
+    m = anomaly_maps([raw], cal)[0]
+    if detector.score == MAP_SCORE:
+        score = float(m.max())
+    else:
+        score = float(score_images(model, image[None], detector)[0])
+    thr = detector.threshold_for(*image.shape[-2:])
+    return {"map": m.numpy().astype(np.float32), "mask": (m > cal.pixel_threshold).numpy(),
+            "pixel_threshold": cal.pixel_threshold, "score": score, "threshold": thr,
+            "flagged": score > thr}  # fmt: skip
 
 
 def error_maps(x: Tensor, recon: Tensor, detector: Detector | str = "mse") -> Tensor:
-    """Per-pixel picture of a score, averaged over channels: [N, C, H, W] x2 -> [N, H, W].
+    """Per-pixel picture of a score: [N, C, H, W] x2 -> [N, H, W].
 
-    ``mse``: the squared error, whose mean is the score. ``ssim``: ``1 -`` the local SSIM, whose mean
-    over the interior (scikit-image leaves out a border of half a window, 5 px) is the score.
-    ``mse+ssim``: the two maps scaled as in the score and summed.
+    ``mse``: the squared error averaged over channels, whose mean is the score. ``ssim``: ``1 -``
+    the local SSIM, whose mean over the interior (scikit-image leaves out a border of half a
+    window, 5 px) is the score. ``mse+ssim``: the two maps scaled as in the score and summed.
+    ``map``: the calibrated anomaly map, whose largest value is the score.
     """
     score, scales = (
         (detector, {}) if isinstance(detector, str) else (detector.score, detector.scales)
     )
     _check_score(score)
+    if score == MAP_SCORE:
+        if isinstance(detector, str):
+            raise ValueError("the map score needs a calibrated detector")
+        cal = detector.maps
+        return anomaly_maps(component_maps(x.float(), recon.float(), cal.components), cal)
     maps = {}
     for p in _PARTS[score]:
         if p == "ssim":
@@ -212,54 +316,24 @@ def model_fingerprint(model) -> str:
     return fingerprint(model.state_dict(), model.config).hex()
 
 
-def threshold_at_fpr(normal_scores: np.ndarray, fpr: float) -> float:
-    """Score threshold that a new normal image exceeds with probability ``fpr``.
-
-    The order statistic at plotting position ``k / (n + 1)`` (numpy's "weibull" quantile): for
-    i.i.d. scores, ``P(new > X_(k)) = (n + 1 - k) / (n + 1)``, so it is unbiased where the plain
-    sample quantile flags too many normal images when ``n`` is small.
-    """
-    if not 0.0 < fpr < 1.0:
-        raise ValueError(f"the false-positive rate must be in (0, 1), e.g. 0.05, not {fpr}")
-    s = np.asarray(normal_scores, dtype=np.float64)
-    if len(s) == 0:
-        raise ValueError("no normal images to calibrate the threshold on")
-    if fpr < 1.0 / (len(s) + 1):
-        log.warning(
-            "%d normal images cannot resolve a false-positive rate of %g (the finest is %.3g); "
-            "the threshold is the largest normal score",
-            len(s),
-            fpr,
-            1.0 / (len(s) + 1),
-        )
-    return float(np.quantile(s, 1.0 - fpr, method="weibull"))
+def _as_store(normal) -> Any:
+    """Normal images as an image store: a uint8 batch ``[N, C, H, W]`` wrapped, a store as is."""
+    if isinstance(normal, Tensor):
+        return ArrayImages(normal, np.zeros(len(normal), dtype=np.int64))
+    return normal
 
 
-def calibrate(
-    model,
-    normal_u8: Tensor,
-    *,
-    score: str = DEFAULT_SCORE,
-    fpr: float = DEFAULT_FPR,
-    data: dict[str, Any] | None = None,
-    recon: Tensor | None = None,
-) -> Detector:
-    """Fit a :class:`Detector` on normal images only.
+def _whole_images(store) -> Tensor | list[Tensor]:
+    """A store's images: one batch when they share a size, else a list."""
+    sizes = np.asarray(store.sizes()).reshape(-1, 2)
+    images = [store.image(i) for i in range(len(store))]
+    return torch.stack(images) if len({tuple(s) for s in sizes}) == 1 else images
 
-    ``normal_u8``: held-out normal images (the run's validation split, never seen in training); the
-    scales of ``mse+ssim`` are medians over them and the threshold is their score quantile at
-    ``1 - fpr`` (:func:`threshold_at_fpr`). ``data`` is recorded as where they came from. ``model``
-    needs ``run_config`` (as :func:`convae.load` gives it).
-    """
-    _check_score(score)
-    if len(normal_u8) == 0:
-        raise ValueError(
-            "no normal validation images to calibrate the threshold on; "
-            "train with --val-fraction > 0 on normal images only"
-        )
-    x = to_float(normal_u8)
-    y = reconstruct(model, normal_u8) if recon is None else recon
-    parts = {p: _part(x, y, p) for p in _PARTS[score]}
+
+def _image_score_fit(model, images, score: str, fpr: float, recon) -> dict[str, Any]:
+    """Threshold, scales and quantiles of a per-image score (mse, ssim, mse+ssim)."""
+    y = reconstruct(model, images) if recon is None else recon
+    parts = _parts(images, y, _PARTS[score])
     bad = [p for p, v in parts.items() if not np.isfinite(v).all()]
     if bad:  # a NaN threshold would be stored and flag nothing
         raise ValueError(
@@ -271,20 +345,71 @@ def calibrate(
         {p: max(float(np.median(v)), 1e-12) for p, v in parts.items()} if len(parts) > 1 else {}
     )
     s = _combine(parts, score, scales)
-    threshold = threshold_at_fpr(s, fpr)
-    _check_numbers(threshold, fpr, scales)
-    qs = np.quantile(s, [0.0, 0.25, 0.5, 0.75, 0.95, 1.0])
+    return {
+        "threshold": threshold_at_fpr(s, fpr),
+        "scales": scales,
+        "quantiles": score_quantiles(s),
+    }
+
+
+def reference_size(model) -> tuple[int, int]:
+    """The image size a ``map`` detector's main threshold is set for: the model's input size
+    (the training crop, for a run trained on crops)."""
+    return model.input_shape[-2], model.input_shape[-1]
+
+
+def calibrate(
+    model,
+    normal,
+    *,
+    score: str | None = None,
+    fpr: float = DEFAULT_FPR,
+    pixel_fpr: float = DEFAULT_PIXEL_FPR,
+    data: dict[str, Any] | None = None,
+    recon: Tensor | None = None,
+) -> Detector:
+    """Fit a :class:`Detector` on normal images only.
+
+    ``normal``: held-out normal images (the run's validation split, never seen in training), a
+    uint8 batch or an image store of any sizes (whole files). The per-pixel map is normalized on
+    all their pixels, its threshold is their ``1 - pixel_fpr`` quantile; the scales of
+    ``mse+ssim`` are medians over the images, and the image threshold is their score quantile at
+    ``1 - fpr`` (:func:`threshold_at_fpr`) - for ``map``, of crops of the model's input size
+    (other sizes: :func:`ensure_image_thresholds`). ``data`` is recorded as where they came from.
+    ``score`` defaults to :func:`default_score`.
+    """
+    score = score or default_score(model)
+    _check_score(score)
+    store = _as_store(normal)
+    if len(store) == 0:
+        raise ValueError(
+            "no normal validation images to calibrate the threshold on; "
+            "train with --val-fraction > 0 on normal images only"
+        )
+    images = _whole_images(store)
+    names = components_for(model.input_shape[0])
+    pix = fit_map_calibration(raw_maps(model, images, names), names, pixel_fpr)
+    size, thresholds = None, {}
+    if score == MAP_SCORE:
+        size = reference_size(model)
+        t = image_threshold(model, pix, store, size, fpr)
+        fit = {"threshold": t.pop("threshold"), "scales": {}, "quantiles": t.pop("quantiles")}
+        thresholds = {size_key(*size): {"threshold": fit["threshold"], **t}}
+    else:
+        fit = _image_score_fit(model, images, score, fpr, recon)
+    _check_numbers(fit["threshold"], fpr, fit["scales"])
     return Detector(
         score=score,
-        threshold=threshold,
+        threshold=fit["threshold"],
         fpr=fpr,
         fingerprint=model_fingerprint(model),
-        n_calibration=len(normal_u8),
-        scales=scales,
+        n_calibration=len(store),
+        scales=fit["scales"],
         calibration_data=dict(data or {}),
-        calibration_quantiles=dict(
-            zip(("min", "q25", "median", "q75", "q95", "max"), map(float, qs), strict=True)
-        ),
+        calibration_quantiles=fit["quantiles"],
+        pixel=pix.to_dict(),
+        size=list(size) if size else None,
+        thresholds=thresholds,
     )
 
 
@@ -306,54 +431,96 @@ def load_detector(run_dir: str | os.PathLike) -> Detector | None:
         raise ValueError(f"{path}: {e}; delete it or pass --calibrate to rebuild it") from e
 
 
+def _validation_images(model):
+    """The run's normal validation images: whole files (a store) for a run trained on crops,
+    else one uint8 batch."""
+    cfg = model.run_config.data
+    normal = load_images(cfg, "val") if cfg.crop else load_split(cfg, "val")[0]
+    if len(normal) == 0:
+        raise ValueError(
+            f"{run_path(model)}: the run has no validation images to calibrate a threshold on; "
+            "retrain with --val-fraction > 0 (e.g. 0.1) on normal images only"
+        )
+    return normal
+
+
+def _stale(det: Detector | None, model, asked: dict[str, Any], recalibrate: bool) -> list[str]:
+    """Why the stored detector cannot be used as it is (empty: it can)."""
+    if det is None:
+        return ["no stored threshold"]
+    reasons = []
+    if det.fingerprint != model_fingerprint(model):
+        reasons.append("the weights changed since the threshold was stored")
+    if det.pixel is None:
+        reasons.append("the stored detector has no per-pixel calibration")
+    stored = {"score": det.score, "fpr": det.fpr,
+              "pixel_fpr": det.pixel["pixel_fpr"] if det.pixel else None}  # fmt: skip
+    for k, v in asked.items():
+        if v is not None and v != stored[k]:
+            reasons.append(f"{k.replace('_', ' ')} {stored[k]} -> {v}")
+    if recalibrate:
+        reasons.append("--calibrate")
+    return reasons
+
+
 def ensure_detector(
-    model, *, score: str | None = None, fpr: float | None = None, recalibrate: bool = False
+    model,
+    *,
+    score: str | None = None,
+    fpr: float | None = None,
+    pixel_fpr: float | None = None,
+    recalibrate: bool = False,
 ) -> tuple[Detector, bool]:
     """The run's stored detector, (re)calibrated first when needed -> (detector, calibrated now).
 
     Calibration happens when the run has no ``anomaly.json``, when its weights changed since, when
-    ``score``/``fpr`` differ from the stored ones, or when ``recalibrate``. It uses the run's own
-    validation split (normal images: the data the run was trained on); the result is stored so every
-    later command uses the same threshold.
+    ``score``/``fpr``/``pixel_fpr`` differ from the stored ones, or when ``recalibrate``. It uses
+    the run's own validation split (normal images: the data the run was trained on); the result is
+    stored so every later command uses the same thresholds.
     """
     run_dir = run_path(model)
     det = load_detector(run_dir)
-    fp = model_fingerprint(model)
-    reasons = []
-    if det is None:
-        reasons.append("no stored threshold")
-    else:
-        if det.fingerprint != fp:
-            reasons.append("the weights changed since the threshold was stored")
-        if score is not None and score != det.score:
-            reasons.append(f"score {det.score} -> {score}")
-        if fpr is not None and fpr != det.fpr:
-            reasons.append(f"false-positive rate {det.fpr} -> {fpr}")
-        if recalibrate:
-            reasons.append("--calibrate")
+    asked = {"score": score, "fpr": fpr, "pixel_fpr": pixel_fpr}
+    reasons = _stale(det, model, asked, recalibrate)
     if not reasons:
         return det, False  # type: ignore[return-value]
-    score = score or (det.score if det is not None else DEFAULT_SCORE)
-    fpr = fpr if fpr is not None else (det.fpr if det is not None else DEFAULT_FPR)
+    old = det.to_dict() if det is not None else {}
+    score = score or old.get("score") or default_score(model)
+    fpr = fpr if fpr is not None else old.get("fpr", DEFAULT_FPR)
+    pixel_fpr = pixel_fpr or (old.get("pixel") or {}).get("pixel_fpr", DEFAULT_PIXEL_FPR)
     cfg = model.run_config.data
-    normal, _ = load_split(cfg, "val")
-    if len(normal) == 0:
-        raise ValueError(
-            f"{run_dir}: the run has no validation images to calibrate a threshold on; "
-            "retrain with --val-fraction > 0 (e.g. 0.1) on normal images only"
-        )
     data = {"spec": cfg.spec, "split": "val", "classes": list(cfg.classes) if cfg.classes else None}
-    det = calibrate(model, normal, score=score, fpr=fpr, data=data)
+    det = calibrate(model, _validation_images(model), score=score, fpr=fpr, pixel_fpr=pixel_fpr,
+                    data=data)  # fmt: skip
     save_detector(run_dir, det)
-    log.info(
-        "calibrated the %s threshold on %d normal validation images (%s): %.6g at target FPR %g",
-        det.score,
-        det.n_calibration,
-        "; ".join(reasons),
-        det.threshold,
-        det.fpr,
-    )
+    log.info("calibrated the %s threshold on %d normal validation images (%s): %.6g at target "
+             "FPR %g", det.score, det.n_calibration, "; ".join(reasons), det.threshold,
+             det.fpr)  # fmt: skip
     return det, True
+
+
+def ensure_image_thresholds(model, det: Detector, sizes) -> Detector:
+    """``det`` with an image threshold for every ``(H, W)`` in ``sizes`` (the ``map`` score's
+    depends on the size): the missing ones are set from crops of that size of the run's normal
+    validation images and stored in ``anomaly.json``. Other scores: ``det`` as it is."""
+    missing = sorted({(int(h), int(w)) for h, w in sizes} - {
+        tuple(map(int, k.split("x"))) for k in det.thresholds})  # fmt: skip
+    if det.score != MAP_SCORE or not missing:
+        return det
+    store = _as_store(_validation_images(model))
+    thresholds = dict(det.thresholds)
+    for h, w in missing:
+        t = image_threshold(model, det.maps, store, (h, w), det.fpr)
+        t.pop("quantiles")
+        thresholds[size_key(h, w)] = t
+        bh, bw = t["block"]
+        where = ("crops of that size" if t["how"] == "crops" else
+                 f"{bh}x{bw} blocks: no validation image is that large")  # fmt: skip
+        log.info("image threshold for %dx%d images: %.6g (from %d normal %s)", h, w,
+                 t["threshold"], t["n"], where)  # fmt: skip
+    det = replace(det, thresholds=thresholds)
+    save_detector(run_path(model), det)
+    return det
 
 
 # ---------------------------------------------------------------------------------------------
@@ -401,203 +568,3 @@ def detection_metrics(
             }
         )
     return out
-
-
-def roc_figure(
-    curves: dict[str, tuple[np.ndarray, np.ndarray]],
-    point: tuple[float, float] | None = None,
-    title: str = "ROC",
-) -> Figure:
-    """ROC curves ``{label: (scores, is_anomaly)}``; ``point`` marks the threshold's (FPR, TPR)."""
-    from sklearn.metrics import roc_auc_score, roc_curve
-
-    fig = Figure(figsize=(4.8, 4.5))
-    ax = fig.add_subplot()
-    for label, (s, y) in curves.items():
-        fpr, tpr, _ = roc_curve(y, s)
-        ax.plot(fpr, tpr, label=f"{label} (AUROC {100 * roc_auc_score(y, s):.1f})")
-    ax.plot([0, 1], [0, 1], color="grey", lw=0.8, ls="--")
-    if point is not None:
-        ax.plot(
-            *point, "o", color="black", label=f"threshold (FPR {point[0]:.3f}, TPR {point[1]:.3f})"
-        )
-    ax.set_xlabel("false-positive rate (normal flagged)")
-    ax.set_ylabel("true-positive rate (anomalies flagged)")
-    ax.set_xlim(0, 1)
-    ax.set_ylim(0, 1.01)
-    ax.grid(True, alpha=0.3)
-    ax.legend(loc="lower right", fontsize=8)
-    ax.set_title(title)
-    return fig
-
-
-def heatmap_figure(
-    inputs: Tensor,
-    recons: Tensor,
-    scores: Sequence[float],
-    labels: Sequence[str] | None = None,
-    detector: Detector | str = "mse",
-) -> Figure:
-    """Columns of (input, reconstruction, per-pixel heat map of the score), one per image.
-
-    All heat maps share one colour scale (0 .. the largest value shown), so they compare.
-    """
-    from .plots import to_display
-
-    k = len(inputs)
-    heat = error_maps(inputs, recons, detector).numpy()
-    score = detector if isinstance(detector, str) else detector.score
-    vmax = float(heat.max()) if k and heat.max() > 0 else 1.0
-    fig = Figure(figsize=(1.25 * max(k, 1) + 0.8, 4.2))
-    axes = fig.subplots(3, max(k, 1), squeeze=False)
-    im = None
-    for c in range(max(k, 1)):
-        for r in range(3):
-            ax = axes[r][c]
-            ax.set_xticks([])
-            ax.set_yticks([])
-            if c >= k:
-                ax.set_axis_off()
-                continue
-            if r < 2:
-                a = to_display((inputs if r == 0 else recons)[c])
-                ax.imshow(
-                    a, cmap="gray" if a.ndim == 2 else None, vmin=0, vmax=1, interpolation="nearest"
-                )
-            else:
-                im = ax.imshow(heat[c], cmap="inferno", vmin=0, vmax=vmax, interpolation="nearest")
-        if c < k:
-            t = f"{scores[c]:.4g}" if labels is None else f"{labels[c]}\n{scores[c]:.4g}"
-            axes[0][c].set_title(t, fontsize=7)
-    heat_name = {"mse": "squared error", "ssim": "1 - local SSIM"}.get(score, f"{score}\nper pixel")
-    for r, name in enumerate(("input", "reconstruction", heat_name)):
-        axes[r][0].set_ylabel(name, fontsize=8)
-    if im is not None:
-        fig.colorbar(im, ax=[axes[2][c] for c in range(k)], fraction=0.05, pad=0.02)
-    return fig
-
-
-# ---------------------------------------------------------------------------------------------
-# The one-class benchmark
-
-
-def pca_scores(
-    train_u8: Tensor, images_u8: Tensor, components: int = 16, seed: int = 0
-) -> np.ndarray:
-    """Baseline: per-image MSE of a scikit-learn PCA reconstruction fitted on ``train_u8``."""
-    from sklearn.decomposition import PCA
-
-    xtr = to_float(train_u8).flatten(1).double().numpy()
-    x = to_float(images_u8).flatten(1).double().numpy()
-    k = min(components, len(xtr), xtr.shape[1])
-    pca = PCA(n_components=k, random_state=seed).fit(xtr)
-    r = pca.inverse_transform(pca.transform(x))
-    return ((x - r) ** 2).mean(1)
-
-
-def _one_class_row(
-    data, recipe, c: int, test_x: Tensor, test_y: Tensor, fpr: float, scores: Sequence[str],
-    pca_components: int, dev: torch.device,
-) -> dict[str, Any]:  # fmt: skip
-    """Class ``c`` of the one-class protocol: train on it, calibrate on its validation images,
-    score the test split (every other class anomalous) with each score and with PCA."""
-    t0 = time.perf_counter()
-    dc = replace(data, classes=(c,))
-    train_x, _ = load_split(dc, "train")
-    val_x, _ = load_split(dc, "val")
-    cfg = resolve_config(replace(recipe, data=dc), train_x.shape[1], train_x.shape[-1])
-    model, _ = fit_config(cfg, train_x, val_x, device=dev)
-    train_s = time.perf_counter() - t0
-    is_anom = (test_y != c).numpy()
-    recon = reconstruct(model, test_x)
-    val_recon = reconstruct(model, val_x)
-    row: dict[str, Any] = {"class": c, "train_images": len(train_x), "val_images": len(val_x)}
-    x = to_float(test_x)
-    parts = {p: _part(x, recon, p) for p in {p for s in scores for p in _PARTS[s]}}  # SSIM once
-    for s in scores:
-        det = calibrate(model, val_x, score=s, fpr=fpr, recon=val_recon)
-        row[s] = detection_metrics(_combine(parts, s, det.scales), is_anom, det.threshold)
-    pca = pca_scores(train_x, torch.cat([val_x, test_x]), pca_components, cfg.train.seed)
-    pca_threshold = threshold_at_fpr(pca[: len(val_x)], fpr)  # calibrated the same way
-    row["pca"] = detection_metrics(pca[len(val_x) :], is_anom, pca_threshold)
-    row["train_seconds"] = train_s
-    row["seconds"] = time.perf_counter() - t0
-    return row
-
-
-def one_class_benchmark(
-    data,
-    recipe,
-    *,
-    classes: Sequence[int] | None = None,
-    fpr: float = DEFAULT_FPR,
-    scores: Sequence[str] = tuple(SCORES),
-    pca_components: int = 16,
-    device: str | torch.device = "cpu",
-    progress=None,
-) -> dict[str, Any]:
-    """The one-class protocol: for each class, train on that class's training images only, calibrate
-    on its validation images only, and score the whole test split with every other class anomalous.
-
-    ``data`` is a :class:`~convae.config.DataConfig` (its ``classes`` ignored), ``recipe`` a
-    :class:`~convae.config.RunConfig` giving the model and training recipe (e.g. the anomaly preset).
-    The PCA baseline is fitted on the same training images. ``progress(row)`` gets each class's row.
-    Returns per-class rows and means; AUROC/AUPRC in [0, 1].
-    """
-    for s in scores:
-        _check_score(s)
-    dev = resolve_device(device)
-    test_x, test_y = load_split(replace(data, classes=None), "test")
-    labels = sorted(set(test_y.tolist()))
-    classes = list(classes) if classes else labels
-    rows = []
-    for c in classes:
-        row = _one_class_row(data, recipe, int(c), test_x, test_y, fpr, scores, pca_components, dev)
-        rows.append(row)
-        if progress is not None:
-            progress(row)
-    methods = [*scores, "pca"]
-    mean = {
-        m: {
-            k: float(np.mean([r[m][k] for r in rows]))
-            for k in ("auroc", "auprc", "precision", "recall", "f1", "fpr")
-        }
-        for m in methods
-    }
-    return {
-        "classes": rows,
-        "mean": mean,
-        "fpr_target": fpr,
-        "pca_components": pca_components,
-        "recipe": recipe.to_dict(),
-        "seconds": float(sum(r["seconds"] for r in rows)),
-        "data": data.spec,
-        "test_images": len(test_x),
-    }
-
-
-def bench_anomaly(
-    data,
-    recipe,
-    out: str | os.PathLike | None = None,
-    *,
-    classes: Sequence[int] | None = None,
-    fpr: float = DEFAULT_FPR,
-    pca_components: int = 16,
-    device: str | torch.device = "cpu",
-    progress=None,
-) -> dict[str, Any]:
-    """``convae bench anomaly``: :func:`one_class_benchmark` with every score, plus
-    ``beats_pca`` (per score, the classes where its AUROC is at least PCA's); written to
-    ``out/bench.json`` when ``out`` is given. Returns the report."""
-    scores = list(SCORES)
-    res = one_class_benchmark(data, recipe, classes=classes, fpr=fpr, scores=scores,
-                              pca_components=pca_components, device=device,
-                              progress=progress)  # fmt: skip
-    res["beats_pca"] = {
-        s: [r["class"] for r in res["classes"] if r[s]["auroc"] >= r["pca"]["auroc"]]
-        for s in scores
-    }
-    if out is not None:
-        write_json(Path(out) / "bench.json", json_safe(res))
-    return res

@@ -24,6 +24,8 @@ __all__ = [
     "recipe_for",
     "register_recipe",
     "PRESETS",
+    "CROP_PRESETS",
+    "preset_overrides",
     "apply_preset",
     "read_run_config",
     "OPTIMIZERS",
@@ -333,13 +335,54 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
 }
 
 
-def apply_preset(cfg: RunConfig, name: str | None) -> RunConfig:
-    """Return ``cfg`` with the preset's overrides applied (the CLI applies user flags afterwards)."""
-    if name is None:
-        return cfg
+# A preset's form for a run trained on crops of images of any size (``--crop``), where it
+# differs from the fixed-size one.
+CROP_PRESETS: dict[str, dict[str, dict[str, Any]]] = {
+    # Inspection of parts of any size (docs/anomaly.md, "Textures"): a fully
+    # convolutional code-map model (8 values per 8 x 8 block of RGB pixels, 1/24 of the input),
+    # no mean image, RGB inputs so that a colour defect on grey parts shows in the residual, and
+    # 2,048 AdamW steps of 16 crops; the texture benchmark uses it (with --epochs 8).
+    "anomaly": {
+        "model": {
+            "arch": "convae-map",
+            "width": 32,
+            "depth": 3,
+            "code_channels": 8,
+            "latent_dim": None,
+            "decoder": "upsample",
+            "norm": "batch",
+            "padding": "reflect",
+            "mean_image": False,
+        },
+        "data": {"channels": 3},
+        "train": {
+            "epochs": 16,
+            "batch_size": 16,
+            "lr": 2e-3,
+            "optimizer": "adamw",
+            "weight_decay": 1e-4,
+            "schedule": "onecycle",
+            "warmup": 0.05,
+            "loss": "mse",
+        },
+    },
+}
+
+
+def preset_overrides(name: str, crops: bool = False) -> dict[str, dict[str, Any]]:
+    """The field overrides of preset ``name``: its crop form (:data:`CROP_PRESETS`) when the
+    run trains on crops and the preset has one."""
     if name not in PRESETS:
         raise ValueError(f"unknown preset {name!r}; choose one of: {', '.join(sorted(PRESETS))}")
-    p = PRESETS[name]
+    return CROP_PRESETS[name] if crops and name in CROP_PRESETS else PRESETS[name]
+
+
+def apply_preset(cfg: RunConfig, name: str | None) -> RunConfig:
+    """Return ``cfg`` with the preset's overrides applied (the CLI applies user flags afterwards);
+    a run on crops (``cfg.data.crop``) gets the preset's crop form where it has one."""
+    if name is None:
+        return cfg
+    p = preset_overrides(name, cfg.data.crop is not None)
     return replace(
         cfg,
         model=replace(cfg.model, **p.get("model", {})),

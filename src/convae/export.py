@@ -334,8 +334,14 @@ def numpy_scores(image: np.ndarray, output: np.ndarray, spec: dict[str, Any]) ->
     return sum(parts[p] / spec["scales"][p] for p in parts)
 
 
+# The anomaly scores an export carries (numpy in the sidecar); the per-pixel map score is not one.
+EXPORT_SCORES = ("mse", "ssim", "mse+ssim")
+
+
 def anomaly_spec(det) -> dict[str, Any]:
     """The sidecar's ``anomaly`` entry of a :class:`convae.anomaly.Detector`."""
+    if det.score not in EXPORT_SCORES:
+        raise ValueError(f"the {det.score} score (per-pixel maps) is not part of an export")
     parts = {"mse": ["mse"], "ssim": ["ssim"], "mse+ssim": ["mse", "ssim"]}[det.score]
     spec: dict[str, Any] = {
         "score": det.score,
@@ -500,6 +506,13 @@ def _current_detector(model: AutoEncoder):
         logging.getLogger(__name__).warning(
             "%s/anomaly.json was fitted to other weights; the export carries no anomaly "
             "threshold (run `convae anomaly RUN --calibrate` first)", model.run_dir)  # fmt: skip
+        return None
+    if det is not None and det.score not in EXPORT_SCORES:
+        import logging
+
+        logging.getLogger(__name__).warning(
+            "the %s score of %s/anomaly.json (per-pixel maps) is not part of an export; the "
+            "export carries no anomaly threshold", det.score, model.run_dir)  # fmt: skip
         return None
     return det
 

@@ -10,24 +10,30 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
+from torch import Tensor
 
 from ..anomaly import (
     DEFAULT_SCORE,
     DETECTOR_FILE,
+    MAP_SCORE,
     SCORES,
-    bench_anomaly,
     detection_metrics,
     ensure_detector,
-    heatmap_figure,
-    roc_figure,
+    ensure_image_thresholds,
+    error_maps,
+    inspect_image,
     score_images,
 )
+from ..anomaly_bench import BENCH_SCORES, bench_anomaly
+from ..anomaly_maps import heat_overlay, map_file_names, write_map_files
 from ..checkpoint import atomic_write
 from ..config import PRESETS, RunConfig, apply_preset
-from ..images import read_image_files
+from ..images import read_image_files, read_images
 from ..inference import load, reconstruct, to_float
-from ..plots import save_figure
+from ..plots import heatmap_figure, overlay_figure, roc_figure, save_figure
 from .common import (
+    OVERWRITE_HELP,
     add_command,
     add_data_args,
     add_device_arg,
@@ -45,6 +51,7 @@ from .common import (
     inputs_or_data,
     int_list,
     load_data_split,
+    output_names,
     plot_text,
     positive_int,
     run_inputs,
@@ -71,9 +78,10 @@ def _add_anomaly_parser(sub) -> None:
         sub,
         "anomaly",
         "score images by how badly a model of normal images reconstructs them; "
-        "flag those above a threshold set on normal images only",
+        "flag those above a threshold set on normal images only; per-pixel maps with --map",
         "convae anomaly runs/digit3 --data mnist-sample --split test --normal-classes 3\n"
-        "  convae anomaly runs/digit3 scans/ --csv scores.csv",
+        "  convae anomaly runs/digit3 scans/ --csv scores.csv\n"
+        "  convae anomaly runs/brick parts/ --map maps/",
     )
     p.add_argument(
         "run", help="run directory of a model trained on normal images (e.g. --classes 3)"
@@ -98,6 +106,14 @@ def _add_anomaly_parser(sub) -> None:
         metavar="K",
         help="heat maps of the K most anomalous images (0 = none; default 8)",
     )
+    g.add_argument(
+        "--map",
+        metavar="DIR",
+        help="with image files: write, per image at full resolution, NAME_heat.png (heat map "
+        "over the image), NAME_map.png (16-bit map, per-pixel threshold = 10000), NAME_map.npy "
+        "(float32 map) and NAME_mask.png (pixels above the per-pixel threshold)",
+    )
+    g.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
     p.add_argument(
         "--resize", action="store_true", help="resize + centre-crop input files to the model's size"
     )
@@ -107,19 +123,27 @@ def _add_anomaly_parser(sub) -> None:
 
 
 def _add_threshold_args(p) -> None:
-    g = p.add_argument_group("threshold (stored in RUN/anomaly.json; changing it recalibrates)")
+    g = p.add_argument_group("thresholds (stored in RUN/anomaly.json; changing one recalibrates)")
     g.add_argument(
         "--score",
         choices=list(SCORES),
         help="; ".join(f"{k}: {v}" for k, v in SCORES.items())
-        + f" (default: the run's calibrated score, else {DEFAULT_SCORE})",
+        + f" (default: the run's calibrated score, else {MAP_SCORE} for a run trained on "
+        f"--crop, {DEFAULT_SCORE} otherwise)",
     )
     g.add_argument(
         "--fpr",
         type=_fpr_arg,
         metavar="RATE",
-        help="target false-positive rate on normal images (default: the run's calibrated rate, "
+        help="target false-positive rate of normal images (default: the run's calibrated rate, "
         "else 0.05)",
+    )
+    g.add_argument(
+        "--pixel-fpr",
+        type=_pixel_fpr_arg,
+        metavar="RATE",
+        help="target false-positive rate of normal pixels for the per-pixel threshold (masks; "
+        "default: the run's calibrated rate, else 0.01)",
     )
     g.add_argument(
         "--calibrate",
@@ -128,41 +152,61 @@ def _add_threshold_args(p) -> None:
     )
 
 
+def _pixel_fpr_arg(s: str) -> float:
+    v = _fpr_arg(s)
+    if v > 0.5:
+        raise argparse.ArgumentTypeError(f"{s!r} must be at most 0.5, e.g. 0.01")
+    return v
+
+
 def cmd_anomaly(args: argparse.Namespace) -> int:
     source = inputs_or_data(args)
     if args.top < 0:
         raise ValueError("--top must be 0 or more")
-    if source is None and not (args.calibrate or args.score or args.fpr):
+    if source is None and not (args.calibrate or args.score or args.fpr or args.pixel_fpr):
         raise ValueError(
             "nothing to score: give image files/folders, or --data SPEC for labelled data "
             "(or --calibrate to only set the threshold)"
         )
+    if args.map and source != "files":
+        raise ValueError("--map writes the maps of image files: give image files or folders")
     set_threads(args)
     model = load(args.run, args.device)
     run = Path(model.run_dir)
     check_no_links(run, [run / DETECTOR_FILE])
     # Read (and check) what is to be scored before calibrating: a user's mistake fails fast.
-    x, paths, labelled = None, [], None
+    images, paths, labelled = None, [], None
     if source == "files":
-        c, s = model.config.channels, model.config.image_size
-        x, paths = read_image_files(args.inputs, c, s, resize=args.resize)
+        images, paths = _read_files(args, model)
     elif source == "data":
         labelled = _labelled_data(args, model)
-        x = labelled["x"]
-    if x is not None:
-        check_images_fit(model, x, "the")
+        check_images_fit(model, labelled["x"], "the")
+    if source is not None:
         _check_anomaly_outputs(args, run, paths, labelled is not None)
-    det, fresh = ensure_detector(model, score=args.score, fpr=args.fpr, recalibrate=args.calibrate)
+    det, fresh = ensure_detector(model, score=args.score, fpr=args.fpr, pixel_fpr=args.pixel_fpr,
+                                 recalibrate=args.calibrate)  # fmt: skip
+    sized = " for the image's size" if det.score == MAP_SCORE else ""
     how = (
-        f"{det.score} > {det.threshold:.6g} (target FPR {det.fpr:g} on {det.n_calibration} normal "
-        f"validation images{', calibrated now' if fresh else ''})"
+        f"{det.score} > {det.threshold if not sized else 'threshold'}{sized} (target FPR "
+        f"{det.fpr:g} on {det.n_calibration} normal validation images"
+        f"{', calibrated now' if fresh else ''})"
     )
     if source is None:
         res = {"run": str(run), "calibrated_now": fresh, **det.to_dict()}
         return finish(args, res, f"threshold: {how}\nstored in {run / DETECTOR_FILE}")
     if labelled is None:
-        return _anomaly_files(args, model, det, how, fresh, x, paths)
+        return _anomaly_files(args, model, det, how, fresh, images, paths)
     return _anomaly_dataset(args, model, det, how, fresh, labelled)
+
+
+def _read_files(args, model) -> tuple[list[Tensor], list[Path]]:
+    """The image files: each at its own size for a fully convolutional model (whole images),
+    else at the model's size (``--resize`` to fit them)."""
+    c, s = model.config.channels, model.config.image_size
+    if model.fully_conv and not args.resize:
+        return read_images(args.inputs, c)
+    x, paths = read_image_files(args.inputs, c, s, resize=args.resize)
+    return list(x), paths
 
 
 def _out_dir(args: argparse.Namespace, run: Path) -> tuple[Path, Path]:
@@ -170,16 +214,26 @@ def _out_dir(args: argparse.Namespace, run: Path) -> tuple[Path, Path]:
     return (Path(args.out), Path(args.out)) if args.out else (run / "anomaly", run)
 
 
+def _map_stems(paths: list[Path]) -> list[str]:
+    return [n[: -len(".png")] for n in output_names(paths)]
+
+
 def _check_anomaly_outputs(args, run: Path, paths: list[Path], labelled: bool) -> None:
     """All outputs checked before calibrating or writing: OUT/heatmaps.png, OUT/roc.png (replaced
-    on each run, as their names are fixed) and --csv, none of them an input."""
+    on each run, as their names are fixed), --csv and the --map files, none of them an input."""
     out, root = _out_dir(args, run)
     inputs = [*paths, *run_inputs(run)]
     names = (["heatmaps.png"] if args.top else []) + (["roc.png"] if labelled else [])
     files = folder_targets(out, names, inputs, overwrite=True, root=root)
+    outputs = [*(("--out", f) for f in files)]
+    if args.map:
+        map_names = [n for s in _map_stems(paths) for n in map_file_names(s).values()]
+        maps = folder_targets(args.map, map_names, inputs, overwrite=args.overwrite, flag="--map")
+        outputs += [("--map", f) for f in maps]
     if args.csv:
         check_out_file(args.csv, inputs, flag="--csv")
-        check_distinct([*(("--out", f) for f in files), ("--csv", args.csv)])
+        outputs.append(("--csv", args.csv))
+    check_distinct(outputs)
 
 
 def _short_title(name: str) -> str:
@@ -220,54 +274,104 @@ def _write_csv(path: str, names: list[str], scores, flags) -> None:
     atomic_write(path, buf.getvalue().encode("utf-8", errors="surrogateescape"))
 
 
-def _anomaly_outputs(model, det, x, names: list[str], titles: list[str], args):
-    """Scores, flags, the heat-map figure of the top K (``titles`` above them) and the CSV;
-    returns (scores, flags, files)."""
+def _batch_outputs(model, det, x, titles: list[str], args) -> tuple[np.ndarray, dict[str, str]]:
+    """Scores of a batch of one size and the heat-map figure of the top K -> (scores, files)."""
     out, _ = _out_dir(args, Path(model.run_dir))
     recon = reconstruct(model, x)
     scores = score_images(model, x, det, recon=recon)
-    flags = det.flag(scores)
     files: dict[str, str] = {}
     if args.top and len(x):
         top = list(scores.argsort()[::-1][: args.top])
-        fig = heatmap_figure(to_float(x[top]), recon[top], [float(scores[i]) for i in top],
-                             [_short_title(titles[i]) for i in top], detector=det)  # fmt: skip
+        heat = error_maps(to_float(x[top]), recon[top], det).numpy()
+        name = {"mse": "squared error", "ssim": "1 - local SSIM"}.get(
+            det.score, f"{det.score}\nper pixel"
+        )
+        fig = heatmap_figure(to_float(x[top]), recon[top], heat, [float(scores[i]) for i in top],
+                             [_short_title(titles[i]) for i in top], name)  # fmt: skip
         save_figure(fig, out / "heatmaps.png")
         files["heatmaps"] = str(out / "heatmaps.png")
+    return scores, files
+
+
+def _inspect_files(model, det, images, paths, args) -> tuple[list[dict[str, Any]], dict[str, str]]:
+    """Each image mapped at its own size (``--map`` files written as it goes), the overlays of
+    the K highest scores kept for heatmaps.png -> (one row per image, figure files)."""
+    rows, top = [], []
+    stems = _map_stems(paths)
+    for i, (img, p) in enumerate(zip(images, paths, strict=True)):
+        r = inspect_image(model, det, img)
+        row = {"path": str(p), "score": r["score"], "threshold": r["threshold"],
+               "flagged": bool(r["flagged"]), "size": list(img.shape[-2:]),
+               "pixels_flagged": float(r["mask"].mean())}  # fmt: skip
+        if args.map:
+            row["map"] = write_map_files(args.map, stems[i], img.numpy(), r["map"],
+                                         r["pixel_threshold"])  # fmt: skip
+        rows.append(row)
+        if args.top:
+            overlay = heat_overlay(img.numpy(), r["map"], r["pixel_threshold"])
+            top = sorted([*top, (r["score"], i, overlay)], key=lambda t: -t[0])[: args.top]
+    files: dict[str, str] = {}
+    if args.top and rows:
+        out, _ = _out_dir(args, Path(model.run_dir))
+        titles = [f"{_short_title(paths[i].name)}\n{s:.4g}" for s, i, _ in top]
+        save_figure(overlay_figure([o for _, _, o in top], titles), out / "heatmaps.png")
+        files["heatmaps"] = str(out / "heatmaps.png")
+    return rows, files
+
+
+def _anomaly_files(args, model, det, how: str, fresh: bool, images, paths: list[Path]) -> int:
+    names = [str(p) for p in paths]
+    det = ensure_image_thresholds(model, det, {tuple(img.shape[-2:]) for img in images})
+    one_size = len({tuple(img.shape) for img in images}) == 1
+    if args.map or det.score == MAP_SCORE or not one_size:
+        rows, files = _inspect_files(model, det, images, paths, args)
+    else:
+        scores, files = _batch_outputs(model, det, torch.stack(images), [p.name for p in paths],
+                                       args)  # fmt: skip
+        flags = det.flag(scores)
+        rows = [{"path": n, "score": float(v), "threshold": det.threshold, "flagged": bool(f)}
+                for n, v, f in zip(names, scores, flags, strict=True)]  # fmt: skip
+    scores = np.array([r["score"] for r in rows])
+    flags = np.array([r["flagged"] for r in rows], dtype=bool)
     if args.csv:
         _write_csv(args.csv, names, scores, flags)
         files["csv"] = str(args.csv)
-    return scores, flags, files
-
-
-def _anomaly_files(args, model, det, how: str, fresh: bool, x, paths: list[Path]) -> int:
-    names = [str(p) for p in paths]
-    scores, flags, files = _anomaly_outputs(model, det, x, names, [p.name for p in paths], args)
+    if args.map:
+        files["map"] = str(args.map)
     res = {"score": det.score, "threshold": det.threshold, "fpr_target": det.fpr,
-           "images": len(x), "flagged": int(flags.sum()), "calibrated_now": fresh, **files,
-           "results": [{"path": n, "score": float(v), "flagged": bool(f)}
-                       for n, v, f in zip(names, scores, flags, strict=True)]}  # fmt: skip
+           "pixel_fpr_target": det.maps.pixel_fpr, "pixel_threshold": det.maps.pixel_threshold,
+           "images": len(rows), "flagged": int(flags.sum()), "calibrated_now": fresh, **files,
+           "results": rows}  # fmt: skip
+    return finish(args, res, lambda: _files_text(args, rows, how, files))
 
-    def text() -> str:
-        lines = []
-        if not args.csv:
-            shown = [display_name(n) for n in names]
-            width = min(60, max(len(n) for n in shown))
-            for n, v, f in zip(shown, scores, flags, strict=True):
-                lines.append(f"{n:<{width}}  {v:>10.6g}  {'ANOMALY' if f else 'normal'}")
-        lines.append(f"{int(flags.sum())} of {len(x)} image(s) flagged: {how}")
-        lines += [f"{k}: {v}" for k, v in files.items()]
-        return "\n".join(lines)
 
-    return finish(args, res, text)
+def _files_text(args, rows: list[dict[str, Any]], how: str, files: dict[str, str]) -> str:
+    lines = []
+    if not args.csv:
+        shown = [display_name(r["path"]) for r in rows]
+        width = min(60, max(len(n) for n in shown))
+        for n, r in zip(shown, rows, strict=True):
+            pixels = (f"  {100 * r['pixels_flagged']:5.2f} % of pixels above the pixel threshold"
+                      if "pixels_flagged" in r else "")  # fmt: skip
+            lines.append(f"{n:<{width}}  {r['score']:>10.6g}  "
+                         f"{'ANOMALY' if r['flagged'] else 'normal':<7}{pixels}")  # fmt: skip
+    flagged = sum(r["flagged"] for r in rows)
+    lines.append(f"{flagged} of {len(rows)} image(s) flagged: {how}")
+    lines += [f"{k}: {v}" for k, v in files.items()]
+    return "\n".join(lines)
 
 
 def _anomaly_dataset(args, model, det, how: str, fresh: bool, d: dict[str, Any]) -> int:
     data, x, y, normal, is_anom = d["data"], d["x"], d["y"], d["normal"], d["is_anom"]
     names = [f"{data.spec}/{args.split}/{i}" for i in range(len(x))]
     titles = [f"#{i} ({label})" for i, label in enumerate(y.tolist())]
-    scores, flags, files = _anomaly_outputs(model, det, x, names, titles, args)
-    m = detection_metrics(scores, is_anom, det.threshold)
+    det = ensure_image_thresholds(model, det, {tuple(x.shape[-2:])})
+    scores, files = _batch_outputs(model, det, x, titles, args)
+    threshold = det.threshold_for(*x.shape[-2:])
+    if args.csv:
+        _write_csv(args.csv, names, scores, scores > threshold)
+        files["csv"] = str(args.csv)
+    m = detection_metrics(scores, is_anom, threshold)
     out, _ = _out_dir(args, Path(model.run_dir))
     fig = roc_figure({det.score: (scores, is_anom)}, point=(m["fpr"], m["recall"]),
                      title=f"{data.spec} {args.split}: normal = {','.join(map(str, normal))}")  # fmt: skip
@@ -344,7 +448,7 @@ def _bench_recipe(args: argparse.Namespace) -> RunConfig:
     return replace(recipe, model=replace(recipe.model, **m), train=replace(recipe.train, **t))
 
 
-_COLUMNS = [*SCORES, "pca"]
+_COLUMNS = [*BENCH_SCORES, "pca"]
 
 
 def _row_text(label, r: dict[str, Any], seconds: float) -> str:

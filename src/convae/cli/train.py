@@ -15,9 +15,11 @@ from ..checkpoint import read_json, read_state
 from ..config import (
     OPTIMIZERS,
     PRESETS,
+    DataConfig,
     ModelConfig,
     RunConfig,
     apply_preset,
+    preset_overrides,
     read_run_config,
     recipe_for,
 )
@@ -202,9 +204,52 @@ def _given(args: argparse.Namespace) -> dict[str, Any]:
     return given
 
 
+# The crop of the anomaly preset on a folder of parts of several sizes, or of large ones, when
+# --crop is not given: its crop form inspects whole images of any size (docs/anomaly.md).
+ANOMALY_CROP = 64
+
+
+def _folder_sizes(spec: str) -> set[tuple[int, int]]:
+    """The (width, height) of every image in folder ``spec`` (headers only; unreadable files
+    are left to the data loader to report)."""
+    from PIL import Image
+
+    from ..images import list_image_files
+
+    root = Path(spec[len("folder:") :]).expanduser()
+    if not root.is_dir():
+        return set()
+    sizes = set()
+    for f in list_image_files([root]):
+        try:
+            with Image.open(f) as im:
+                sizes.add(im.size)
+        except Exception:  # noqa: BLE001 - the loader names unreadable files
+            continue
+    return sizes
+
+
+def _crop(args: argparse.Namespace) -> int | None:
+    """``--crop``; else, for ``--preset anomaly`` on a folder (no ``--image-size``) whose images
+    differ in size or are all at least twice the preset's crop, that crop."""
+    spec = getattr(args, "data", None) or ""
+    if args.crop is not None or args.preset != "anomaly" or args.image_size is not None:
+        return args.crop
+    if not spec.startswith("folder:"):
+        return None
+    sizes = _folder_sizes(spec)
+    if len(sizes) > 1 or (sizes and min(min(s) for s in sizes) >= 2 * ANOMALY_CROP):
+        log.info("--preset anomaly on images of any size: training on %d x %d crops "
+                 "(--crop N to choose)", ANOMALY_CROP, ANOMALY_CROP)  # fmt: skip
+        return ANOMALY_CROP
+    return None
+
+
 def build_run_config(args: argparse.Namespace) -> RunConfig:
     """Defaults -> preset -> explicit flags."""
-    cfg = apply_preset(RunConfig(), args.preset)
+    args.crop = _crop(args)
+    # the crop decides which form of a preset applies (CROP_PRESETS)
+    cfg = apply_preset(RunConfig(data=DataConfig(crop=args.crop)), args.preset)
     given = _given(args)
     m = {k: v for k, v in given.items() if _FIELDS[k][0] == "model"}
     t = {k: v for k, v in given.items() if _FIELDS[k][0] == "train"}
@@ -244,7 +289,7 @@ def resume_differences(args: argparse.Namespace, stored: RunConfig) -> list[str]
     stored = replace(stored, train=recipe_for(stored.model.arch).fill(stored.train))
     out = []
     given = _given(args)
-    preset = PRESETS[args.preset] if args.preset else {}
+    preset = preset_overrides(args.preset, stored.data.crop is not None) if args.preset else {}
     for section, fields in preset.items():
         for name, v in fields.items():
             if v is None or (name in given and _FIELDS.get(name, (None,))[0] == section):

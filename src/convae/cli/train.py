@@ -18,6 +18,7 @@ from ..config import (
     ModelConfig,
     RunConfig,
     apply_preset,
+    preset_for_data,
     read_run_config,
     recipe_for,
 )
@@ -203,7 +204,7 @@ def _given(args: argparse.Namespace) -> dict[str, Any]:
 
 def build_run_config(args: argparse.Namespace) -> RunConfig:
     """Defaults -> preset -> explicit flags."""
-    cfg = apply_preset(RunConfig(), args.preset)
+    cfg = apply_preset(RunConfig(), preset_for_data(args.preset, getattr(args, "data", None)))
     given = _given(args)
     m = {k: v for k, v in given.items() if _FIELDS[k][0] == "model"}
     t = {k: v for k, v in given.items() if _FIELDS[k][0] == "train"}
@@ -243,7 +244,8 @@ def resume_differences(args: argparse.Namespace, stored: RunConfig) -> list[str]
     stored = replace(stored, train=recipe_for(stored.model.arch).fill(stored.train))
     out = []
     given = _given(args)
-    preset = PRESETS[args.preset] if args.preset else {}
+    name = preset_for_data(args.preset, getattr(args, "data", None))
+    preset = PRESETS[name] if name else {}
     for section, fields in preset.items():
         for name, v in fields.items():
             if v is None or (name in given and _FIELDS.get(name, (None,))[0] == section):

@@ -16,7 +16,8 @@ import torch
 
 import convae
 from convae import anomaly, cli
-from convae.data import load_dataset, write_png
+from convae.data import load_dataset
+from convae.images import write_png
 
 # One-class run: the default architecture at width 8, digit 0 only, a few quick epochs.
 ONE_CLASS = ["--classes", "0", "--arch", "convae", "--width", "8", "--latent-dim", "8", "--epochs", "3",

@@ -7,6 +7,7 @@ import contextlib
 import importlib
 import io
 import json
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -631,3 +632,14 @@ def test_latent_and_generate_refuse_an_output_format_they_cannot_write(run, tmp_
     rc, _, err = run_cli("latent", str(run_dir), "--out", str(tmp_path / "m.pdf"))
     assert rc == 0, err
     assert (tmp_path / "m.pdf").read_bytes().startswith(b"%PDF")
+
+
+def test_a_closed_stdout_pipe_is_not_an_error():
+    import subprocess
+    import sys
+
+    cmd = (
+        f"{shlex.quote(sys.executable)} -m convae summary seed-strided | true"  # reader gone first
+    )
+    r = subprocess.run(["bash", "-o", "pipefail", "-c", cmd], capture_output=True, text=True)
+    assert r.stderr == ""

@@ -19,7 +19,8 @@ import pytest
 
 from convae import cli
 from convae.checkpoint import atomic_write
-from convae.data import load_dataset, write_png
+from convae.data import load_dataset
+from convae.images import write_png
 
 
 def run_cli(*args) -> tuple[int, str, str]:

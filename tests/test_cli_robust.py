@@ -31,7 +31,8 @@ import convae
 from convae import cli
 from convae.cli import train as cli_train
 from convae.config import RunConfig
-from convae.data import load_dataset, write_png
+from convae.data import load_dataset
+from convae.images import write_png
 from convae.runs import resolve_config
 
 train_mod = importlib.import_module("convae.training")

@@ -520,9 +520,11 @@ def test_cli_encode_info_decode_files(
     assert main(["info", str(out), "--json"]) == 0
     info = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert info["names"] == [p.name for p in paths] and info["model"] == codec.fingerprint.hex()
+    h, w = test_x.shape[-2:]  # bpp: file bits per image pixel, whatever the channel count
+    assert info["bpp"] == pytest.approx(8 * info["bytes"] / (6 * h * w))
     assert main(["decode", str(out), "--out", str(tmp_path / "dec")]) == 0
     assert sorted(p.name for p in (tmp_path / "dec").iterdir()) == sorted(p.name for p in paths)
-    from convae.data import read_image_files
+    from convae.images import read_image_files
 
     got, _ = read_image_files([tmp_path / "dec"], 1, 28)
     want, _ = C.decode(codec, C.encode(codec, test_x[:6]))

@@ -20,18 +20,10 @@ import pytest
 import torch
 
 from convae import data
+from convae.cache import read_folder
 from convae.config import DataConfig
-from convae.data import (
-    REMOTES,
-    list_image_files,
-    load_dataset,
-    load_split,
-    read_cifar_bin,
-    read_folder,
-    read_idx,
-    read_image_files,
-    write_png,
-)
+from convae.data import REMOTES, load_dataset, load_split, read_cifar_bin, read_idx
+from convae.images import list_image_files, luma, read_image_files, write_png
 
 
 @pytest.fixture(autouse=True)
@@ -466,13 +458,11 @@ def test_folder_grey_stored_as_rgb_is_one_channel_unless_forced(
     assert x.shape == (4, 3, 16, 16)
     from PIL import Image
 
-    from convae.data import _luma
-
     rgb = make_images(3, 3, 16, seed=5).numpy()  # the luma matches Pillow's convert("L") exactly
     want = np.stack(
         [np.asarray(Image.fromarray(a.transpose(1, 2, 0)).convert("L"))[None] for a in rgb]
     )
-    np.testing.assert_array_equal(_luma(rgb), want)
+    np.testing.assert_array_equal(luma(rgb), want)
     colour = grey.repeat(1, 3, 1, 1).clone()
     colour[-1, 0] = 255 - colour[-1, 0]  # one image with colour in it: the folder stays RGB
     write_image_folder(tmp_path / "c", colour, None, "png")
@@ -509,7 +499,7 @@ def test_folder_skips_unreadable_files(tmp_path, make_images, write_image_folder
     (root / "1" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really a png")
     (root / "0" / "empty.jpg").write_bytes(b"")
     (root / "0" / "notes.txt").write_text("not an image, not counted")
-    with caplog.at_level(logging.WARNING, logger="convae.data"):
+    with caplog.at_level(logging.WARNING, logger="convae.cache"):
         x, y, _ = read_folder(root)
     assert len(x) == 4
     assert "skipped 2 unreadable" in caplog.text
@@ -685,3 +675,13 @@ def test_folder_16_bit_grey_is_scaled_not_clipped(tmp_path, fmt):
     np.testing.assert_array_equal(x[0, 0], np.arange(256).reshape(16, 16))  # the top 8 bits
     x, _ = read_image_files([tmp_path / f"deep.{fmt}"], channels=3, image_size=16)
     np.testing.assert_array_equal(x[0, 1].numpy(), np.arange(256).reshape(16, 16))
+
+
+def test_all_is_every_split():
+    parts = [load_dataset("mnist-sample", s, classes=(3,)) for s in ("train", "val", "test")]
+    x, y = load_dataset("mnist-sample", "all", classes=(3,))
+    assert len(x) == sum(len(p[0]) for p in parts) == 500 and set(y.tolist()) == {3}
+    assert _rows(x) == set.union(*(_rows(p[0]) for p in parts))
+    store = data.load_images(DataConfig(classes=(3,)), "all")
+    assert isinstance(store, data.ArrayImages) and len(store) == 500 and store.classes == ["3"]
+    assert data.prepare_data(DataConfig()) is None  # nothing to cache for a built-in dataset

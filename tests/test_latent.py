@@ -15,7 +15,8 @@ from threadpoolctl import threadpool_limits
 
 from convae import latent
 from convae.cli import main
-from convae.data import load_dataset, write_png
+from convae.data import load_dataset
+from convae.images import write_png
 from convae.inference import load, reconstruct, to_float
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"

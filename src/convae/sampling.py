@@ -40,6 +40,9 @@ class ImageStore(Protocol):
     def crop(self, i: int, top: int, left: int, h: int, w: int) -> np.ndarray:  # uint8 [C, h, w]
         ...
 
+    # Optional: prefetch(spans) with (image, top, rows) spans about to be cropped (a store on
+    # disk starts reading them at once; see convae.cache.CachedImages.prefetch).
+
 
 def epoch_generator(seed: int, epoch: int, stream: int, device: torch.device) -> torch.Generator:
     """The generator of one (seed, epoch, stream): shuffles, crops and noise never share one."""
@@ -119,6 +122,9 @@ class RandomCrops:
     def batch(self, idx: Tensor) -> Tensor:
         """uint8 [B, C, size, size] on the training device."""
         rows = self.plan[idx.cpu()].tolist()
+        prefetch = getattr(self.store, "prefetch", None)
+        if prefetch is not None:  # a store on disk: the batch's reads overlap
+            prefetch([(r[0], r[1], min(self.size, int(self.hw[r[0], 0]))) for r in rows])
         arr = np.stack([self._one(*r) for r in rows])
         return torch.from_numpy(arr).to(self.device, non_blocking=True)
 

@@ -38,7 +38,7 @@ from .checkpoint import (
 )
 from .config import OPTIMIZERS, DataConfig, RunConfig, TrainConfig, read_run_config, recipe_for
 from .data import load_images, load_split
-from .inference import evaluate, load, reconstruct, spread_indices, to_float
+from .inference import evaluate, load, reconstruct, split_images, spread_indices, to_float
 from .metrics import psnr_per_image
 from .models import AutoEncoder, build_model, check_memory
 from .noise import corrupt, parse_noise
@@ -512,7 +512,7 @@ def _finish_run(
     warning when the model does no better than the training split's mean image."""
     best = load(out, dev)
     test, split = _test_split(cfg.data)
-    images = test.stacked() if cfg.data.crop is None else [test.image(i) for i in range(len(test))]
+    images = split_images(test)
     metrics = {**evaluate(best, images), "split": split}
     metrics["mean_image_psnr"] = _mean_image_psnr(train_src, images)
     metrics["train_seconds"] = sum(r["seconds"] for r in history)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import os
 import signal
 import sys
 import threading
@@ -22,7 +23,7 @@ from collections.abc import Iterator
 
 from ..training import TrainingDiverged
 from ..version import __version__
-from . import anomaly, codec, denoise, export, latent, train
+from . import anomaly, cache, codec, denoise, export, latent, train
 from .common import (
     EXIT_ERROR,
     EXIT_USAGE,
@@ -39,6 +40,7 @@ __all__ = ["main", "build_parser", "ProgressBar", "Terminated"]
 
 EXIT_SIGINT = 128 + signal.SIGINT  # 130
 EXIT_SIGTERM = 128 + signal.SIGTERM  # 143
+EXIT_SIGPIPE = 128 + signal.SIGPIPE  # 141
 
 
 class Terminated(KeyboardInterrupt):
@@ -57,7 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
     sub.required = True
     # `convae --help` lists the commands in this order
-    for module in (train, latent, codec, denoise, anomaly, export):
+    for module in (train, latent, codec, denoise, anomaly, cache, export):
         module.add_commands(sub)
     bench = add_command(
         sub, "bench", "benchmarks: codec, denoise, anomaly", "convae bench denoise --json"
@@ -111,6 +113,10 @@ def main(argv: list[str] | None = None) -> int:
             how = " by SIGTERM" if isinstance(e, Terminated) else ""
             print(f"convae: interrupted{how}" + (f"; {e}" if str(e) else ""), file=sys.stderr)
             return EXIT_SIGTERM if isinstance(e, Terminated) else EXIT_SIGINT
+        except BrokenPipeError:
+            # the reader of stdout went away (`convae --help | head`): stop quietly, as `cat` does
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            return EXIT_SIGPIPE
         except _ONE_LINE as e:
             msg = describe_os_error(e, args) if isinstance(e, OSError) else str(e)
             print(f"convae: error: {msg}", file=sys.stderr)

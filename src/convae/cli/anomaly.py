@@ -24,7 +24,7 @@ from ..anomaly import (
 )
 from ..checkpoint import atomic_write
 from ..config import PRESETS, RunConfig, apply_preset
-from ..data import read_image_files
+from ..images import read_image_files
 from ..inference import load, reconstruct, to_float
 from ..plots import save_figure
 from .common import (

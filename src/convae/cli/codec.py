@@ -10,7 +10,7 @@ from .. import codec as cdc
 from ..checkpoint import atomic_write, check_run_dir
 from ..codec.bench import BENCH_FILES, bench_codec, default_codec_run
 from ..codec.store import CODEC_FILE, CODEC_JSON
-from ..data import read_image_files, write_png
+from ..images import read_image_files, write_png
 from .common import (
     THREADS_HELP,
     ProgressBar,
@@ -109,8 +109,8 @@ def cmd_encode(args: argparse.Namespace) -> int:
     blob = cdc.encode(codec, x, args.quality, names=names, coder=args.coder, run_hint=run_hint)
     atomic_write(out, blob)
     header = cdc.verify(blob)
-    c, h, w = codec.input_shape
-    pixels = len(x) * c * h * w
+    _, h, w = codec.input_shape
+    pixels = len(x) * h * w  # bpp: file bits per image pixel (all channels of a pixel together)
     res = {"out": str(out), "images": len(x), "bytes": len(blob),
            "bytes_per_image": len(blob) / len(x), "bpp": 8 * len(blob) / pixels,
            "level": header.level, "step": header.step, "coder": header.coder,
@@ -195,7 +195,7 @@ def _add_info_parser(sub) -> None:
 
 def cmd_info(args: argparse.Namespace) -> int:
     header, payload, size = cdc.read_header(args.file)
-    pixels = header.count * header.channels * header.height * header.width
+    pixels = header.count * header.height * header.width  # bpp: bits per image pixel
     info = {"file": str(args.file), "bytes": size, "format_version": header.version,
             "images": header.count, "channels": header.channels, "height": header.height,
             "width": header.width, "latent_dim": header.latent_dim, "level": header.level,
@@ -211,7 +211,7 @@ def _info_text(file: str, header, info: dict[str, Any]) -> str:
     lines = [
         f"{file}: convae .cae format v{header.version}, {info['bytes']:,} bytes, checksum ok",
         f"  images      {header.count} x {header.channels}x{header.height}x{header.width} "
-        f"({info['bytes_per_image']:.1f} B/image, {info['bpp']:.3f} bpp)",
+        f"({info['bytes_per_image']:.1f} B/image, {info['bpp']:.3f} bpp = file bits per pixel)",
         f"  quantizer   level {header.level}, step {header.step:g}, latent {header.latent_dim} "
         "values/image",
         f"  payload     {info['payload_bytes']:,} bytes, {header.coder} coder",

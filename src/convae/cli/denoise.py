@@ -9,7 +9,6 @@ from typing import Any
 
 import torch
 
-from ..data import write_png
 from ..denoise import (
     FILTERS,
     bench_denoise,
@@ -19,6 +18,7 @@ from ..denoise import (
     parse_levels,
     read_images,
 )
+from ..images import write_png
 from ..inference import load
 from ..noise import corrupt
 from .common import (

@@ -11,7 +11,7 @@ from typing import Any
 import torch
 
 from ..config import RunConfig
-from ..data import read_image_files, write_png
+from ..images import read_image_files, write_png
 from ..inference import load, to_float
 from ..latent import (
     code_range,

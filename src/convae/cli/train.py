@@ -22,8 +22,9 @@ from ..config import (
     read_run_config,
     recipe_for,
 )
-from ..data import read_image_files, write_png
-from ..inference import evaluate, load, reconstruct
+from ..data import load_images
+from ..images import read_image_files, read_images, write_png
+from ..inference import evaluate_store, load, reconstruct
 from ..metrics import json_restore
 from ..models import available, build_model, summary
 from ..runs import default_run_dir
@@ -37,13 +38,11 @@ from .common import (
     add_split_arg,
     add_threads_arg,
     channels_arg,
-    check_images_fit,
     check_no_links,
     check_out_folder,
     data_config_from_args,
     finish,
     folder_targets,
-    load_data_split,
     log,
     output_names,
     positive_int,
@@ -374,6 +373,8 @@ def _add_eval_parser(sub) -> None:
     p.add_argument("run", help="run directory")
     add_data_args(p, default_spec=None)
     add_split_arg(p)
+    p.add_argument("--by-class", action="store_true",
+                   help="also one row per class (a folder's first-level sub-folders)")  # fmt: skip
     add_device_arg(p)
     add_threads_arg(p)
     p.set_defaults(func=cmd_eval)
@@ -383,30 +384,44 @@ def cmd_eval(args: argparse.Namespace) -> int:
     set_threads(args)
     model = load(args.run, args.device)
     data = data_config_from_args(args, model.run_config.data)
-    x, _ = load_data_split(data, args.split)
-    check_images_fit(model, x, data.spec)
-    m = {**evaluate(model, x), "split": args.split, "data": data.spec}
-    return finish(
-        args,
-        m,
-        f"{m['images']} images ({data.spec}, {args.split}): MSE {m['mse']:.5f}  PSNR "
+    store = load_images(data, args.split)
+    if len(store) == 0:
+        raise ValueError(f"{data.spec} {args.split}: no images")
+    m = {**evaluate_store(model, store, by_class=args.by_class), "split": args.split,
+         "data": data.spec}  # fmt: skip
+    return finish(args, m, lambda: _eval_text(m))
+
+
+def _eval_text(m: dict[str, Any]) -> str:
+    lines = [
+        f"{m['images']} images ({m['data']}, {m['split']}): MSE {m['mse']:.5f}  PSNR "
         f"{m['psnr']:.2f} dB  SSIM {m['ssim']:.4f}  latent {m['latent_dim']}  ratio "
-        f"{m['compression_ratio']:.1f}:1",
-    )
+        f"{m['compression_ratio']:.1f}:1"
+    ]
+    rows = m.get("classes", {})
+    width = max((len(k) for k in rows), default=0)
+    for name, r in rows.items():
+        lines.append(
+            f"  {name:<{width}}  {r['images']:>6} images  MSE {r['mse']:.5f}  PSNR "
+            f"{r['psnr']:.2f} dB  SSIM {r['ssim']:.4f}"
+        )
+    return "\n".join(lines)
 
 
 def _add_reconstruct_parser(sub) -> None:
     p = add_command(
         sub,
         "reconstruct",
-        "reconstruct image files or folders with a trained model",
+        "reconstruct image files or folders with a trained model, each at its own size",
         "convae reconstruct runs/strided digits/ --out recon/",
     )
     p.add_argument("run", help="run directory")
     p.add_argument("inputs", nargs="+", help="image files or folders")
     add_out_folder_args(p, "reconstructed PNGs, NAME.png per input")
     p.add_argument(
-        "--resize", action="store_true", help="resize + centre-crop inputs to the model's size"
+        "--resize",
+        action="store_true",
+        help="resize + centre-crop inputs to the model's size (default: each image whole, at its own size)",
     )
     add_device_arg(p)
     add_threads_arg(p)
@@ -418,7 +433,11 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
     set_threads(args)
     model = load(args.run, args.device)
     c, s = model.config.channels, model.config.image_size
-    x, paths = read_image_files(args.inputs, c, s, resize=args.resize)  # all read before any write
+    # all read before any write; each image at its own size unless --resize asks for the model's
+    if args.resize:
+        x, paths = read_image_files(args.inputs, c, s, resize=True)
+    else:
+        x, paths = read_images(args.inputs, c)
     out = Path(args.out)
     targets = folder_targets(
         out, output_names(paths), [*paths, *run_inputs(args.run)], overwrite=args.overwrite

@@ -75,7 +75,7 @@ def codec_rd(
     SSIM, encode and decode images/s (best of ``repeats``; timed from uint8 pixels to bytes and back),
     plus the payload size with zlib and lzma on the same symbols and the tables' ideal entropy.
     """
-    n, pixels = len(x_u8), math.prod(x_u8.shape[1:])
+    n, pixels = len(x_u8), math.prod(x_u8.shape[2:])  # bpp per image pixel
     rows = []
     for i in levels if levels is not None else range(len(codec.levels)):
         lv = codec.level(i)
@@ -144,7 +144,7 @@ def baseline_rd(
     ssim: bool = True,
 ) -> list[dict[str, Any]]:
     """PNG/WebP/JPEG through Pillow, one file per image (that is how those formats store images)."""
-    n, pixels = len(x_u8), math.prod(x_u8.shape[1:])
+    n, pixels = len(x_u8), math.prod(x_u8.shape[2:])  # bpp per image pixel
     arrs = [a[0] if a.shape[0] == 1 else a.transpose(1, 2, 0) for a in x_u8.numpy()]
     rows = []
     for method, setting, fmt, kw in specs:

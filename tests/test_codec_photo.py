@@ -12,7 +12,12 @@ import torch
 
 import convae
 from convae.cli import main
-from convae.codec.photo_store import is_photo_run, load_photo_codec
+from convae.codec import rangecode as rc
+from convae.codec.format import CodecError
+from convae.codec.format2 import PhotoHeader, file_version, pack_photo, unpack_photo
+from convae.codec.photo import decode_photo, encode_photo, single_thread
+from convae.codec.photo_store import build_tables, is_photo_run, load_photo_codec
+from convae.codec.tables import CdfTables, quantize_pmf
 from convae.config import ModelConfig
 from convae.models import HyperpriorCodec, build_model
 
@@ -109,7 +114,8 @@ def test_rate_distortion_steps_lower_the_loss():
     model.init_from_data(x)
     opt = torch.optim.Adam(model.parameters(), lr=3e-3)
     model.eval()
-    before = float(model.training_loss(x, x))
+    with torch.no_grad():
+        before = float(model.training_loss(x, x))
     model.train()
     for _ in range(30):
         opt.zero_grad()
@@ -117,3 +123,141 @@ def test_rate_distortion_steps_lower_the_loss():
         opt.step()
     model.eval()
     assert float(model.training_loss(x, x)) < before
+
+
+# ---------------------------------------------------------------------------------------------
+# Integer tables and the range coder
+
+
+def test_quantized_tables_are_positive_integers_summing_to_2_16():
+    pmf = np.array([1e-12, 0.2, 0.5, 0.3 - 1e-6])
+    f = quantize_pmf(pmf)
+    assert f.dtype == np.int32 and (f >= 1).all() and f.sum() == 1 << 16 and f.size == 5
+
+
+def test_range_coder_round_trips_symbols_and_escapes():
+    g = np.random.default_rng(0)
+    pmfs = [quantize_pmf(np.full(k, 1.0 / k) * 0.99) for k in (3, 9)]
+    width = max(p.size for p in pmfs)
+    freqs = np.zeros((2, width), np.int32)
+    for i, p in enumerate(pmfs):
+        freqs[i, : p.size] = p
+    tables = CdfTables(freqs, np.array([3, 9], np.int32), np.array([-1, -4], np.int32))
+    models = rc.TableModels(tables)
+    table = g.integers(0, 2, 500)
+    values = g.integers(-6, 7, 500)  # some outside both tables: escapes
+    values[:3] = [10**6, -(10**6), 0]
+    enc = rc.Encoder()
+    rc.encode_symbols(enc, values, table, models)
+    payload = rc.finish(enc, rc.check_word(values))
+    dec = rc.Decoder(payload)
+    got = rc.decode_symbols(dec, table, models)
+    rc.verify(dec, rc.check_word(got))
+    assert np.array_equal(got, values)
+
+
+def test_tables_are_rebuilt_identically_from_the_weights(codec):
+    again = build_tables(codec.model)
+    assert sorted(again) == sorted(codec.tables)
+    assert all(torch.equal(again[k], codec.tables[k]) for k in again)
+    assert all(v.dtype == torch.int32 for k, v in again.items() if k != "scales")
+
+
+# ---------------------------------------------------------------------------------------------
+# Whole images <-> version-2 .cae bytes
+
+
+@pytest.mark.parametrize("h, w", [(37, 53), (1, 1), (16, 70)])
+def test_round_trip_at_any_size(codec, h, w):
+    img = _photo(h, w)
+    data = encode_photo(codec, img, 3, name="x.png")
+    out, name = decode_photo(codec, data)
+    assert out.shape == img.shape and out.dtype == torch.uint8 and name == "x.png"
+    assert encode_photo(codec, img, 3, name="x.png") == data  # deterministic
+
+
+def test_decoded_pixels_match_the_model_and_rate_estimate(codec):
+    img = _photo(37, 53)
+    out, _ = decode_photo(codec, encode_photo(codec, img, 2.5))
+    with torch.no_grad():
+        r = codec.model.rate_distortion(img[None].float() / 255, torch.tensor([2.5]), noise=False)
+    ref = (r["x_hat"][0].clamp(0, 1) * 255).round()
+    assert (out.float() - ref).abs().max() <= 1  # float64 vs float32 means: at most one level
+
+
+def test_files_and_pixels_do_not_depend_on_threads(codec):
+    img = _photo(45, 77, seed=3)
+    n = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = encode_photo(codec, img, 1.25)
+        px1, _ = decode_photo(codec, one)
+        torch.set_num_threads(2)
+        two = encode_photo(codec, img, 1.25)
+        px2, _ = decode_photo(codec, one)
+    finally:
+        torch.set_num_threads(n)
+    assert one == two and torch.equal(px1, px2)
+
+
+def test_single_thread_restores_the_thread_count():
+    n = torch.get_num_threads()
+    with single_thread():
+        assert torch.get_num_threads() == 1
+    assert torch.get_num_threads() == n
+
+
+def test_header_is_28_bytes_and_levels_are_eighths(codec):
+    data = encode_photo(codec, _photo(20, 30), 1.3)
+    header, payload = unpack_photo(data)
+    assert len(data) == 28 + len(payload) and file_version(data) == 2
+    assert header.level == 1.25 and (header.height, header.width) == (20, 30)
+    with pytest.raises(ValueError, match="quality level"):
+        encode_photo(codec, _photo(8, 8), 5.5)
+
+
+def _one_line(e: pytest.ExceptionInfo) -> str:
+    assert "\n" not in str(e.value)
+    return str(e.value)
+
+
+def test_truncated_flipped_and_foreign_files_are_one_line_errors(codec):
+    data = encode_photo(codec, _photo(37, 53), 4)
+    g = np.random.default_rng(1)
+    for cut in [0, 3, 10, 27, len(data) // 2, len(data) - 1]:
+        with pytest.raises(CodecError) as e:
+            decode_photo(codec, data[:cut])
+        _one_line(e)
+    for bit in g.integers(0, 8 * len(data), 40):
+        bad = bytearray(data)
+        bad[bit // 8] ^= 1 << (bit % 8)
+        with pytest.raises(CodecError) as e:
+            decode_photo(codec, bytes(bad))
+        _one_line(e)
+
+
+def test_payload_damage_behind_a_valid_crc_is_caught(codec):
+    """A damaged payload under a recomputed CRC still fails: the range coder's check word."""
+    data = encode_photo(codec, _photo(37, 53), 4)
+    header, payload = unpack_photo(data)
+    failed = 0
+    for i in range(0, len(payload), max(1, len(payload) // 20)):
+        bad = bytearray(payload)
+        bad[i] ^= 0x5A
+        try:
+            decode_photo(codec, pack_photo(header, bytes(bad)))
+        except CodecError as e:
+            assert "\n" not in str(e)
+            failed += 1
+    assert failed >= 18
+
+
+def test_wrong_model_is_a_clear_error(codec):
+    data = encode_photo(codec, _photo(37, 53), 2)
+    header, payload = unpack_photo(data)
+    other = PhotoHeader(b"\x01" * 8, header.tables_hash, 3, 37, 53, 2.0)
+    with pytest.raises(CodecError, match="encoded with model"):
+        decode_photo(codec, pack_photo(other, payload))
+    refit = PhotoHeader(header.fingerprint, b"\x00" * 4, 3, 37, 53, 2.0)
+    with pytest.raises(CodecError, match="probability tables"):
+        decode_photo(codec, pack_photo(refit, payload))

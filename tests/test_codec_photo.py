@@ -261,3 +261,64 @@ def test_wrong_model_is_a_clear_error(codec):
     refit = PhotoHeader(header.fingerprint, b"\x00" * 4, 3, 37, 53, 2.0)
     with pytest.raises(CodecError, match="probability tables"):
         decode_photo(codec, pack_photo(refit, payload))
+
+
+# ---------------------------------------------------------------------------------------------
+# The command line
+
+
+@pytest.mark.parametrize("h, w", [(300, 451), (768, 1024)])
+def test_cli_encode_decode_info_whole_photo(photo_run, tmp_path, capsys, h, w):
+    from PIL import Image
+
+    src = tmp_path / "photo.jpg"
+    Image.fromarray(_photo(h, w, seed=7).numpy().transpose(1, 2, 0)).save(src, quality=95)
+    cae = tmp_path / "photo.cae"
+    assert main(["encode", str(photo_run), str(src), "--out", str(cae), "--quality", "2.5",
+                 "--json"]) == 0  # fmt: skip
+    enc = json.loads(capsys.readouterr().out)
+    assert enc["format_version"] == 2 and enc["bytes"] == cae.stat().st_size
+    assert (enc["width"], enc["height"], enc["level"]) == (w, h, 2.5)
+    assert main(["info", str(cae), "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["format_version"] == 2 and info["names"] == ["photo.png"]
+    out = tmp_path / "dec"
+    assert main(["decode", str(cae), "--out", str(out), "--json"]) == 0
+    capsys.readouterr()
+    back = np.asarray(Image.open(out / "photo.png"))
+    assert back.shape == (h, w, 3)
+    model_px = decode_photo(load_photo_codec(photo_run), cae.read_bytes())[0]
+    assert np.array_equal(back, model_px.numpy().transpose(1, 2, 0))
+
+
+def test_cli_damaged_and_foreign_files_are_one_line_errors(photo_run, tiny_run, tmp_path, capsys):
+    from PIL import Image
+
+    src = tmp_path / "p.png"
+    Image.fromarray(_photo(37, 53).numpy().transpose(1, 2, 0)).save(src)
+    cae = tmp_path / "p.cae"
+    assert main(["encode", str(photo_run), str(src), "--out", str(cae), "--no-run-path"]) == 0
+    data = cae.read_bytes()
+    cases = {"cut.cae": data[: len(data) - 5], "flip.cae": data[:30] + bytes([data[30] ^ 4])
+             + data[31:], "empty.cae": b""}  # fmt: skip
+    for name, blob in cases.items():
+        (tmp_path / name).write_bytes(blob)
+        code = main(["decode", str(tmp_path / name), "--out", str(tmp_path / "o"), "--model",
+                     str(photo_run)])  # fmt: skip
+        err = capsys.readouterr().err
+        assert code == 1 and err.startswith("convae: error:") and err.count("\n") == 1, name
+    assert main(["decode", str(cae), "--out", str(tmp_path / "o")]) == 1  # no run recorded
+    assert "--model" in capsys.readouterr().err
+    assert main(["decode", str(cae), "--out", str(tmp_path / "o"), "--model", str(tiny_run)]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("convae: error:") and err.count("\n") == 1
+    assert not (tmp_path / "o").exists()
+
+
+def test_cli_one_photo_per_file(photo_run, tmp_path, capsys):
+    from PIL import Image
+
+    for i in range(2):
+        Image.fromarray(_photo(20, 20, i).numpy().transpose(1, 2, 0)).save(tmp_path / f"{i}.png")
+    code = main(["encode", str(photo_run), str(tmp_path), "--out", str(tmp_path / "x.cae")])
+    assert code == 1 and "one photo" in capsys.readouterr().err

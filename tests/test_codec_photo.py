@@ -322,3 +322,10 @@ def test_cli_one_photo_per_file(photo_run, tmp_path, capsys):
         Image.fromarray(_photo(20, 20, i).numpy().transpose(1, 2, 0)).save(tmp_path / f"{i}.png")
     code = main(["encode", str(photo_run), str(tmp_path), "--out", str(tmp_path / "x.cae")])
     assert code == 1 and "one photo" in capsys.readouterr().err
+
+
+def test_version_1_reader_names_version_2_files(codec):
+    from convae.codec import unpack
+
+    with pytest.raises(CodecError, match="version-2 file"):
+        unpack(encode_photo(codec, _photo(8, 8), 0))

@@ -12,10 +12,10 @@ import zlib
 from dataclasses import dataclass
 
 from .format import _CRC, MAGIC, CodecError, _check_names, _take
+from .format import PHOTO_VERSION as VERSION
 
 __all__ = ["PhotoHeader", "pack_photo", "unpack_photo", "file_version", "LEVEL_STEPS", "VERSION"]
 
-VERSION = 2
 LEVEL_STEPS = 8  # quality levels are stored as round(level * 8): steps of 1/8
 MAX_SIDE = 0xFFFF
 _FLAG_NAME = 0x01

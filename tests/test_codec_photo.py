@@ -329,3 +329,30 @@ def test_version_1_reader_names_version_2_files(codec):
 
     with pytest.raises(CodecError, match="version-2 file"):
         unpack(encode_photo(codec, _photo(8, 8), 0))
+
+
+def test_bd_rate_of_a_curve_against_itself_shifted():
+    from convae.codec.rd import bd_rate
+
+    rate = np.array([0.1, 0.2, 0.4, 0.8, 1.6])
+    q = np.array([28.0, 30.0, 32.0, 34.0, 36.0])
+    assert abs(bd_rate(rate, q, rate, q)) < 1e-9
+    assert abs(bd_rate(rate, q, rate * 0.8, q) + 20.0) < 1e-6  # 20 % fewer bits everywhere
+
+
+def test_cli_bench_codec_on_a_folder_of_photos(photo_run, tmp_path, capsys):
+    from PIL import Image
+
+    folder = tmp_path / "held"
+    folder.mkdir()
+    Image.fromarray(_photo(180, 200, 5).numpy().transpose(1, 2, 0)).save(folder / "a.png")
+    out = tmp_path / "bench"
+    argv = ["bench", "codec", "--data", f"folder:{folder}", "--runs", str(photo_run), "--out",
+            str(out), "--repeats", "1", "--json"]  # fmt: skip
+    assert main(argv) == 0
+    res = json.loads(capsys.readouterr().out)
+    pts = res["photos"]["a"]["points"]
+    assert len(pts["convae"]) == 11 and {"jpeg", "webp"} <= set(pts)
+    assert all(p["bytes"] > 28 and 0 < p["ms_ssim"] <= 1 for p in pts["convae"])
+    assert res["speed"][0]["decode_mp_s"] > 0
+    assert all((out / n).is_file() for n in ("rd.json", "rd.md", "rd.png"))

@@ -37,7 +37,7 @@ from .common import (
     run_outputs,
     set_threads,
 )
-from .photo import cmd_decode_photo, cmd_encode_photo, cmd_info_photo
+from .photo import cmd_bench_photos, cmd_decode_photo, cmd_encode_photo, cmd_info_photo
 
 # ---------------------------------------------------------------------------------------------
 # encode
@@ -258,8 +258,10 @@ def _add_bench_codec_parser(bsub) -> None:
     p = add_command(
         bsub,
         "codec",
-        "rate-distortion of the codec against PNG, WebP and JPEG on a test split",
-        "convae bench codec --data mnist-sample --out benchmarks/out/codec",
+        "rate-distortion of the codec against PNG, WebP and JPEG on a test split (photo codec "
+        "runs: whole photos of a folder against JPEG, WebP and AVIF)",
+        "convae bench codec --data mnist-sample --out benchmarks/out/codec   |   convae bench "
+        "codec --data folder:photos/held-out --runs runs/photo --out benchmarks/out/photo-codec",
     )
     add_data_args(p)
     p.add_argument(
@@ -292,6 +294,8 @@ def cmd_bench_codec(args: argparse.Namespace) -> int:
     out = check_out_folder(args.out)
     check_no_links(out, [out / n for n in BENCH_FILES], "--out")
     data = data_config_from_args(args)
+    if any(is_photo_run(r) for r in args.runs or ()):  # whole photos against JPEG/WebP/AVIF
+        return cmd_bench_photos(args, data, out)
     for run in args.runs or ():  # their codec is fitted and saved on first use
         check_no_links(run, [Path(run) / CODEC_FILE, Path(run) / CODEC_JSON])
     if not args.runs:

@@ -6,9 +6,12 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from ..codec.photo_bench import FILES as BENCH_FILES
+from ..codec.photo_bench import bench_photos, photo_rd_markdown
 from ..codec.photo_io import decode_file, encode_file, photo_info
 from ..codec.photo_store import CODEC_FILE, load_photo_codec
-from ..images import list_image_files, write_png
+from ..config import DataConfig
+from ..images import list_image_files, read_images, write_png
 from .common import (
     check_no_links,
     check_out_file,
@@ -17,6 +20,7 @@ from .common import (
     folder_targets,
     output_names,
     run_inputs,
+    set_threads,
 )
 
 
@@ -76,3 +80,19 @@ def cmd_info_photo(args: argparse.Namespace) -> int:
     if info["names"]:
         text += f"\n  name        {info['names'][0]}"
     return finish(args, info, text)
+
+
+def cmd_bench_photos(args: argparse.Namespace, data: DataConfig, out: Path) -> int:
+    """`convae bench codec --data folder:PHOTOS --runs RUN`: every photo of the folder, whole."""
+    if len(args.runs) != 1:
+        raise ValueError("the photo benchmark measures one photo codec run: give one --runs RUN")
+    if not data.spec.startswith("folder:"):
+        raise ValueError("the photo benchmark reads whole photos: pass --data folder:PHOTOS")
+    check_no_links(out, [out / n for n in BENCH_FILES], "--out")
+    set_threads(args)
+    images, paths = read_images([data.spec[len("folder:") :]], 3)
+    pairs = list(zip(paths, images, strict=True))[: args.limit]
+    photos = {p.stem: img.numpy().transpose(1, 2, 0) for p, img in pairs}
+    res = bench_photos(args.runs[0], photos, out, repeats=args.repeats)
+    files = ", ".join(str(out / n) for n in BENCH_FILES)
+    return finish(args, res, lambda: photo_rd_markdown(res) + f"results: {files}")

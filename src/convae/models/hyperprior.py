@@ -126,21 +126,33 @@ def pad_to(x: Tensor, multiple: int = PAD) -> Tensor:
 
 
 def code_channels(cfg: ModelConfig) -> int:
-    return cfg.code_channels or DEFAULT_LATENT
+    """M: ``code_channels``, else ``latent_dim`` / code-map cells of a training-size image, else
+    192."""
+    if cfg.code_channels is not None or cfg.latent_dim is None:
+        return cfg.code_channels or DEFAULT_LATENT
+    cells = _grid(cfg.image_size) ** 2
+    if cfg.latent_dim % cells:
+        raise ValueError(
+            f"hyperprior: latent dim {cfg.latent_dim} is not a multiple of the {cells} code-map "
+            f"cells of a {cfg.image_size}-px image; give --code-channels instead"
+        )
+    return cfg.latent_dim // cells
+
+
+def _grid(side: int) -> int:
+    """Code-map elements along a side of ``side`` pixels, padded to a multiple of 64."""
+    return -(-side // PAD) * Z_STRIDE
 
 
 @register(
     "hyperprior",
-    lambda cfg: code_channels(cfg) * (cfg.image_size // Y_STRIDE) ** 2,
+    lambda cfg: code_channels(cfg) * _grid(cfg.image_size) ** 2,
     "learned photo codec: block transform + GDN, mean-scale hyperprior, gain units (.cae v2)",
 )
 def hyperprior_arch(cfg: ModelConfig) -> AutoEncoder:
-    """width = hidden channels (96 for photos), code_channels = M (192), crops a multiple of 16."""
-    if cfg.image_size % Y_STRIDE:
-        raise ValueError(
-            f"the hyperprior model trains on crops that are a multiple of {Y_STRIDE} pixels, "
-            f"not {cfg.image_size} (pass --crop 128)"
-        )
+    """width = hidden channels (96 for photos), code_channels = M (192)."""
+    if cfg.mean_image:
+        raise ValueError("the hyperprior model codes whole photos of any size: no --mean-image")
     return HyperpriorCodec(cfg)
 
 
@@ -151,7 +163,7 @@ class HyperpriorCodec(AutoEncoder):
     def __init__(self, cfg: ModelConfig):
         c, m, n = cfg.channels, code_channels(cfg), cfg.width
         small = max(2, m // 3)  # hyper-latent channels and post-filter width
-        q = cfg.image_size // Y_STRIDE
+        q = _grid(cfg.image_size)  # the (padded) code map of one training-size image
         super().__init__(
             BlockAnalysis(c, m, n), BlockSynthesis(c, m, n, small), (m, q, q), cfg,
             sigmoid_output=False, fully_conv=True, stride=Y_STRIDE,
@@ -223,12 +235,25 @@ class HyperpriorCodec(AutoEncoder):
         yg_hat = ste_round(yg - mg) + mg
         y_rate = yg + torch.empty_like(yg).uniform_(-0.5, 0.5) if noise else yg_hat
         y_bits = bits(gaussian_likelihood(y_rate, mg, scale * g))
-        x_hat = self.decoder(yg_hat * ig)[:, :, :h, :w]
-        return {"x_hat": x_hat, "y_bits": y_bits, "z_bits": z_bits}
+        y_hat = yg_hat * ig
+        x_hat = self.decoder(y_hat)[:, :, :h, :w]
+        return {"x_hat": x_hat, "y_hat": y_hat, "y_bits": y_bits, "z_bits": z_bits}
+
+    def _default_level(self, x: Tensor) -> Tensor:
+        return torch.full((x.shape[0],), float(DEFAULT_LEVEL), device=x.device)
+
+    def encode(self, x: Tensor) -> Tensor:
+        """[B, C, H, W] -> the quantized code map at :data:`DEFAULT_LEVEL` (the image padded to
+        multiples of 64), flat: [B, M * h * w]."""
+        return self.rate_distortion(x, self._default_level(x), noise=False)["y_hat"].flatten(1)
+
+    def decode(self, z: Tensor) -> Tensor:
+        """A flat code of a training-size image -> [B, C, image_size, image_size]."""
+        s = self.config.image_size
+        return self.decoder(z.reshape(z.shape[0], *self.latent_shape))[:, :, :s, :s]
 
     def forward(self, x: Tensor) -> Tensor:
-        level = torch.full((x.shape[0],), float(DEFAULT_LEVEL), device=x.device)
-        return self.rate_distortion(x, level, noise=False)["x_hat"]
+        return self.rate_distortion(x, self._default_level(x), noise=False)["x_hat"]
 
     def training_loss(self, x: Tensor, target: Tensor) -> Tensor:
         """The trainer's objective: mean of ``lambda * 255^2 * MSE + bpp`` over the batch.

@@ -27,6 +27,8 @@ class _LowerBound(torch.autograd.Function):
 
 def lower_bound(x: Tensor, bound: float) -> Tensor:
     """Clamp from below with a gradient that can leave the clamped region."""
+    if not (torch.is_grad_enabled() and x.requires_grad):  # inference: a plain clamp (traceable)
+        return x.clamp_min(bound)
     return _LowerBound.apply(x, bound)
 
 

@@ -218,3 +218,14 @@ def test_read_images_keeps_each_size(tmp_path):
     ]
     imgs, _ = read_images([tmp_path], 1, max_side=16)
     assert [tuple(i.shape) for i in imgs] == [(1, 8, 16), (1, 11, 16)]
+
+
+def test_an_enlarging_resize_is_checked_before_it_allocates(tmp_path, monkeypatch):
+    p = tmp_path / "small.png"
+    Image.fromarray(np.zeros((20, 30, 3), np.uint8)).save(p)
+    with pytest.raises(ImageTooLarge, match="resizing to 100000x100000 makes 10,000,000,000"):
+        images.decode_image(p, 3, 100000)
+    monkeypatch.setenv("CONVAE_MEMORY_LIMIT", "1G")
+    with pytest.raises(MemoryLimitError, match="resizing to 20000x20000"):
+        images.decode_image(p, 3, 20000, max_pixels=10**9)
+    assert images.decode_image(p, 3, 64).shape == (3, 64, 64)  # a sane enlargement still works

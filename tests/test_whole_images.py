@@ -100,3 +100,25 @@ def test_reconstruct_resize_is_the_explicit_thumbnail(map_run, tmp_path):
     assert rc == 0, err
     with Image.open(tmp_path / "out" / "in.png") as im:
         assert im.size == (16, 16)
+
+
+def test_a_crop_larger_than_every_image_is_one_line_and_writes_nothing(photos, tmp_path):
+    rc, _, err = run_cli("train", "--data", f"folder:{photos}", "--crop", "4096", "--out",
+                         tmp_path / "r", "--device", "cpu")  # fmt: skip
+    assert rc == 1
+    (line,) = err.strip().splitlines()
+    assert line.startswith("convae: error: --crop 4096 is larger than every training image")
+    assert not (tmp_path / "r").exists()
+
+
+def test_max_pixels_is_a_data_flag_kept_in_the_run(photos, tmp_path):
+    rc, _, err = run_cli("train", "--data", f"folder:{photos}", "--max-pixels", "1000", "--strict",
+                         "--crop", "16", "--out", tmp_path / "r", "--device", "cpu")  # fmt: skip
+    assert rc == 1  # --strict: a photo above 1,000 pixels is an error, not skipped
+    assert "above the limit of 1,000 pixels" in err, err
+    rc, _, err = run_cli("train", "--data", f"folder:{photos}", "--max-pixels", "2000", "--crop",
+                         "16", "--crops-per-epoch", "16", "--epochs", "1", "--width", "4",
+                         "--out", tmp_path / "ok", "--device", "cpu", "-q")  # fmt: skip
+    assert rc == 0, err
+    cfg = json.loads((tmp_path / "ok" / "config.json").read_text())
+    assert cfg["data"]["max_pixels"] == 2000

@@ -69,6 +69,9 @@ class DataConfig:
     max_side: int | None = None  # folders: shrink images whose longer side is above this
     val_fraction: float = 0.1  # fraction of train carved out (stratified) for validation
     strict: bool = False  # folders: unreadable files are an error instead of skipped
+    max_pixels: int | None = (
+        None  # folders: decode images of up to this many pixels (None: Pillow's limit)
+    )
     split_seed: int = 0  # seed of the deterministic train/val split
     split_by: str = "file"  # folders: hold out whole "file"s or whole sub-"folder"s
     crop: int | None = None  # train on random crop x crop crops (+ flips) of images of any size

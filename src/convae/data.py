@@ -570,8 +570,9 @@ def load_split(
     cfg: DataConfig, split: str, *, max_pixels: int | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """:func:`load_dataset` driven by a run's :class:`DataConfig`."""
+    limit = cfg.max_pixels if max_pixels is None else max_pixels
     return load_dataset(
-        cfg.spec, split, data_dir=cfg.data_dir, max_pixels=max_pixels, **_config_args(cfg)
+        cfg.spec, split, data_dir=cfg.data_dir, max_pixels=limit, **_config_args(cfg)
     )
 
 
@@ -646,7 +647,8 @@ def load_images(
     built), the images in memory for a built-in dataset."""
     _check_split_args(split, cfg.val_fraction)
     if cfg.spec.startswith("folder:"):
-        return _folder_store(cfg.spec, split, max_pixels=max_pixels, progress=progress,
+        limit = cfg.max_pixels if max_pixels is None else max_pixels
+        return _folder_store(cfg.spec, split, max_pixels=limit, progress=progress,
                              **_config_args(cfg))[0]  # fmt: skip
     x, y = load_split(cfg, split)
     return ArrayImages(x, y.numpy())
@@ -667,4 +669,5 @@ def prepare_data(
 
     return update_folder(cfg.spec[len("folder:") :], image_size=cfg.image_size,
                          max_side=cfg.max_side, channels=cfg.channels, strict=cfg.strict,
-                         max_pixels=max_pixels, progress=progress, build=build)  # fmt: skip
+                         max_pixels=cfg.max_pixels if max_pixels is None else max_pixels,
+                         progress=progress, build=build)  # fmt: skip

@@ -234,6 +234,26 @@ def _resized(im, size: int | None, max_side: int | None):
     return im.resize((size, size), bilinear, box=box)
 
 
+def _check_resize(
+    src, pixels: int, scaled: tuple[int, int], size: int, max_pixels: int | None
+) -> None:
+    """A resize of ``pixels`` to ``size`` x ``size`` (which may enlarge) within the pixel limit
+    and memory: what :func:`_resized` allocates."""
+    limit = default_max_pixels() if max_pixels is None else int(max_pixels)
+    name = "image" if isinstance(src, bytes) else str(src)
+    big = scaled[0] * scaled[1]  # resized, then centre-cropped ...
+    if big > 4 * max(pixels, size * size):  # ... unless only the kept box is resampled
+        big = size * size
+    if limit is not None and size * size > limit:
+        raise ImageTooLarge(
+            f"{name}: resizing to {size}x{size} makes {size * size:,} pixels, above the limit of "
+            f"{limit:,} pixels; choose a smaller --image-size (or {MAX_PIXELS_HINT})",
+            size * size,
+        )
+    if big > 1 << 24:
+        check_fits(_decoded_bytes("RGB", big, 3), f"{name}: resizing to {size}x{size}")
+
+
 def decode_array(
     src: Path | bytes,
     channels: int | None = None,
@@ -258,6 +278,8 @@ def decode_array(
         swap = orientation in (5, 6, 7, 8)
         ow, oh = (h, w) if swap else (w, h)
         scaled = _scaled_size(ow, oh, size, max_side)
+        if scaled is not None and size is not None:
+            _check_resize(src, ow * oh, scaled, size, max_pixels)
         if scaled is not None and im.format == "JPEG":
             # Decode at 1/2, 1/4 or 1/8 scale, never below the scaled size.
             im.draft(im.mode, scaled[::-1] if swap else scaled)

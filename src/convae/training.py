@@ -39,6 +39,7 @@ from .checkpoint import (
 from .config import OPTIMIZERS, DataConfig, RunConfig, TrainConfig, read_run_config, recipe_for
 from .data import load_images, load_split
 from .inference import evaluate, load, reconstruct, split_images, spread_indices, to_float
+from .limits import check_fits
 from .metrics import psnr_per_image
 from .models import AutoEncoder, build_model, check_memory
 from .noise import corrupt, parse_noise
@@ -409,6 +410,19 @@ def fit_config(
     return model, history
 
 
+def _check_crop(crop: int, store) -> None:
+    """A crop must fit in at least one training image (smaller images are padded to it)."""
+    sizes = store.sizes()
+    if len(sizes) == 0:
+        raise ValueError("no training images")
+    h, w = (int(v) for v in sizes.max(axis=0))
+    if crop > max(h, w):
+        raise ValueError(
+            f"--crop {crop} is larger than every training image (the largest are {h} pixels "
+            f"high and {w} wide); choose a crop of at most {max(h, w)}"
+        )
+
+
 def training_data(data: DataConfig, device: torch.device) -> tuple[Source, Tensor, tuple]:
     """(training source, validation images, (channels, size)) of a data config: all images in
     memory, or random crops (``data.crop``) of the training files with fixed validation crops of
@@ -423,8 +437,11 @@ def training_data(data: DataConfig, device: torch.device) -> tuple[Source, Tenso
             )
         return TensorImages(train_x, device), val_x, (train_x.shape[1], train_x.shape[-1])
     store, val_store = load_images(data, "train"), load_images(data, "val")
+    _check_crop(data.crop, store)
     per_epoch = data.crops_per_epoch or max(2048, 64 * len(store))
-    val_x = fixed_crops(val_store, data.crop, min(512, 16 * len(val_store)), data.split_seed)
+    n_val = min(512, 16 * len(val_store))
+    check_fits(n_val * store.channels * data.crop**2, f"{n_val} validation crops of {data.crop}")
+    val_x = fixed_crops(val_store, data.crop, n_val, data.split_seed)
     return RandomCrops(store, data.crop, per_epoch, device), val_x, (store.channels, data.crop)
 
 

@@ -53,7 +53,7 @@ class _Bar:
         if self.bar is None:
             from tqdm import tqdm
 
-            self.bar = tqdm(total=total, initial=done, unit="file", desc="caching",
+            self.bar = tqdm(total=total, initial=done, unit="file", desc="caching", disable=None,
                             dynamic_ncols=True, file=sys.stderr)  # fmt: skip
         self.bar.update(done - self.bar.n)
 

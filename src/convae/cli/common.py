@@ -226,10 +226,17 @@ def add_data_args(p: argparse.ArgumentParser, default_spec: str | None = "mnist-
         default=None,
         help="unreadable images are an error, not skipped",
     )
+    g.add_argument(
+        "--max-pixels",
+        type=positive_int,
+        metavar="N",
+        help="folders: decode images of up to N pixels (default: Pillow's decompression-bomb "
+        "limit, 178,956,970)",
+    )
 
 
 _DATA_FIELDS = ("data_dir", "classes", "channels", "image_size", "max_side", "split_by", "strict",
-                "crop", "crops_per_epoch")  # fmt: skip
+                "max_pixels", "crop", "crops_per_epoch")  # fmt: skip
 
 
 def data_config_from_args(args: argparse.Namespace, base: DataConfig | None = None) -> DataConfig:
@@ -303,9 +310,9 @@ class ProgressBar:
             from tqdm import tqdm
 
             total = ev["steps"] * ev["epochs"] if ev["event"] == "step" else None
-            self.bar = tqdm(
-                total=total, unit="step", dynamic_ncols=True, file=sys.stderr, leave=True
-            )
+            # disable=None: no bar when stderr is not a terminal (a log file gets the epoch lines)
+            self.bar = tqdm(total=total, unit="step", dynamic_ncols=True, file=sys.stderr,
+                            leave=True, disable=None)  # fmt: skip
         if ev["event"] == "step":
             done = (ev["epoch"] - 1) * ev["steps"] + ev["step"]
             self.bar.update(max(0, done - self.bar.n))

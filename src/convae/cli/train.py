@@ -60,7 +60,9 @@ def _add_train_parser(sub) -> None:
         sub,
         "train",
         "train a convolutional autoencoder and write a run directory",
-        "convae train --data mnist-sample --arch seed-strided --latent-dim 12 --out runs/strided",
+        "convae train --data mnist-sample --arch seed-strided --latent-dim 12 --out runs/strided\n"
+        "  convae train --data folder:photos --crop 32 --out runs/photos   "
+        "# random 32x32 crops of photos of any size",
     )
     add_data_args(p, default_spec=None)
     p.add_argument(
@@ -179,7 +181,7 @@ _MODEL_FLAGS = ("arch", "latent_dim", "width", "decoder", "norm", "depth", "code
 _TRAIN_FLAGS = ("epochs", "batch_size", "lr", "optimizer", "weight_decay", "schedule", "loss",
                 "precision", "patience", "seed")  # fmt: skip
 _DATA_FLAGS = ("data_dir", "classes", "channels", "image_size", "max_side", "split_by", "strict",
-               "val_fraction", "crop", "crops_per_epoch")  # fmt: skip
+               "max_pixels", "val_fraction", "crop", "crops_per_epoch")  # fmt: skip
 _FIELDS = {
     "data": ("data", "spec"),
     **{k: ("data", k) for k in _DATA_FLAGS},
@@ -368,7 +370,8 @@ def _add_eval_parser(sub) -> None:
         sub,
         "eval",
         "test metrics of a trained run: MSE, PSNR, SSIM, compression ratio",
-        "convae eval runs/strided --split test --json",
+        "convae eval runs/strided --split test --json\n"
+        "  convae eval runs/photos --data folder:photos --split all --by-class",
     )
     p.add_argument("run", help="run directory")
     add_data_args(p, default_spec=None)

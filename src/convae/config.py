@@ -337,8 +337,8 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
         },
     },
     # The learned photo codec (docs/codec.md): what `--preset codec` means on a folder of photos.
-    # 128 px crops, 250 steps of 8 crops per epoch, 12 epochs (3,000 steps: about 2 hours on one
-    # busy CPU core); six quality levels (lambdas in convae.models.hyperprior) in one model.
+    # 128 px crops, 250 steps of 8 crops per epoch, 12 epochs (3,000 steps: 39 min with one thread
+    # on a busy 2-core CPU); six quality levels (lambdas in convae.models.hyperprior) in one model.
     "codec-photo": {
         "model": {
             "arch": "hyperprior",

@@ -245,8 +245,8 @@ def resume_differences(args: argparse.Namespace, stored: RunConfig) -> list[str]
     stored = replace(stored, train=recipe_for(stored.model.arch).fill(stored.train))
     out = []
     given = _given(args)
-    name = preset_for_data(args.preset, getattr(args, "data", None))
-    preset = PRESETS[name] if name else {}
+    preset_name = preset_for_data(args.preset, getattr(args, "data", None))
+    preset = PRESETS[preset_name] if preset_name else {}
     for section, fields in preset.items():
         for name, v in fields.items():
             if v is None or (name in given and _FIELDS.get(name, (None,))[0] == section):

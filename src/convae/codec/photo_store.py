@@ -3,7 +3,6 @@ only read, so every file encoded with the run decodes with the very same integer
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from pathlib import Path
@@ -82,5 +81,3 @@ def _save(path: Path, tables: dict[str, Tensor], fp: bytes) -> None:
     meta = {"format": TABLES_FORMAT, "version": "2", "fingerprint": fp.hex()}
     tensors = {k: v.contiguous() for k, v in tables.items()}
     atomic_write(path, st_save(tensors, metadata=meta))
-    summary = {k: list(v.shape) for k, v in tables.items()}
-    log.debug("tables: %s", json.dumps(summary))

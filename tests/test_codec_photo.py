@@ -21,6 +21,7 @@ from convae.codec.tables import CdfTables, quantize_pmf
 from convae.config import ModelConfig
 from convae.models import HyperpriorCodec, build_model
 
+GOLDEN_PAYLOAD = "92fff1f7c3caedc6"  # docs/format.md, version 2: the payload
 TINY = ModelConfig(arch="hyperprior", channels=3, image_size=32, width=4, code_channels=8)
 
 
@@ -122,7 +123,8 @@ def test_rate_distortion_steps_lower_the_loss():
         model.training_loss(x, x).backward()
         opt.step()
     model.eval()
-    assert float(model.training_loss(x, x)) < before
+    with torch.no_grad():
+        assert float(model.training_loss(x, x)) < before
 
 
 # ---------------------------------------------------------------------------------------------
@@ -356,3 +358,24 @@ def test_cli_bench_codec_on_a_folder_of_photos(photo_run, tmp_path, capsys):
     assert all(p["bytes"] > 28 and 0 < p["ms_ssim"] <= 1 for p in pts["convae"])
     assert res["speed"][0]["decode_mp_s"] > 0
     assert all((out / n).is_file() for n in ("rd.json", "rd.md", "rd.png"))
+
+
+def test_version_2_header_bytes_are_stable():
+    """Golden bytes of a version-2 header: a change here breaks every file already written."""
+    header = PhotoHeader(bytes(range(8)), b"\xaa\xbb\xcc\xdd", 3, 300, 451, 2.5, name="a.png")
+    data = pack_photo(header, b"\x01\x02")
+    assert data[:30].hex() == (
+        "89434145" "02" "01" "03" "14" "2c01" "c301" "0001020304050607" "aabbccdd" "05" "612e706e67"
+    )  # fmt: skip
+    assert data[30:32] == b"\x01\x02" and len(data) == 36
+    assert unpack_photo(data) == (header, b"\x01\x02")
+
+
+def test_range_coder_bytes_are_stable():
+    """The payload of fixed symbols under fixed integer tables (constriction's coder pinned)."""
+    freqs = np.array([[1 << 14, 1 << 15, (1 << 14) - 1, 1]], np.int32)
+    models = rc.TableModels(CdfTables(freqs, np.array([3], np.int32), np.array([-1], np.int32)))
+    values = np.array([0, 0, 1, -1, 0, 5, 0, 1])  # 5 escapes
+    enc = rc.Encoder()
+    rc.encode_symbols(enc, values, np.zeros(8, np.int64), models)
+    assert rc.finish(enc, rc.check_word(values)).hex() == GOLDEN_PAYLOAD

@@ -280,6 +280,8 @@ def _train_epoch(
     noise_g = (
         epoch_generator(cfg.seed, epoch, 1 + loop.rank * 10, loop.device) if cfg.noise else None
     )
+    # the draws of a model with its own objective (a codec's quality levels and rounding noise)
+    draws = epoch_generator(cfg.seed, epoch, 4 + loop.rank * 10, loop.device)
     total = n_steps * cfg.epochs
     loss_sum = torch.zeros((), device=loop.device)  # accumulated on the device: no per-step sync
     window = torch.zeros((), device=loop.device)
@@ -290,7 +292,7 @@ def _train_epoch(
         inp = corrupt(x, cfg.noise, noise_g) if noise_g is not None else x
         for g in loop.opt.param_groups:
             g["lr"] = lr_at(state.step, total, cfg.lr, cfg.schedule, cfg.warmup)
-        loss = _batch_loss(loop, inp, x)
+        loss = _batch_loss(loop, inp, x, draws)
         loop.opt.zero_grad(set_to_none=True)
         loop.scaler.scale(loss).backward()
         loop.scaler.step(loop.opt)
@@ -346,13 +348,16 @@ def _loss_sum(loop: _Loop, x_u8: Tensor, batch: int = 1024) -> float:
     return float(total)  # host sync: once per validation
 
 
-def _batch_loss(loop: _Loop, inp: Tensor, x: Tensor) -> Tensor:
-    """The batch's loss: the model's own objective where it has one (``training_loss(inp, x)``:
-    a rate-distortion codec adds its bits to the error), else ``loss_fn`` of its output."""
+def _batch_loss(
+    loop: _Loop, inp: Tensor, x: Tensor, generator: torch.Generator | None = None
+) -> Tensor:
+    """The batch's loss: the model's own objective where it has one (``training_loss(inp, x,
+    generator)``: a rate-distortion codec adds its bits to the error), else ``loss_fn`` of its
+    output."""
     own = getattr(loop.model, "training_loss", None)
     with autocast(loop.device, loop.amp):
         if own is not None:
-            return own(inp, x).float()
+            return own(inp, x, generator=generator).float()
         y = loop.net(inp) if loop.model.training else loop.model(inp)
     return loop.loss_fn(y.float(), x)
 

@@ -117,6 +117,15 @@ def ste_round(x: Tensor) -> Tensor:
     return x + (torch.round(x) - x).detach()
 
 
+def _uniform(t: Tensor, generator: torch.Generator | None) -> Tensor:
+    """Uniform noise on [-1/2, 1/2) shaped like ``t``, from ``generator`` when given (drawn on
+    its device, then moved)."""
+    if generator is None:
+        return torch.rand_like(t) - 0.5
+    u = torch.rand(t.shape, generator=generator, device=generator.device, dtype=t.dtype)
+    return u.to(t.device) - 0.5
+
+
 def pad_to(x: Tensor, multiple: int = PAD) -> Tensor:
     """Replicate-pad [B, C, H, W] on the bottom/right to multiples of ``multiple``."""
     h, w = x.shape[-2:]
@@ -217,23 +226,26 @@ class HyperpriorCodec(AutoEncoder):
         mean, scale = params.chunk(2, dim=1)
         return mean, scale
 
-    def rate_distortion(self, x: Tensor, level: Tensor, noise: bool = True) -> dict[str, Tensor]:
+    def rate_distortion(
+        self, x: Tensor, level: Tensor, noise: bool = True, generator: torch.Generator | None = None
+    ) -> dict[str, Tensor]:
         """x in [0, 1] [B, C, H, W] (any H, W), level [B] -> x_hat [B, C, H, W] and bits [B].
 
-        ``noise=True`` (training) measures rates on noisy values; ``noise=False`` on the rounded
-        values a bitstream carries, so the bits estimate the file size.
+        ``noise=True`` (training) measures rates on noisy values (drawn from ``generator``);
+        ``noise=False`` on the rounded values a bitstream carries, so the bits estimate the file
+        size.
         """
         h, w = x.shape[-2:]
         y = self.encoder(pad_to(x))
         z_level = level.floor().long().clamp(0, self.levels - 1)
         z = self.hyper_encoder(y) * self.log_z_gain[z_level].exp()[:, :, None, None]
-        z_rate = z + torch.empty_like(z).uniform_(-0.5, 0.5) if noise else torch.round(z)
+        z_rate = z + _uniform(z, generator) if noise else torch.round(z)
         z_bits = self.z_bits(z_rate, z_level)
         mean, scale = self.entropy_parameters(ste_round(z), z_level, y.shape[2:])
         g, ig = self.y_gains(level)
         yg, mg = y * g, mean * g
         yg_hat = ste_round(yg - mg) + mg
-        y_rate = yg + torch.empty_like(yg).uniform_(-0.5, 0.5) if noise else yg_hat
+        y_rate = yg + _uniform(yg, generator) if noise else yg_hat
         y_bits = bits(gaussian_likelihood(y_rate, mg, scale * g))
         y_hat = yg_hat * ig
         x_hat = self.decoder(y_hat)[:, :, :h, :w]
@@ -255,19 +267,23 @@ class HyperpriorCodec(AutoEncoder):
     def forward(self, x: Tensor) -> Tensor:
         return self.rate_distortion(x, self._default_level(x), noise=False)["x_hat"]
 
-    def training_loss(self, x: Tensor, target: Tensor) -> Tensor:
+    def training_loss(
+        self, x: Tensor, target: Tensor, generator: torch.Generator | None = None
+    ) -> Tensor:
         """The trainer's objective: mean of ``lambda * 255^2 * MSE + bpp`` over the batch.
 
         Training draws each image's level uniformly on [0, levels - 1] (half of them snapped to
-        integers, the levels files use most); evaluation cycles through the integer levels."""
+        integers, the levels files use most) and the rate noise from ``generator`` (the trainer
+        passes one seeded by (seed, epoch)); evaluation cycles through the integer levels."""
         b = x.shape[0]
         if self.training:
-            u = torch.rand(b, device=x.device) * (self.levels - 1)
-            snap = torch.rand(b, device=x.device) < 0.5
-            level = torch.where(snap, u.round(), u)
+            u = (_uniform(x.new_empty(2, b), generator) + 0.5).to(torch.float32)
+            level = torch.where(
+                u[1] < 0.5, (u[0] * (self.levels - 1)).round(), u[0] * (self.levels - 1)
+            )
         else:
             level = (torch.arange(b, device=x.device) % self.levels).float()
-        out = self.rate_distortion(x, level, noise=self.training)
+        out = self.rate_distortion(x, level, noise=self.training, generator=generator)
         return rd_loss(out, target, level)[0]
 
     @torch.no_grad()

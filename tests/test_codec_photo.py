@@ -214,8 +214,9 @@ def test_header_is_28_bytes_and_levels_are_eighths(codec):
     header, payload = unpack_photo(data)
     assert len(data) == 28 + len(payload) and file_version(data) == 2
     assert header.level == 1.25 and (header.height, header.width) == (20, 30)
-    with pytest.raises(ValueError, match="quality level"):
-        encode_photo(codec, _photo(8, 8), 5.5)
+    for bad in (5.5, -0.2, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="quality level"):
+            encode_photo(codec, _photo(8, 8), bad)
 
 
 def _one_line(e: pytest.ExceptionInfo) -> str:

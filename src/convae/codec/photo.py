@@ -81,8 +81,8 @@ class PhotoCodec:
         """The level as a file stores it (a multiple of 1/8), or ValueError."""
         level = DEFAULT_LEVEL if level is None else level
         top = self.model.levels - 1
-        q = round(level * LEVEL_STEPS)
-        if not (math.isfinite(level) and 0 <= q <= top * LEVEL_STEPS):
+        q = round(level * LEVEL_STEPS) if math.isfinite(level) else -1
+        if not 0 <= q <= top * LEVEL_STEPS:
             raise ValueError(f"quality level must be in [0, {top}] (0 = smallest), not {level}")
         return q / LEVEL_STEPS
 

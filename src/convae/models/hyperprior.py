@@ -277,10 +277,9 @@ class HyperpriorCodec(AutoEncoder):
         passes one seeded by (seed, epoch)); evaluation cycles through the integer levels."""
         b = x.shape[0]
         if self.training:
-            u = (_uniform(x.new_empty(2, b), generator) + 0.5).to(torch.float32)
-            level = torch.where(
-                u[1] < 0.5, (u[0] * (self.levels - 1)).round(), u[0] * (self.levels - 1)
-            )
+            u = _uniform(x.new_empty(2, b, dtype=torch.float32), generator) + 0.5  # [2, B]
+            top = u[0] * (self.levels - 1)
+            level = torch.where(u[1] < 0.5, top.round(), top)
         else:
             level = (torch.arange(b, device=x.device) % self.levels).float()
         out = self.rate_distortion(x, level, noise=self.training, generator=generator)

@@ -166,6 +166,8 @@ def _checked(cfg: TrainConfig, model: AutoEncoder) -> TrainConfig:
         raise ValueError(f"--patience must be >= 0, not {cfg.patience}")
     if cfg.eval_every < 1:
         raise ValueError(f"eval_every must be at least 1, not {cfg.eval_every}")
+    if cfg.clip is not None and not (0 < cfg.clip < math.inf):
+        raise ValueError(f"clip must be a positive number, not {cfg.clip}")
     for spec in cfg.noise:
         parse_noise(spec)
     _loss_fn(cfg.loss, model.sigmoid_output)
@@ -295,6 +297,9 @@ def _train_epoch(
         loss = _batch_loss(loop, inp, x, draws)
         loop.opt.zero_grad(set_to_none=True)
         loop.scaler.scale(loss).backward()
+        if cfg.clip is not None:
+            loop.scaler.unscale_(loop.opt)  # the norm of the true gradients
+            torch.nn.utils.clip_grad_norm_(loop.model.parameters(), cfg.clip)
         loop.scaler.step(loop.opt)
         loop.scaler.update()
         state.step += 1

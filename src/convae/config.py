@@ -338,8 +338,9 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
         },
     },
     # The learned photo codec (docs/codec.md): what `--preset codec` means on a folder of photos.
-    # 128 px crops, 250 steps of 8 crops per epoch, 12 epochs (3,000 steps: 39 min with one thread
-    # on a busy 2-core CPU); six quality levels (lambdas in convae.models.hyperprior) in one model.
+    # 128 px crops, 250 steps of 8 crops per epoch, 12 epochs (3,000 steps: 13 min with one thread
+    # on a quiet core, 39 min on a busy one); six quality levels (lambdas in
+    # convae.models.hyperprior) in one model.
     "codec-photo": {
         "model": {
             "arch": "hyperprior",

@@ -214,7 +214,7 @@ def test_corrupted_files_always_raise_codec_error(codec, test_x):
 
 def test_newer_version_says_upgrade():
     data = bytearray(C.pack(_header(), b"x"))
-    data[4] = 2
+    data[4] = 3
     body = bytes(data[:-4])
     data[-4:] = struct.pack("<I", zlib.crc32(body))
     with pytest.raises(C.CodecError, match="newer.*upgrade"):

@@ -52,7 +52,12 @@ def test_forward_backward(arch, channels, size):
     assert torch.isfinite(y).all()
     if model.sigmoid_output:
         assert y.min() >= 0 and y.max() <= 1
-    torch.nn.functional.mse_loss(model(x), x).backward()
+    if hasattr(model, "training_loss"):  # a codec's objective: evaluation mode uses every level
+        model.eval()
+        x6 = x.repeat(3, 1, 1, 1)
+        model.training_loss(x6, x6).backward()
+    else:
+        torch.nn.functional.mse_loss(model(x), x).backward()
     for name, p in model.named_parameters():
         assert p.grad is not None, f"{arch}: {name} got no gradient"
         assert torch.isfinite(p.grad).all(), f"{arch}: {name} has a non-finite gradient"
@@ -76,6 +81,7 @@ def test_eval_mode_is_deterministic_and_batch_independent(arch):
 def test_explicit_latent_dim(arch):
     # the pool and map archs keep a (s/4)^2 code map, so their latent dim is a multiple of 49 at 28 px
     L = 2 * 49 if arch in ("seed-pool", "seed-upsample", "convae-map") else 7
+    L = 2 * 16 if arch == "hyperprior" else L  # a 4x4 code map (28 px padded to 64)
     model = build_model(_cfg(arch, latent_dim=L))
     assert model.latent_dim == L
     assert model.encode(torch.rand(2, 1, 28, 28)).shape == (2, L)
@@ -138,9 +144,14 @@ def test_summary_counts_and_mode(arch):
     s = summary(model)
     assert model.training  # summary restores the mode it found
     n = sum(p.numel() for p in model.parameters())
-    assert s["params"] == n == s["encoder_params"] + s["decoder_params"]
-    assert sum(r["params"] for r in s["layers"]) == n  # every parameter sits in a listed layer
-    assert tuple(s["layers"][-1]["shape"]) == (1, 3, 32, 32)
+    assert s["params"] == n == s["encoder_params"] + s["decoder_params"] + s["entropy_model_params"]
+    assert s["entropy_model_params"] == 0 or arch == "hyperprior"
+    layered = n - s["entropy_model_params"]  # every encoder/decoder parameter in a listed layer
+    assert sum(r["params"] for r in s["layers"]) == layered
+    side = (
+        64 if arch == "hyperprior" else 32
+    )  # the codec decodes its map padded to 64 px, then crops
+    assert tuple(s["layers"][-1]["shape"]) == (1, 3, side, side)
     assert s["latent_dim"] == math.prod(s["latent_shape"])
     assert s["compression_ratio"] == pytest.approx(3 * 32 * 32 / s["latent_dim"])
 
@@ -229,6 +240,10 @@ def test_register_without_description_or_docstring(scratch_registry):
 
 @pytest.mark.parametrize("arch", ARCHS)
 def test_mean_image_is_the_output_when_the_decoder_adds_nothing(arch):
+    if arch == "hyperprior":  # photos of any size: a mean image of one size does not apply
+        with pytest.raises(ValueError, match="mean-image"):
+            build_model(_cfg(arch, mean_image=True))
+        return
     model = build_model(_cfg(arch, mean_image=True)).eval()
     gen = torch.Generator().manual_seed(0)
     mean = torch.rand(model.input_shape, generator=gen)

@@ -575,3 +575,22 @@ def test_codec_preset_works_at_any_crop_size():
         assert m.latent_dim == 4 * (size // 4) ** 2
         assert build_model(m).latent_shape == (4, size // 4, size // 4)
     assert PRESETS["codec"]["model"]["code_channels"] == 4
+
+
+def test_gradient_clipping_bounds_the_step(make_images):
+    """``clip`` rescales each step's gradient to that norm: clipped to ~0, Adam hardly moves the
+    weights; a non-positive clip is a one-line error."""
+    x, v = make_images(16, 1, 16, seed=3), make_images(4, 1, 16, seed=4)
+
+    def moved(**kw) -> float:
+        model = _model()
+        before = [p.detach().clone() for p in model.parameters()]
+        fit(model, x, v, _cfg(epochs=1, optimizer="adam", lr=1e-2, **kw))
+        return sum(
+            float((p.detach() - b).abs().sum())
+            for p, b in zip(model.parameters(), before, strict=True)
+        )
+
+    assert moved(clip=1e-12) < 0.01 * moved()
+    with pytest.raises(ValueError, match="clip"):
+        fit(_model(), x, v, _cfg(epochs=1, clip=0.0))

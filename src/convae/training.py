@@ -166,6 +166,8 @@ def _checked(cfg: TrainConfig, model: AutoEncoder) -> TrainConfig:
         raise ValueError(f"--patience must be >= 0, not {cfg.patience}")
     if cfg.eval_every < 1:
         raise ValueError(f"eval_every must be at least 1, not {cfg.eval_every}")
+    if cfg.clip is not None and not (0 < cfg.clip < math.inf):
+        raise ValueError(f"clip must be a positive number, not {cfg.clip}")
     for spec in cfg.noise:
         parse_noise(spec)
     _loss_fn(cfg.loss, model.sigmoid_output)
@@ -201,6 +203,8 @@ def _prepare(model: AutoEncoder, train: Tensor | Source, val: Tensor | None, cfg
     check_memory(model, batch, training=True)
     opt = build_optimizer([p for p in model.parameters() if p.requires_grad], cfg)
     net: torch.nn.Module = model
+    if world > 1 and hasattr(model, "training_loss"):
+        raise ValueError(f"{model.config.arch} models train in one process (no torchrun)")
     if world > 1:
         # BatchNorm stays per rank (statistics of each rank's own B images; SyncBatchNorm has no CPU
         # kernel). forward_sync_buffers=False: running stats are averaged over ranks once per epoch
@@ -237,6 +241,8 @@ def _initial_state(loop: _Loop, out: Path | None, resume: bool) -> TrainState:
         if loop.model.output_offset is not None:
             # Every DDP rank sees the same data, so every rank sets the same image.
             loop.model.set_mean_image(loop.source.mean_image())
+        if hasattr(loop.model, "init_from_data"):
+            _init_from_data(loop.model, loop.source)
         return TrainState(world=loop.world)
     state, manifest = found
     assert out is not None
@@ -276,6 +282,8 @@ def _train_epoch(
     noise_g = (
         epoch_generator(cfg.seed, epoch, 1 + loop.rank * 10, loop.device) if cfg.noise else None
     )
+    # the draws of a model with its own objective (a codec's quality levels and rounding noise)
+    draws = epoch_generator(cfg.seed, epoch, 4 + loop.rank * 10, loop.device)
     total = n_steps * cfg.epochs
     loss_sum = torch.zeros((), device=loop.device)  # accumulated on the device: no per-step sync
     window = torch.zeros((), device=loop.device)
@@ -286,11 +294,12 @@ def _train_epoch(
         inp = corrupt(x, cfg.noise, noise_g) if noise_g is not None else x
         for g in loop.opt.param_groups:
             g["lr"] = lr_at(state.step, total, cfg.lr, cfg.schedule, cfg.warmup)
-        with autocast(loop.device, loop.amp):
-            y = loop.net(inp)
-        loss = loop.loss_fn(y.float(), x)
+        loss = _batch_loss(loop, inp, x, draws)
         loop.opt.zero_grad(set_to_none=True)
         loop.scaler.scale(loss).backward()
+        if cfg.clip is not None:
+            loop.scaler.unscale_(loop.opt)  # the norm of the true gradients
+            torch.nn.utils.clip_grad_norm_(loop.model.parameters(), cfg.clip)
         loop.scaler.step(loop.opt)
         loop.scaler.update()
         state.step += 1
@@ -339,11 +348,30 @@ def _loss_sum(loop: _Loop, x_u8: Tensor, batch: int = 1024) -> float:
     for i in range(0, len(x_u8), batch):
         x = to_float(x_u8[i : i + batch])
         inp = corrupt(x, loop.cfg.noise, g) if loop.cfg.noise else x
-        with autocast(loop.device, loop.amp):
-            y = loop.model(inp)
-        total += loop.loss_fn(y.float(), x).double() * len(x)
+        total += _batch_loss(loop, inp, x).double() * len(x)
     loop.model.train()
     return float(total)  # host sync: once per validation
+
+
+def _batch_loss(
+    loop: _Loop, inp: Tensor, x: Tensor, generator: torch.Generator | None = None
+) -> Tensor:
+    """The batch's loss: the model's own objective where it has one (``training_loss(inp, x,
+    generator)``: a rate-distortion codec adds its bits to the error), else ``loss_fn`` of its
+    output."""
+    own = getattr(loop.model, "training_loss", None)
+    with autocast(loop.device, loop.amp):
+        if own is not None:
+            return own(inp, x, generator=generator).float()
+        y = loop.net(inp) if loop.model.training else loop.model(inp)
+    return loop.loss_fn(y.float(), x)
+
+
+def _init_from_data(model: AutoEncoder, source: Source) -> None:
+    """Data-dependent initialization for a model that has one (``init_from_data``: e.g. a block
+    transform set to the principal axes of training patches), from up to 256 of epoch 0's items."""
+    source.start_epoch(0, 0)
+    model.init_from_data(to_float(source.batch(torch.arange(min(len(source), 256)))))
 
 
 def _diverged(state: TrainState, epoch: int, cfg: TrainConfig) -> str:

@@ -9,6 +9,9 @@ from typing import Any
 from .. import codec as cdc
 from ..checkpoint import atomic_write, check_run_dir
 from ..codec.bench import BENCH_FILES, bench_codec, default_codec_run
+from ..codec.format2 import VERSION as PHOTO_VERSION
+from ..codec.format2 import file_version
+from ..codec.photo_store import is_photo_run
 from ..codec.store import CODEC_FILE, CODEC_JSON
 from ..images import read_image_files, write_png
 from .common import (
@@ -34,6 +37,7 @@ from .common import (
     run_outputs,
     set_threads,
 )
+from .photo import cmd_bench_photos, cmd_decode_photo, cmd_encode_photo, cmd_info_photo
 
 # ---------------------------------------------------------------------------------------------
 # encode
@@ -52,9 +56,10 @@ def _add_encode_parser(sub) -> None:
     p.add_argument("--out", required=True, metavar="FILE", help="the .cae file to write")
     p.add_argument(
         "--quality",
-        type=int,
+        type=float,
         metavar="K",
-        help="quality level, 0 = smallest (default: the codec's)",
+        help="quality level, 0 = smallest (default: the codec's); photo codec runs take steps of "
+        "1/8 between 0 and 5",
     )
     p.add_argument(
         "--coder",
@@ -92,6 +97,10 @@ def cmd_encode(args: argparse.Namespace) -> int:
     # the thread count changes speed only: files and pixels are the same with 1 or 2 (tested)
     set_threads(args)
     run = check_run_dir(args.run)
+    if is_photo_run(run):  # a learned photo codec: one whole photo per version-2 file
+        return cmd_encode_photo(args, run)
+    if args.quality is not None and not float(args.quality).is_integer():
+        raise ValueError(f"--quality must be a whole level for this run, not {args.quality:g}")
     if inputs_or_data(args) is None:
         raise ValueError(
             "nothing to encode: give image files/folders or --data SPEC [--split test]"
@@ -106,7 +115,8 @@ def cmd_encode(args: argparse.Namespace) -> int:
     codec = cdc.load_codec(run, progress=None)
     x, names, what = _encode_images(args, codec, out)
     run_hint = None if args.no_run_path else str(run.resolve())
-    blob = cdc.encode(codec, x, args.quality, names=names, coder=args.coder, run_hint=run_hint)
+    quality = None if args.quality is None else int(args.quality)
+    blob = cdc.encode(codec, x, quality, names=names, coder=args.coder, run_hint=run_hint)
     atomic_write(out, blob)
     header = cdc.verify(blob)
     _, h, w = codec.input_shape
@@ -165,6 +175,8 @@ def _decode_run(path: Path, header, model: str | None) -> str:
 def cmd_decode(args: argparse.Namespace) -> int:
     set_threads(args)
     path = Path(args.file)
+    if _version(path) == PHOTO_VERSION:
+        return cmd_decode_photo(args, path)
     check_out_folder(args.out)
     header, _, _ = cdc.read_header(path)  # structure + checksum, before any model is loaded
     run = _decode_run(path, header, args.model)
@@ -193,7 +205,21 @@ def _add_info_parser(sub) -> None:
     p.set_defaults(func=cmd_info)
 
 
+def _version(path: Path) -> int:
+    """The format version byte of a .cae file (its magic checked; errors name the file)."""
+    if not path.is_file():
+        cdc.read_header(path)  # the usual one-line error for a missing file or a folder
+    with open(path, "rb") as f:
+        head = f.read(5)
+    try:
+        return file_version(head)
+    except cdc.CodecError as e:
+        raise cdc.CodecError(f"{path}: {e}") from None
+
+
 def cmd_info(args: argparse.Namespace) -> int:
+    if _version(Path(args.file)) == PHOTO_VERSION:
+        return cmd_info_photo(args)
     header, payload, size = cdc.read_header(args.file)
     pixels = header.count * header.height * header.width  # bpp: bits per image pixel
     info = {"file": str(args.file), "bytes": size, "format_version": header.version,
@@ -232,8 +258,10 @@ def _add_bench_codec_parser(bsub) -> None:
     p = add_command(
         bsub,
         "codec",
-        "rate-distortion of the codec against PNG, WebP and JPEG on a test split",
-        "convae bench codec --data mnist-sample --out benchmarks/out/codec",
+        "rate-distortion of the codec against PNG, WebP and JPEG on a test split (photo codec "
+        "runs: whole photos of a folder against JPEG, WebP and AVIF)",
+        "convae bench codec --data mnist-sample --out benchmarks/out/codec   |   convae bench "
+        "codec --data folder:photos/held-out --runs runs/photo --out benchmarks/out/photo-codec",
     )
     add_data_args(p)
     p.add_argument(
@@ -266,6 +294,8 @@ def cmd_bench_codec(args: argparse.Namespace) -> int:
     out = check_out_folder(args.out)
     check_no_links(out, [out / n for n in BENCH_FILES], "--out")
     data = data_config_from_args(args)
+    if any(is_photo_run(r) for r in args.runs or ()):  # whole photos against JPEG/WebP/AVIF
+        return cmd_bench_photos(args, data, out)
     for run in args.runs or ():  # their codec is fitted and saved on first use
         check_no_links(run, [Path(run) / CODEC_FILE, Path(run) / CODEC_JSON])
     if not args.runs:

@@ -19,6 +19,7 @@ from ..config import (
     ModelConfig,
     RunConfig,
     apply_preset,
+    preset_for_data,
     preset_overrides,
     read_run_config,
     recipe_for,
@@ -249,7 +250,8 @@ def build_run_config(args: argparse.Namespace) -> RunConfig:
     """Defaults -> preset -> explicit flags."""
     args.crop = _crop(args)
     # the crop decides which form of a preset applies (CROP_PRESETS)
-    cfg = apply_preset(RunConfig(data=DataConfig(crop=args.crop)), args.preset)
+    preset = preset_for_data(args.preset, getattr(args, "data", None))
+    cfg = apply_preset(RunConfig(data=DataConfig(crop=args.crop)), preset)
     given = _given(args)
     m = {k: v for k, v in given.items() if _FIELDS[k][0] == "model"}
     t = {k: v for k, v in given.items() if _FIELDS[k][0] == "train"}
@@ -289,7 +291,8 @@ def resume_differences(args: argparse.Namespace, stored: RunConfig) -> list[str]
     stored = replace(stored, train=recipe_for(stored.model.arch).fill(stored.train))
     out = []
     given = _given(args)
-    preset = preset_overrides(args.preset, stored.data.crop is not None) if args.preset else {}
+    name = preset_for_data(args.preset, getattr(args, "data", None) or stored.data.spec)
+    preset = preset_overrides(name, stored.data.crop is not None) if name else {}
     for section, fields in preset.items():
         for name, v in fields.items():
             if v is None or (name in given and _FIELDS.get(name, (None,))[0] == section):

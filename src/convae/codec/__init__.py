@@ -25,6 +25,14 @@ One module per job:
 - ``core``: :class:`Codec`, and images <-> bytes (:func:`encode`, :func:`decode`)
 - ``store``: :func:`save_codec` / :func:`load_codec` (fitted once when missing)
 - ``bench``: the rate-distortion benchmark against PNG / WebP / JPEG
+
+The learned photo codec (a ``hyperprior`` run, :mod:`convae.models.hyperprior`) writes version-2
+files, one whole photo of any size each:
+
+- ``tables``: 16-bit integer probability tables; ``rangecode``: the range coder over them
+- ``format2``: the version-2 container; ``photo``: :class:`PhotoCodec`, photo <-> bytes
+- ``photo_store``: the run's tables file (built once); ``photo_io``: files <-> files
+- ``photo_bench``: rate-distortion on whole photos against JPEG / WebP / AVIF
 """
 
 # `X as X`: importable from convae.codec as before, but not in __all__
@@ -46,6 +54,8 @@ from .format import (
     verify,
 )
 from .format import MAX_IMAGES as MAX_IMAGES
+from .photo import PhotoCodec, decode_photo, encode_photo
+from .photo_store import load_photo_codec
 from .store import CODEC_FILE as CODEC_FILE
 from .store import CODEC_JSON as CODEC_JSON
 from .store import load_codec, save_codec
@@ -80,4 +90,8 @@ __all__ = [
     "check_header",
     "LogisticMixturePrior",
     "principal_axes",
+    "PhotoCodec",
+    "encode_photo",
+    "decode_photo",
+    "load_photo_codec",
 ]

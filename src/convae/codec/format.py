@@ -16,7 +16,8 @@ from pathlib import Path
 from ..limits import check_fits
 
 MAGIC = b"\x89CAE"  # high bit set: a 7-bit channel or a text file can never start like this
-FORMAT_VERSION = 1  # the newest version this code writes; it reads every version <= this
+FORMAT_VERSION = 1  # the version of the per-image table codec's files (this module)
+PHOTO_VERSION = 2  # the learned photo codec's files (.format2); the newest version this code reads
 CODERS = {1: "range", 2: "zlib", 3: "lzma"}  # payload coder id -> name
 CODER_IDS = {v: k for k, v in CODERS.items()}
 MAX_IMAGES = 1 << 28  # a sanity bound on the count field (268 M images)
@@ -148,6 +149,11 @@ def unpack(data: bytes) -> tuple[Header, bytes]:
         if data[: len(MAGIC)] != MAGIC[: min(len(data), len(MAGIC))]:
             raise CodecError("not a .cae file (wrong magic bytes)")
         raise CodecError(f"truncated file ({len(data)} bytes)")
+    if data[len(MAGIC) : len(MAGIC) + 1] == bytes([PHOTO_VERSION]):
+        raise CodecError(
+            "a version-2 file (learned photo codec): decode it with `convae decode` or "
+            "convae.codec.decode_photo"
+        )
     if len(data) < _FIXED.size + _CRC.size:
         raise CodecError(
             f"truncated file ({len(data)} bytes, a header alone is {_FIXED.size + _CRC.size})"
@@ -157,11 +163,12 @@ def unpack(data: bytes) -> tuple[Header, bytes]:
     )
     if version == 0:
         raise CodecError("corrupt file: format version 0")
-    if version > FORMAT_VERSION:
+    if version > PHOTO_VERSION:
         raise CodecError(
             f"file format version {version} is newer than this convae reads "
-            f"(up to {FORMAT_VERSION}); upgrade convae"
+            f"(up to {PHOTO_VERSION}); upgrade convae"
         )
+
     body, crc = data[: -_CRC.size], _CRC.unpack_from(data, len(data) - _CRC.size)[0]
     if zlib.crc32(body) != crc:
         raise CodecError("corrupt or truncated file: checksum mismatch")

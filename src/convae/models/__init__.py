@@ -1,8 +1,8 @@
 """Architectures: the model contract and registry (:mod:`.core`), shared blocks (:mod:`.layers`),
-the tutorials' models (:mod:`.seeds`) and our own (:mod:`.ours`). Importing this package
-registers every built-in architecture."""
+the tutorials' models (:mod:`.seeds`), our own (:mod:`.ours`) and the learned photo codec
+(:mod:`.hyperprior`). Importing this package registers every built-in architecture."""
 
-from . import ours, seeds  # noqa: F401 - registers the built-in architectures
+from . import hyperprior, ours, seeds  # noqa: F401 - registers the built-in architectures
 from .core import (
     AutoEncoder,
     LayerRow,
@@ -15,10 +15,12 @@ from .core import (
     resolve_model_config,
     summary,
 )
+from .hyperprior import HyperpriorCodec
 from .layers import CodeConv2d, CodeConvTranspose2d, conv_block, is_channels_last, up_block
 
 __all__ = [
     "AutoEncoder",
+    "HyperpriorCodec",
     "LayerRow",
     "available",
     "build_model",

@@ -384,14 +384,19 @@ def summary(model: AutoEncoder, batch: int = 1) -> dict:
         for h in hooks:
             h.remove()
     n_in = math.prod(model.input_shape)
+    enc = sum(p.numel() for p in model.encoder.parameters())
+    dec = sum(p.numel() for p in model.decoder.parameters())
+    total = sum(p.numel() for p in model.parameters())
     return {
         "arch": model.config.arch,
         "input_shape": list(model.input_shape),
         "latent_shape": list(model.latent_shape),
         "latent_dim": model.latent_dim,
         "compression_ratio": n_in / model.latent_dim,
-        "params": sum(p.numel() for p in model.parameters()),
-        "encoder_params": sum(p.numel() for p in model.encoder.parameters()),
-        "decoder_params": sum(p.numel() for p in model.decoder.parameters()),
+        "params": total,
+        "encoder_params": enc,
+        "decoder_params": dec,
+        # a codec's hyperprior, densities and gains: parameters outside encoder and decoder
+        "entropy_model_params": total - enc - dec,
         "layers": [r.__dict__ for r in rows],
     }

@@ -696,7 +696,63 @@ class ArrayImages:
         return torch.from_numpy(np.array(self.x))
 
 
+class ListImages(ArrayImages):
+    """A split of a folder whose images have their own sizes: uint8 [C, H, W] arrays in a list."""
+
+    def __init__(self, images: list[np.ndarray], labels: np.ndarray, names: list[str]) -> None:
+        self.images = images
+        self.labels = np.asarray(labels, dtype=np.int64)
+        self.names = names
+        self.channels = int(images[0].shape[0]) if images else 3
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def sizes(self) -> np.ndarray:
+        return np.array([a.shape[1:] for a in self.images], dtype=np.int64).reshape(-1, 2)
+
+    def image(self, i: int) -> torch.Tensor:
+        return torch.from_numpy(np.array(self.images[i]))
+
+    def crop(self, i: int, top: int, left: int, h: int, w: int) -> np.ndarray:
+        return self.images[i][:, top : top + h, left : left + w]
+
+    def stacked(self) -> torch.Tensor:
+        raise ValueError("the images have different sizes; read them one at a time")
+
+
+def _folder_any_size(cfg: DataConfig, split: str) -> ListImages:
+    """A folder's split (the same files as :func:`load_dataset` would put in it), every image at
+    its own size: what crop training and whole-image scoring read."""
+    root = Path(cfg.spec[len("folder:") :]).expanduser()
+    if not root.is_dir():
+        raise FileNotFoundError(f"folder {root} does not exist")
+    files = list_image_files([root])
+    if not files:
+        raise ValueError(f"folder {root} holds no images ({', '.join(IMAGE_SUFFIXES)})")
+    subdirs = sorted({f.relative_to(root).parts[0] for f in files if len(f.relative_to(root).parts) > 1})
+    index = {n: i for i, n in enumerate(subdirs)}
+    labels = np.array([index[f.relative_to(root).parts[0]] if len(f.relative_to(root).parts) > 1
+                       else 0 for f in files], dtype=np.int64)  # fmt: skip
+    test = stratified_split(labels, 0.1, seed=12345) if len(files) >= 10 else np.zeros(0, int)
+    rest = np.setdiff1d(np.arange(len(files)), test)
+    val = rest[stratified_split(labels[rest], cfg.val_fraction, cfg.split_seed)] if cfg.val_fraction > 0 else rest[:0]
+    pick = {"test": test, "val": val, "train": np.setdiff1d(rest, val)}[split]
+    images = []
+    channels = cfg.channels
+    for i in pick:
+        try:
+            a = _decode_image(files[i], channels, None)
+        except Exception as e:  # noqa: BLE001 - any decoder failure means "unreadable"
+            raise ValueError(f"{files[i]}: cannot read image ({e})") from e
+        channels = a.shape[0]
+        images.append(a)
+    return ListImages(images, labels[pick], [files[i].name for i in pick])
+
+
 def load_images(cfg: DataConfig, split: str) -> ArrayImages:
     """One split of a run's data as an image store (images read one at a time, any size)."""
+    if cfg.crop is not None and cfg.spec.startswith("folder:") and cfg.image_size is None:
+        return _folder_any_size(cfg, split)
     x, y = load_split(cfg, split)
     return ArrayImages(x, y.numpy())

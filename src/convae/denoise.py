@@ -56,6 +56,7 @@ __all__ = [
     "level_dir",
     "bench_denoise_outputs",
     "bench_denoise",
+    "train_with_snapshots",
 ]
 
 MODES = ("exact", "tile", "resize")
@@ -83,11 +84,11 @@ def parse_levels(text: str | Sequence[str]) -> list[tuple[str, ...]]:
             continue
         parts = []
         for part in (p.strip() for p in item.split("+")):
-            if ":" not in part and kind is not None:
+            if ":" not in part and kind is not None and part[:1].isdigit() | part.startswith("."):
                 part = f"{kind}:{part}"
-            k, a = parse_noise(part)
-            kind = k
-            parts.append(f"{k}:{a:g}")
+            n = parse_noise(part)
+            kind = n.kind
+            parts.append(str(n))
         levels.append(tuple(parts))
     if not levels:
         raise ValueError("no noise level given; e.g. --noise gaussian:0.2,0.4,0.6")
@@ -594,3 +595,50 @@ def bench_denoise(
     report["seconds"] = time.perf_counter() - t_start
     write_json(out / "results.json", json_safe(report))
     return report
+
+
+# ---------------------------------------------------------------------------------------------
+# Training time against quality: one training run, its weights kept at CPU-time marks
+
+
+def train_with_snapshots(
+    cfg: RunConfig,
+    out: str | os.PathLike,
+    snapshots: str | os.PathLike,
+    cpu_marks: Sequence[float],
+    *,
+    device: str | torch.device = "auto",
+    progress=None,
+) -> list[Path]:
+    """Train ``cfg`` into the run directory ``out`` exactly as :func:`convae.train` does, and at
+    the end of the first epoch whose cumulative training CPU time (this process's, as the run's
+    ``history.jsonl`` counts it) reaches each of ``cpu_marks`` seconds, copy that epoch's weights
+    into ``snapshots/cpu-<seconds>s`` (config.json + model.safetensors: ``convae.load`` reads it).
+    The snapshots are mid-schedule (the learning rate not yet annealed). Returns their folders."""
+    from safetensors.torch import save as st_save
+
+    from .checkpoint import atomic_write, last_weights
+
+    out, root = Path(out), Path(snapshots)
+    marks = sorted(cpu_marks)
+    made: list[Path] = []
+    spent = 0.0
+
+    def on_event(e: dict[str, Any]) -> None:
+        nonlocal spent
+        if progress is not None:
+            progress(e)
+        if e.get("event") != "epoch":
+            return
+        spent += e["cpu_seconds"]
+        while marks and spent >= marks[0]:
+            d = root / f"cpu-{int(marks.pop(0))}s"
+            d.mkdir(parents=True, exist_ok=True)
+            atomic_write(d / "model.safetensors", st_save(last_weights(out)))
+            write_json(d / "config.json", read_json(out / "config.json"))
+            write_json(d / "snapshot.json", {"epoch": e["epoch"], "step": e["step"],
+                                             "cpu_seconds": spent, "run": str(out)})  # fmt: skip
+            made.append(d)
+
+    train(cfg, out, device=device, progress=on_event)
+    return made

@@ -17,7 +17,9 @@ from ..config import (
     PRESETS,
     ModelConfig,
     RunConfig,
+    DataConfig,
     apply_preset,
+    preset_overrides,
     read_run_config,
     recipe_for,
 )
@@ -26,6 +28,7 @@ from ..inference import evaluate, load, reconstruct
 from ..metrics import json_restore
 from ..models import available, build_model, summary
 from ..runs import default_run_dir
+from ..sampling import AUGMENTS
 from ..training import train
 from .common import (
     ProgressBar,
@@ -92,6 +95,12 @@ def _add_crop_args(p) -> None:
         "size; the model's input is N x N",
     )
     g.add_argument(
+        "--augment",
+        choices=AUGMENTS,
+        help="crop augmentation: flip (left-right, default), dihedral (8 flips/rotations), "
+        "dihedral+channels (and colour channel order), none",
+    )
+    g.add_argument(
         "--crops-per-epoch",
         type=positive_int,
         metavar="K",
@@ -155,7 +164,7 @@ def _add_training_args(p) -> None:
     )
     g.add_argument("--weight-decay", type=float)
     g.add_argument("--schedule", choices=["onecycle", "cosine", "constant"])
-    g.add_argument("--loss", choices=["mse", "bce"])
+    g.add_argument("--loss", choices=["mse", "l1", "bce"])
     g.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"])
     g.add_argument(
         "--patience", type=int, help="early stop after N epochs without val improvement (0 = off)"
@@ -165,8 +174,11 @@ def _add_training_args(p) -> None:
         "--noise",
         action="append",
         metavar="KIND:AMOUNT",
-        help="corrupt inputs (denoising): gaussian:0.4, salt-pepper:P, speckle:S, mask:P; "
-        "repeat or comma-separate to combine",
+        help="corrupt inputs (denoising): gaussian:S, poisson-gaussian:A/B (gain/read noise), "
+        "salt-pepper:P, speckle:S, mask:P, jpeg:Q, or blind (70%% gaussian:0-0.2, 30%% "
+        "poisson-gaussian:0-0.04/0-0.1: one model for every level); an amount LO-HI is drawn "
+        "per image (gaussian:0-0.2); repeat or comma-separate to combine. Default: none, or "
+        "blind with --preset denoise --crop",
     )
 
 
@@ -179,7 +191,7 @@ _MODEL_FLAGS = ("arch", "latent_dim", "width", "decoder", "norm", "depth", "code
 _TRAIN_FLAGS = ("epochs", "batch_size", "lr", "optimizer", "weight_decay", "schedule", "loss",
                 "precision", "patience", "seed")  # fmt: skip
 _DATA_FLAGS = ("data_dir", "classes", "channels", "image_size", "max_side", "split_by", "strict",
-               "val_fraction", "crop", "crops_per_epoch")  # fmt: skip
+               "val_fraction", "crop", "crops_per_epoch", "augment")  # fmt: skip
 _FIELDS = {
     "data": ("data", "spec"),
     **{k: ("data", k) for k in _DATA_FLAGS},
@@ -202,17 +214,24 @@ def _given(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def build_run_config(args: argparse.Namespace) -> RunConfig:
-    """Defaults -> preset -> explicit flags."""
-    cfg = apply_preset(RunConfig(), args.preset)
+    """Defaults -> preset (which may depend on the data: crops) -> explicit flags."""
+    cfg = apply_preset(RunConfig(data=_data_from_args(args, DataConfig())), args.preset)
     given = _given(args)
     m = {k: v for k, v in given.items() if _FIELDS[k][0] == "model"}
     t = {k: v for k, v in given.items() if _FIELDS[k][0] == "train"}
-    data = data_config_from_args(args, cfg.data)
-    if args.val_fraction is not None:
-        data = replace(data, val_fraction=args.val_fraction)
+    data = _data_from_args(args, cfg.data)
     if "arch" in m and m["arch"] != cfg.model.arch and "latent_dim" not in m:
         m["latent_dim"] = None  # the new architecture's own default
     return replace(cfg, model=replace(cfg.model, **m), train=replace(cfg.train, **t), data=data)
+
+
+def _data_from_args(args: argparse.Namespace, base: DataConfig) -> DataConfig:
+    data = data_config_from_args(args, base)
+    if getattr(args, "augment", None) is not None:
+        data = replace(data, augment=args.augment)
+    if args.val_fraction is not None:
+        data = replace(data, val_fraction=args.val_fraction)
+    return data
 
 
 def _show(dest: str, v: Any) -> str:
@@ -243,7 +262,7 @@ def resume_differences(args: argparse.Namespace, stored: RunConfig) -> list[str]
     stored = replace(stored, train=recipe_for(stored.model.arch).fill(stored.train))
     out = []
     given = _given(args)
-    preset = PRESETS[args.preset] if args.preset else {}
+    preset = preset_overrides(args.preset, stored.data) if args.preset else {}
     for section, fields in preset.items():
         for name, v in fields.items():
             if v is None or (name in given and _FIELDS.get(name, (None,))[0] == section):
@@ -353,7 +372,7 @@ def _train_text(out: Path, m: dict[str, Any]) -> str:
         f"run directory: {out}\n"
         f"{m.get('split', 'test')} MSE {m['mse']:.5f}  PSNR {m['psnr']:.2f} dB  "
         f"SSIM {m['ssim']:.4f}  latent {m['latent_dim']} ({m['compression_ratio']:.1f}:1)  "
-        f"trained {m['train_seconds']:.1f} s\n"
+        f"trained {m['train_seconds']:.1f} s ({m.get('train_cpu_seconds', 0.0):.1f} CPU s)\n"
         f"plots: {out / 'loss.png'}, {out / 'reconstructions.png'}"
     )
 

@@ -29,7 +29,7 @@ from torch import Tensor
 from .checkpoint import read_json, write_json
 from .config import DataConfig, RunConfig, apply_preset
 from .data import load_split
-from .inference import finite_pixels, load, spread_indices, to_float
+from .inference import finite_pixels, load, map_image, spread_indices, to_float
 from .metrics import json_safe, psnr_per_image, ssim_per_image
 from .models import AutoEncoder
 from .noise import corrupt, parse_noise
@@ -140,6 +140,10 @@ def denoise_tensor(model: AutoEncoder, x: Tensor, batch_size: int = 512) -> Tens
     return torch.cat(outs) if outs else torch.zeros(0, *model.input_shape)
 
 
+def _finite(model: AutoEncoder):
+    return lambda x: finite_pixels(model(x), model)
+
+
 def _starts(n: int, s: int) -> list[int]:
     """Tile offsets along one axis of length ``n >= s``: half-overlapping, the last one flush."""
     starts = list(range(0, n - s + 1, max(1, s // 2)))
@@ -194,10 +198,12 @@ def denoise_images(
 ) -> list[Tensor]:
     """Denoise float images [C, H, W] in [0, 1]; each output has its input's size.
 
-    ``mode``: "exact" - every image must have the model's size; "tile" - any size, denoised in
-    half-overlapping model-sized tiles blended with a smooth window (full resolution, for models
-    trained on patches or textures); "resize" - resized to the model's size and the result back
-    (for whole objects such as digits drawn at another size).
+    ``mode``: "exact" - every image must have the model's size, except for a fully convolutional
+    model, which takes any size whole (convae's whole-image path: padded to its stride, large
+    overlapping tiles above 2 MP); "tile" - any size, denoised in half-overlapping model-sized
+    tiles blended with a smooth window (full resolution, for models tied to their size; a fully
+    convolutional model runs whole as in "exact"); "resize" - resized to the model's size and the
+    result back (for whole objects such as digits drawn at another size).
     """
     if mode not in MODES:
         raise ValueError(f"mode must be one of {', '.join(MODES)}, not {mode!r}")
@@ -207,6 +213,9 @@ def denoise_images(
             raise ValueError(
                 f"images must be [C, H, W] with C = {c} (the model's), not {tuple(img.shape)}"
             )
+    if mode in ("exact", "tile") and model.fully_conv:
+        # any size as it is: the whole image at once (padded to the stride; tiled above 2 MP)
+        return [map_image(model, img.float(), _finite(model), batch_size) for img in images]
     if mode == "tile":
         return [_denoise_tiled(model, img.float(), batch_size) for img in images]
     if mode == "resize":

@@ -46,7 +46,9 @@ def estimate_noise(x: Tensor) -> Tensor:
     """
     x = x.float()
     d = (x[..., 0::2, 0::2] - x[..., 0::2, 1::2] - x[..., 1::2, 0::2] + x[..., 1::2, 1::2]) / 2
-    return d.flatten(1).abs().median(dim=1).values / 0.6745
+    a = d.flatten(1).abs()
+    # the lower median, as torch.median gives it, by a sort: ONNX has no median operator
+    return a.sort(dim=1).values[:, (a.shape[1] - 1) // 2] / 0.6745
 
 
 class NoiseLevel(nn.Module):
@@ -115,12 +117,13 @@ class Decoder(nn.Module):
             self.add_module(f"up{i}", nn.ConvTranspose2d(2 * c, c, 2, stride=2))
             self.add_module(f"level{i}", Level(c, blocks))
         self.tail = nn.Conv2d(width, 4 * channels, 3, padding=1)
+        self.shuffle = nn.PixelShuffle(2)  # depth to space: [B, 4C, H/2, W/2] -> [B, C, H, W]
 
     def forward(self, feats: list[Tensor]) -> Tensor:
         h = feats[-1]
         for i in reversed(range(self.depth)):
             h = getattr(self, f"level{i}")(F.relu(getattr(self, f"up{i}")(h) + feats[i]))
-        return F.pixel_shuffle(self.tail(h), 2)  # [B, C, H, W]
+        return self.shuffle(self.tail(h))  # [B, C, H, W]
 
 
 class ResidualUNet(AutoEncoder):

@@ -730,13 +730,19 @@ def _folder_any_size(cfg: DataConfig, split: str) -> ListImages:
     files = list_image_files([root])
     if not files:
         raise ValueError(f"folder {root} holds no images ({', '.join(IMAGE_SUFFIXES)})")
-    subdirs = sorted({f.relative_to(root).parts[0] for f in files if len(f.relative_to(root).parts) > 1})
+    subdirs = sorted(
+        {f.relative_to(root).parts[0] for f in files if len(f.relative_to(root).parts) > 1}
+    )
     index = {n: i for i, n in enumerate(subdirs)}
     labels = np.array([index[f.relative_to(root).parts[0]] if len(f.relative_to(root).parts) > 1
                        else 0 for f in files], dtype=np.int64)  # fmt: skip
     test = stratified_split(labels, 0.1, seed=12345) if len(files) >= 10 else np.zeros(0, int)
     rest = np.setdiff1d(np.arange(len(files)), test)
-    val = rest[stratified_split(labels[rest], cfg.val_fraction, cfg.split_seed)] if cfg.val_fraction > 0 else rest[:0]
+    val = (
+        rest[stratified_split(labels[rest], cfg.val_fraction, cfg.split_seed)]
+        if cfg.val_fraction > 0
+        else rest[:0]
+    )
     pick = {"test": test, "val": val, "train": np.setdiff1d(rest, val)}[split]
     images = []
     channels = cfg.channels

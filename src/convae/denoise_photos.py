@@ -128,20 +128,32 @@ def _bm3d(y: np.ndarray, s: float) -> np.ndarray:
 
 def _nlm_grid(level: str) -> list[dict[str, Any]]:
     # at sigma 50 the best h sits low: the grid goes further down there
-    ks = (0.15, 0.2, 0.25, 0.3, 0.4, 0.5) if level == "gaussian-50" else (0.3, 0.4, 0.5, 0.6, 0.8, 1.0)
+    ks = (
+        (0.15, 0.2, 0.25, 0.3, 0.4, 0.5)
+        if level == "gaussian-50"
+        else (0.3, 0.4, 0.5, 0.6, 0.8, 1.0)
+    )
     return [{"k": k, "patch": p} for p in (5, 7) for k in ks]
 
 
 METHODS: dict[str, Method] = {
     "bm3d": Method(_bm3d, lambda lv: [{}]),
     "nlm": Method(_nlm, _nlm_grid),
-    "wavelet": Method(_wavelet, lambda lv: [{"k": k, "method": m}
-                                            for m in ("BayesShrink", "VisuShrink")
-                                            for k in (0.25, 0.5, 0.75, 1.0, 1.5)]),  # fmt: skip
+    "wavelet": Method(
+        _wavelet,
+        lambda lv: [
+            {"k": k, "method": m}
+            for m in ("BayesShrink", "VisuShrink")
+            for k in (0.25, 0.5, 0.75, 1.0, 1.5)
+        ],
+    ),  # fmt: skip
     "tv": Method(_tv, lambda lv: [{"k": k} for k in (0.4, 0.6, 0.8, 1.0, 1.3, 1.7)]),
-    "bilateral": Method(_bilateral, lambda lv: [{"k": k, "spatial": sp}
-                                                for sp in (1.0, 2.0, 3.0)
-                                                for k in (0.25, 0.5, 1.0, 2.0)]),  # fmt: skip
+    "bilateral": Method(
+        _bilateral,
+        lambda lv: [
+            {"k": k, "spatial": sp} for sp in (1.0, 2.0, 3.0) for k in (0.25, 0.5, 1.0, 2.0)
+        ],
+    ),  # fmt: skip
 }
 
 
@@ -205,7 +217,9 @@ def classical_report(
     say = progress or (lambda msg: None)
     res: dict[str, dict[str, Any]] = {}
     for level in levels:
-        res[level.name] = {"noisy": {"params": {}, "rows": score_photos(lambda y, s: y, photos, level)}}
+        res[level.name] = {
+            "noisy": {"params": {}, "rows": score_photos(lambda y, s: y, photos, level)}
+        }
         for m in methods:
             params, tuned = tune(m, level, tune_crops) if m != "bm3d" else ({}, None)
             fn = METHODS[m].fn

@@ -97,7 +97,9 @@ def _amount(spec: str, text: str, bound: float | None, kind: str) -> tuple[float
     try:
         lo, hi = (float(m.group(1)), float(m.group(2))) if m else (float(text),) * 2
     except ValueError:
-        raise ValueError(f"noise {spec!r}: {text.strip()!r} is not a number or a range LO-HI") from None
+        raise ValueError(
+            f"noise {spec!r}: {text.strip()!r} is not a number or a range LO-HI"
+        ) from None
     if not all(math.isfinite(v) and v >= 0 for v in (lo, hi)) or (bound and hi > bound):
         limit = f" and <= {bound:g}" if bound else ""
         raise ValueError(f"noise {spec!r}: the amount must be a finite number >= 0{limit}")

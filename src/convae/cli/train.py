@@ -15,9 +15,9 @@ from ..checkpoint import read_json, read_state
 from ..config import (
     OPTIMIZERS,
     PRESETS,
+    DataConfig,
     ModelConfig,
     RunConfig,
-    DataConfig,
     apply_preset,
     preset_overrides,
     read_run_config,

@@ -4,12 +4,14 @@
     python benchmarks/denoise_photos.py classical --out classical.json
     python benchmarks/denoise_photos.py model RUN [RUN...] --out model.json
     python benchmarks/denoise_photos.py table classical.json model.json
+    python benchmarks/denoise_photos.py example RUN --classical classical.json --out FIG.png
 
 ``train`` writes the photo folders (benchmarks/photo_data.py) and runs exactly
-``convae train --preset denoise --data folder:DIR/train --crop 64 --val-fraction 0 --threads 1
---device cpu --out RUN`` (the same flags through convae's own parser and trainer), keeping the
-weights at 5, 10 and 20 CPU minutes for the training-time curve. The scoring lives in
-:mod:`convae.denoise` (``photo_benchmark``); this script parses, calls and prints.
+``convae train --preset denoise --data folder:DIR/train --val-fraction 0 --threads 1
+--device cpu --out RUN`` (the same flags through convae's own parser and trainer; the preset
+trains on 64 x 64 crops of a folder), keeping the weights at 2.5, 5 and 10 CPU minutes for the
+training-time curve. The scoring lives in :mod:`convae.denoise_photos`; this script parses,
+calls and prints.
 """
 
 from __future__ import annotations
@@ -34,8 +36,7 @@ from convae import denoise, denoise_photos  # noqa: E402
 # Classical filters are tuned on these 256 x 256 crops of training photos: (name, top, left).
 TUNE_CROPS = (("astronaut", 0, 128), ("rocket", 100, 200), ("flower", 150, 300))
 
-TRAIN_FLAGS = ["--preset", "denoise", "--crop", "64", "--val-fraction", "0", "--threads", "1",
-               "--device", "cpu"]  # fmt: skip
+TRAIN_FLAGS = ["--preset", "denoise", "--val-fraction", "0", "--threads", "1", "--device", "cpu"]
 
 
 def _train(a: argparse.Namespace) -> dict:
@@ -77,14 +78,44 @@ def _classical(a: argparse.Namespace) -> dict:
     )  # fmt: skip
 
 
+def _cpu_minutes(run: Path) -> float:
+    """Training CPU minutes of a run (metrics.json) or of a snapshot (snapshot.json)."""
+    snap = run / "snapshot.json"
+    if snap.is_file():
+        return json.loads(snap.read_text())["cpu_seconds"] / 60
+    return json.loads((run / "metrics.json").read_text())["train_cpu_seconds"] / 60
+
+
 def _model(a: argparse.Namespace) -> dict:
     import convae
 
     models = {}
     for r in a.runs:
-        label = "convae" if len(a.runs) == 1 else f"convae:{Path(r).name}"
+        label = "convae" if len(a.runs) == 1 else f"convae ({_cpu_minutes(r):.1f} CPU min)"
         models[label] = convae.load(r, "cpu")
     return denoise_photos.model_report(models, _photos(), _levels(a.levels))
+
+
+def _example(a: argparse.Namespace) -> dict:
+    """Clean, noisy, convae, BM3D and NLM (its tuned parameters) on a crop of one held-out photo;
+    each method runs on the whole photo with the benchmark's own noise draw."""
+    import convae
+    from convae.inference import to_float
+    from convae.plots import image_grid_figure, save_figure
+
+    level = denoise_photos.LEVELS[a.level]
+    tuned = json.loads(a.classical.read_text())[level.name]
+    x = to_float(torch.from_numpy(photo_data.photo(a.photo)))
+    y, s = denoise_photos.add_noise(x[None], level, seed=photo_data.HELD_OUT.index(a.photo))
+    outs = {"noisy": y[0], "convae": denoise_photos.denoise_photo(convae.load(a.run, "cpu"), y[0])}
+    for m in ("bm3d", "nlm"):
+        outs[m] = denoise_photos.run_method(m, y[0], s, tuned[m]["params"])
+    psnr = {k: denoise_photos.score(x, v.clamp(0, 1))[0] for k, v in outs.items()}
+    top, left, size = a.crop
+    crops = [v[:, top : top + size, left : left + size].clamp(0, 1) for v in (x, *outs.values())]
+    titles = ["clean", *(f"{k} {psnr[k]:.2f} dB" for k in outs)]
+    save_figure(image_grid_figure([crops], titles=titles, scale=2.4), a.out)
+    return {"out": str(a.out), "photo": a.photo, "level": level.name, "psnr": psnr}
 
 
 def _write(res: dict, out: Path | None) -> None:
@@ -101,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
     t.add_argument("--photos", type=Path, required=True, help="where the photo folders go")
     t.add_argument("--out", type=Path, required=True, help="the run directory")
     t.add_argument("--snapshots", type=Path, help="default OUT-snapshots")
-    t.add_argument("--marks", type=float, nargs="+", default=[5, 10, 20], help="CPU minutes")
+    t.add_argument("--marks", type=float, nargs="+", default=[2.5, 5, 10], help="CPU minutes")
     t.add_argument("extra", nargs="*", help="more convae train flags (after --)")
     levels = ",".join(denoise_photos.LEVELS)
     c = sub.add_parser("classical", help="tune and score BM3D and the scikit-image filters")
@@ -112,18 +143,29 @@ def main(argv: list[str] | None = None) -> int:
     m.add_argument("runs", nargs="+")
     m.add_argument("--levels", default=levels)
     m.add_argument("--out", type=Path)
-    t = sub.add_parser("table", help="merge result files into one Markdown table")
+    e = sub.add_parser("example", help="a figure: one held-out photo's crop, every method")
+    e.add_argument("run", type=Path)
+    e.add_argument("--classical", type=Path, required=True, help="the classical JSON (tuned)")
+    e.add_argument("--level", default="gaussian-25", choices=list(denoise_photos.LEVELS))
+    e.add_argument("--photo", default="chelsea", choices=photo_data.HELD_OUT)
+    e.add_argument(
+        "--crop", type=int, nargs=3, default=[40, 150, 200], metavar=("TOP", "LEFT", "SIZE")
+    )
+    e.add_argument("--out", type=Path, required=True, help="the figure (.png)")
+    t = sub.add_parser("table", help="merge result files into Markdown tables")
     t.add_argument("inputs", nargs="+", type=Path)
     a = p.parse_args(argv)
     torch.set_num_threads(1)
     if a.what == "table":
         res = denoise_photos.merge([json.loads(f.read_text()) for f in a.inputs])
-        print(denoise_photos.markdown(res))
+        print(denoise_photos.summary(res) + "\n\n" + denoise_photos.markdown(res))
         return 0
-    res = {"train": _train, "classical": _classical, "model": _model}[a.what](a)
-    if a.what != "train":
+    res = {"train": _train, "classical": _classical, "model": _model, "example": _example}[a.what](
+        a
+    )
+    if a.what in ("classical", "model"):
         _write(res, a.out)
-        print(denoise_photos.markdown(res))
+        print(denoise_photos.summary(res) + "\n\n" + denoise_photos.markdown(res))
     else:
         print(json.dumps(res))
     return 0

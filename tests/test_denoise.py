@@ -237,6 +237,11 @@ def test_denoise_preset_picks_the_photo_denoiser_for_crops_and_flags_still_win()
     assert photos.train.noise == ("blind",) and photos.train.loss == "l1"
     assert photos.train.optimizer == "adam" and photos.train.batch_size == 16
     assert photos.data.augment == "dihedral+channels" and photos.data.crop == 64
+    # a folder without --image-size is photos: crops of 64 unless --crop says otherwise
+    folder = _train_config("--preset", "denoise", "--data", "folder:/x")
+    assert folder.model.arch == "convae-unet" and folder.data.crop == 64
+    small = _train_config("--preset", "denoise", "--data", "folder:/x", "--image-size", "28")
+    assert small.model.arch == "convae" and small.data.crop is None
     mine = _train_config("--preset", "denoise", "--data", "folder:/x", "--crop", "32",
                          "--noise", "gaussian:0-0.1", "--augment", "flip", "--loss", "mse",
                          "--crops-per-epoch", "64")  # fmt: skip
@@ -284,7 +289,9 @@ def test_denoise_cli_takes_any_size_whole_with_a_fully_convolutional_run(photo_r
         out = tmp_path / f"out{len(flags)}"
         rc, stdout, err = run_cli("denoise", photo_run, src, "--out", out, *flags, "--json")
         assert rc == 0, err
-        assert last_json(stdout)["mode"] == "whole"
+        res = last_json(stdout)
+        assert res["mode"] == "whole" and res["megapixels"] == (30 * 45 + 7 * 50) / 1e6
+        assert res["seconds_per_mp"] == pytest.approx(res["seconds"] / res["megapixels"])
         for name, size in (("p0.png", (45, 30)), ("p1.png", (50, 7))):
             with Image.open(out / name) as im:
                 assert im.size == size and im.mode == "RGB"

@@ -269,8 +269,8 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     # Denoising (docs/denoise.md). Images of one size (digits): a wide dense bottleneck (the code
     # must carry the whole clean digit, not a compressed summary of it), a narrow cheap network,
     # and many small steps - each epoch draws new noise; the noise comes from --noise. Crops of
-    # photos (--crop, the "crop" entry below): the residual U-Net trained blind. Pinned in full so
-    # the documented numbers do not move with the defaults.
+    # photos (--crop, or a folder without --image-size: the "crop" entry below): the residual
+    # U-Net trained blind. Pinned in full so the documented numbers do not move with the defaults.
     "denoise": {
         "model": {
             "arch": "convae",
@@ -293,7 +293,8 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
         # On crops: a blind photo denoiser (any size, any noise level up to ~50/255). Adam with a
         # short warm-up and L1 (sharper edges than MSE at the same PSNR), small batches of
         # 64 x 64 crops under all 8 flips/rotations and channel orders (6 photos are little
-        # data), fp32 weights with a bf16 forward where the CPU has it.
+        # data), fp32 weights with a bf16 forward where the CPU has it. 50 epochs of 128 steps:
+        # about 15 minutes on one core of the benchmark's CPU (docs/denoise.md, Photos).
         "crop": {
             "model": {
                 "arch": "convae-unet",
@@ -303,9 +304,9 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
                 "norm": "none",
                 "mean_image": False,
             },
-            "data": {"augment": "dihedral+channels", "crops_per_epoch": 2048},
+            "data": {"crop": 64, "augment": "dihedral+channels", "crops_per_epoch": 2048},
             "train": {
-                "epochs": 80,
+                "epochs": 50,
                 "batch_size": 16,
                 "lr": 2e-3,
                 "optimizer": "adam",
@@ -366,25 +367,34 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
 }
 
 
-def preset_overrides(name: str, data: DataConfig) -> dict[str, dict[str, Any]]:
+def preset_overrides(
+    name: str, data: DataConfig, crops: bool | None = None
+) -> dict[str, dict[str, Any]]:
     """The preset's overrides by section ("model", "data", "train") for ``data``: a preset's
-    "crop" entry replaces its fields when training on crops (``data.crop``)."""
+    "crop" entry replaces its fields when training on crops (``crops``; None = decided from the
+    data by :func:`_on_crops`)."""
     if name not in PRESETS:
         raise ValueError(f"unknown preset {name!r}; choose one of: {', '.join(sorted(PRESETS))}")
     p = PRESETS[name]
     out = {k: dict(v) for k, v in p.items() if k != "crop"}
-    if data.crop is not None:
+    if _on_crops(data) if crops is None else crops:
         for section, fields_ in p.get("crop", {}).items():
             out[section] = {**out.get(section, {}), **fields_}
     return out
 
 
-def apply_preset(cfg: RunConfig, name: str | None) -> RunConfig:
+def _on_crops(data: DataConfig) -> bool:
+    """Crops of images of any size: asked for (``--crop``), or a folder not resized to one size
+    (photos; ``--image-size`` keeps a folder of small images such as digits whole)."""
+    return data.crop is not None or (data.spec.startswith("folder:") and data.image_size is None)
+
+
+def apply_preset(cfg: RunConfig, name: str | None, crops: bool | None = None) -> RunConfig:
     """Return ``cfg`` with the preset's overrides applied (the CLI applies user flags afterwards);
     which overrides may depend on ``cfg.data`` (:func:`preset_overrides`)."""
     if name is None:
         return cfg
-    p = preset_overrides(name, cfg.data)
+    p = preset_overrides(name, cfg.data, crops)
     return replace(
         cfg,
         model=replace(cfg.model, **p.get("model", {})),

@@ -359,7 +359,8 @@ def train_denoiser(
     progress=None,
 ) -> Path:
     """Train a ``--preset denoise`` run on ``data`` with input corruption ``level``; its directory."""
-    cfg = apply_preset(RunConfig(data=data), "denoise")
+    # the benchmark scores images of one size: the preset's model for them unless asked for crops
+    cfg = apply_preset(RunConfig(data=data), "denoise", crops=data.crop is not None)
     t = replace(cfg.train, noise=tuple(level), seed=seed)
     if epochs is not None:
         t = replace(t, epochs=epochs)

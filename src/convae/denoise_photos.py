@@ -34,12 +34,14 @@ __all__ = [
     "METHODS",
     "add_noise",
     "score",
+    "run_method",
     "tune",
     "score_photos",
     "classical_report",
     "model_report",
     "denoise_photo",
     "markdown",
+    "summary",
 ]
 
 
@@ -121,7 +123,10 @@ def _bilateral(y: np.ndarray, s: float, k: float, spatial: float) -> np.ndarray:
 
 
 def _bm3d(y: np.ndarray, s: float) -> np.ndarray:
-    import bm3d
+    try:
+        import bm3d
+    except ImportError as e:
+        raise ValueError("BM3D needs the bm3d package: pip install 'convae[bench]'") from e
 
     return bm3d.bm3d_rgb(y, s)
 
@@ -163,6 +168,11 @@ def _hwc(x: Tensor) -> np.ndarray:
 
 def _chw(a: np.ndarray) -> Tensor:
     return torch.from_numpy(np.clip(a, 0, 1)).permute(2, 0, 1).float()
+
+
+def run_method(name: str, noisy: Tensor, sigma: float, params: dict[str, Any]) -> Tensor:
+    """Classical method ``name`` with ``params`` on a float image [C, H, W] -> [C, H, W]."""
+    return _chw(METHODS[name].fn(_hwc(noisy), sigma, **params))
 
 
 def tune(name: str, level: Level, crops: Sequence[Tensor]) -> tuple[dict[str, Any], float]:
@@ -222,12 +232,7 @@ def classical_report(
         }
         for m in methods:
             params, tuned = tune(m, level, tune_crops) if m != "bm3d" else ({}, None)
-            fn = METHODS[m].fn
-
-            def run(y: Tensor, s: float, fn=fn, params=params) -> Tensor:
-                return _chw(fn(_hwc(y), s, **params))
-
-            rows = score_photos(run, photos, level)
+            rows = score_photos(lambda y, s, m=m, p=params: run_method(m, y, s, p), photos, level)
             res[level.name][m] = {"params": params, "tune_psnr": tuned, "rows": rows}
             say(f"{level.name} {m} {params}: " + " ".join(f"{r['psnr']:.2f}" for r in rows))
     return res
@@ -280,6 +285,31 @@ def markdown(res: dict[str, dict[str, Any]]) -> str:
                 f"{_mean(rows, 'cpu_s_per_mp'):.2f} | {_mean(rows, 's_per_mp'):.2f} | "
                 f"{max(r['colour_shift_255'] for r in rows):.1f} | {params} |"
             )
+    return "\n".join(lines)
+
+
+def summary(res: dict[str, dict[str, Any]]) -> str:
+    """One row per method: the mean PSNR / SSIM over the photos at each level, the mean CPU
+    seconds per megapixel over all levels, and how many times faster than BM3D that is."""
+    levels = list(res)
+    methods = sorted({m for lv in res.values() for m in lv},
+                     key=lambda k: ORDER.index(k) if k in ORDER else len(ORDER))  # fmt: skip
+
+    def cpu(m: str) -> float | None:
+        rows = [r for lv in res.values() if m in lv for r in lv[m]["rows"]]
+        return _mean(rows, "cpu_s_per_mp") if rows else None
+
+    bm3d = cpu("bm3d")
+    head = ["method", *levels, "CPU s/MP", "x BM3D's speed"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for m in methods:
+        cells = []
+        for lv in levels:
+            rows = res[lv].get(m, {}).get("rows")
+            cells.append(f"{_mean(rows, 'psnr'):.2f} / {_mean(rows, 'ssim'):.3f}" if rows else "")
+        c = cpu(m)
+        fast = f"{bm3d / c:.0f}" if bm3d and c and m != "noisy" else ""
+        lines.append(f"| {m} | " + " | ".join(cells) + f" | {c:.2f} | {fast} |")
     return "\n".join(lines)
 
 

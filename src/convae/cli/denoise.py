@@ -119,11 +119,15 @@ def cmd_denoise(args: argparse.Namespace) -> int:
     clean = [img.float().div_(255.0) for img in images]
     g = torch.Generator().manual_seed(args.seed)
     inputs = [corrupt(x[None], specs, g)[0] for x in clean] if specs else clean
+    t0 = time.perf_counter()
     outputs = denoise_images(model, inputs, "exact" if mode == "whole" else mode)
+    seconds = time.perf_counter() - t0  # the model's work alone: no decoding, no PNG writing
+    mp = sum(x.shape[-2] * x.shape[-1] for x in inputs) / 1e6
     for target, img in zip(targets, [*outputs, *(inputs if specs else [])], strict=True):
         write_png(img, target)
     res: dict[str, Any] = {"out": str(out), "images": len(paths), "mode": mode,
-                           "add_noise": list(specs) or None}  # fmt: skip
+                           "add_noise": list(specs) or None, "megapixels": mp,
+                           "seconds": seconds, "seconds_per_mp": seconds / mp if mp else None}  # fmt: skip
     if specs:
         res["psnr_noisy"] = mean_psnr(clean, inputs)
         res["psnr_denoised"] = mean_psnr(clean, outputs)
@@ -134,7 +138,9 @@ def _denoise_text(res: dict[str, Any], specs, seed: int, out: Path) -> str:
     mode = res["mode"]
     lines = [
         f"wrote {res['images']} denoised image(s) to {out}"
-        + (f" ({mode} mode)" if mode not in ("exact", "whole") else "")
+        + (f" ({mode} mode)" if mode not in ("exact", "whole") else ""),
+        f"{res['megapixels']:.2f} MP in {res['seconds']:.2f} s"
+        + (f" ({res['seconds_per_mp']:.2f} s per megapixel)" if res["seconds_per_mp"] else ""),
     ]
     if specs:
         lines.append(f"added {'+'.join(specs)} (seed {seed}); noisy copies in {out / 'noisy'}")

@@ -45,7 +45,8 @@ def _train(a: argparse.Namespace) -> dict:
     from convae.cli.train import build_run_config
 
     root = photo_data.write_folders(a.photos)
-    argv = ["train", "--data", f"folder:{root / 'train'}", *TRAIN_FLAGS, "--out", str(a.out),
+    train = root / "train" if a.max_side is None else _shrunk(root / "train", a.max_side)
+    argv = ["train", "--data", f"folder:{train}", *TRAIN_FLAGS, "--out", str(a.out),
             *a.extra]  # fmt: skip
     args = build_parser().parse_args(argv)
     set_threads(args)
@@ -56,6 +57,25 @@ def _train(a: argparse.Namespace) -> dict:
     return {"command": "convae " + " ".join(argv), "run": str(a.out),
             "snapshots": [str(s) for s in snaps], "wall_s": time.perf_counter() - t0,
             "cpu_s": time.process_time() - c0}  # fmt: skip
+
+
+def _shrunk(folder: Path, side: int) -> Path:
+    """``folder``'s photos with the longer side shrunk to ``side`` (antialiased) in
+    ``folder-SIDE``: the large photos (retina, hubble_deep_field) then weigh about as much as the
+    others in the crops, which are drawn in proportion to a photo's area."""
+    from PIL import Image
+
+    out = folder.with_name(f"{folder.name}-{side}")
+    out.mkdir(exist_ok=True)
+    for p in sorted(folder.glob("*.png")):
+        with Image.open(p) as im:
+            im = im.convert("RGB")
+            scale = side / max(im.size)
+            if scale < 1:
+                size = (round(im.width * scale), round(im.height * scale))
+                im = im.resize(size, Image.Resampling.LANCZOS)
+            im.save(out / p.name)
+    return out
 
 
 def _photos() -> dict[str, torch.Tensor]:
@@ -133,6 +153,7 @@ def main(argv: list[str] | None = None) -> int:
     t.add_argument("--out", type=Path, required=True, help="the run directory")
     t.add_argument("--snapshots", type=Path, help="default OUT-snapshots")
     t.add_argument("--marks", type=float, nargs="+", default=[2.5, 5, 10], help="CPU minutes")
+    t.add_argument("--max-side", type=int, help="train on the photos shrunk to this longer side")
     t.add_argument("extra", nargs="*", help="more convae train flags (after --)")
     levels = ",".join(denoise_photos.LEVELS)
     c = sub.add_parser("classical", help="tune and score BM3D and the scikit-image filters")
@@ -140,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
     c.add_argument("--methods", default=",".join(denoise_photos.METHODS))
     c.add_argument("--out", type=Path)
     m = sub.add_parser("model", help="score trained runs (blind)")
-    m.add_argument("runs", nargs="+")
+    m.add_argument("runs", nargs="+", type=Path)
     m.add_argument("--levels", default=levels)
     m.add_argument("--out", type=Path)
     e = sub.add_parser("example", help="a figure: one held-out photo's crop, every method")

@@ -292,7 +292,8 @@ def summary(res: dict[str, dict[str, Any]]) -> str:
     """One row per method: the mean PSNR / SSIM over the photos at each level, the mean CPU
     seconds per megapixel over all levels, and how many times faster than BM3D that is."""
     levels = list(res)
-    methods = sorted({m for lv in res.values() for m in lv},
+    # the known methods in their order, then the others (several runs) as they came
+    methods = sorted(dict.fromkeys(m for lv in res.values() for m in lv),
                      key=lambda k: ORDER.index(k) if k in ORDER else len(ORDER))  # fmt: skip
 
     def cpu(m: str) -> float | None:

@@ -294,7 +294,7 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
         # short warm-up and L1 (sharper edges than MSE at the same PSNR), small batches of
         # 64 x 64 crops under all 8 flips/rotations and channel orders (6 photos are little
         # data), fp32 weights with a bf16 forward where the CPU has it. 50 epochs of 128 steps:
-        # about 15 minutes on one core of the benchmark's CPU (docs/denoise.md, Photos).
+        # 13-15 minutes on one core of the benchmark's CPU (docs/denoise.md, Photos).
         "crop": {
             "model": {
                 "arch": "convae-unet",

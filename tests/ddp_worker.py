@@ -58,7 +58,9 @@ def _fit_and_dump(model, *args, **kwargs):
         state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
         Path(_job["dump"]).mkdir(parents=True, exist_ok=True)
         save_file(state, str(Path(_job["dump"]) / f"rank{rank}.safetensors"))
-        losses = [{k: v for k, v in row.items() if k != "seconds"} for row in history]
+        losses = [
+            {k: v for k, v in row.items() if k not in ("seconds", "cpu_seconds")} for row in history
+        ]
         (Path(_job["dump"]) / f"rank{rank}.history.json").write_text(json.dumps(losses))
     return history
 

@@ -267,14 +267,14 @@ def test_random_crops_prefetch_each_batch_from_the_cache(tmp_path, monkeypatch):
     asked = []
     real = store.prefetch
     monkeypatch.setattr(store, "prefetch", lambda spans: asked.append(spans) or real(spans))
-    crops = RandomCrops(store, 8, 16, torch.device("cpu"), flip=False)
+    crops = RandomCrops(store, 8, 16, torch.device("cpu"), augment="none")
     crops.start_epoch(0, 0)
     x = crops.batch(torch.arange(16))
     (spans,) = asked
     assert [list(s[:2]) for s in spans] == crops.plan[:, :2].tolist() and {s[2] for s in spans} == {
         8
     }
-    for k, (i, top, left, _) in enumerate(crops.plan.tolist()):
+    for k, (i, top, left, *_) in enumerate(crops.plan.tolist()):
         assert torch.equal(x[k], store.image(i)[:, top : top + 8, left : left + 8])
 
 

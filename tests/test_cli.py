@@ -432,7 +432,7 @@ def test_interrupted_run_resumes_exactly(tmp_path, monkeypatch):
         assert (tmp_path / "full" / name).read_bytes() == (tmp_path / "cut" / name).read_bytes(), (
             name
         )
-    strip = lambda p: [{k: v for k, v in json.loads(s).items() if k != "seconds"}  # noqa: E731
+    strip = lambda p: [{k: v for k, v in json.loads(s).items() if k not in ("seconds", "cpu_seconds")}  # noqa: E731
                        for s in p.read_text().splitlines()]  # fmt: skip
     assert strip(tmp_path / "full" / "history.jsonl") == strip(tmp_path / "cut" / "history.jsonl")
     m_full = json.loads((tmp_path / "full" / "metrics.json").read_text())

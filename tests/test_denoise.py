@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -211,8 +212,103 @@ def test_benchmark_rows_and_examples(denoise_run):
 
 def test_denoise_preset_exists_and_is_a_plain_override():
     p = PRESETS["denoise"]
-    assert set(p) <= {"model", "train"}
-    assert "noise" not in p.get("train", {})  # the noise always comes from --noise
+    assert set(p) <= {"model", "train", "crop"}
+    # images of one size (digits): the noise comes from --noise
+    assert "noise" not in p.get("train", {})
+    # crops of photos: the blind U-Net
+    assert p["crop"]["model"]["arch"] == "convae-unet"
+    assert p["crop"]["train"]["noise"] == ("blind",) and p["crop"]["train"]["loss"] == "l1"
+
+
+def _train_config(*argv):
+    from convae.cli.train import build_run_config
+
+    return build_run_config(cli.build_parser().parse_args(["train", *argv]))
+
+
+def test_denoise_preset_picks_the_photo_denoiser_for_crops_and_flags_still_win(tmp_path):
+    digits = _train_config("--preset", "denoise", "--noise", "gaussian:0.4")
+    assert digits.model.arch == "convae" and digits.model.latent_dim == 128
+    assert digits.train.noise == ("gaussian:0.4",) and digits.train.loss == "mse"
+    assert digits.data.augment == "flip"
+    photos = _train_config("--preset", "denoise", "--data", "folder:/x", "--crop", "64")
+    assert photos.model.arch == "convae-unet" and photos.model.width == 32
+    assert photos.model.latent_dim is None and photos.model.norm == "none"
+    assert photos.train.noise == ("blind",) and photos.train.loss == "l1"
+    assert photos.train.optimizer == "adam" and photos.train.batch_size == 16
+    assert photos.data.augment == "dihedral+channels" and photos.data.crop == 64
+    # a folder of photos of several sizes (or all large) without --image-size: crops of 64
+    _write_photos(tmp_path / "mixed", [(70, 90), (80, 66)])
+    folder = _train_config("--preset", "denoise", "--data", f"folder:{tmp_path / 'mixed'}")
+    assert folder.model.arch == "convae-unet" and folder.data.crop == 64
+    _write_photos(tmp_path / "digits", [(28, 28), (28, 28)])  # one small size: whole images
+    whole = _train_config("--preset", "denoise", "--data", f"folder:{tmp_path / 'digits'}")
+    assert whole.model.arch == "convae" and whole.data.crop is None
+    small = _train_config("--preset", "denoise", "--data", "folder:/x", "--image-size", "28")
+    assert small.model.arch == "convae" and small.data.crop is None
+    mine = _train_config("--preset", "denoise", "--data", "folder:/x", "--crop", "32",
+                         "--noise", "gaussian:0-0.1", "--augment", "flip", "--loss", "mse",
+                         "--crops-per-epoch", "64")  # fmt: skip
+    assert mine.train.noise == ("gaussian:0-0.1",) and mine.data.augment == "flip"
+    assert mine.train.loss == "mse" and mine.data.crops_per_epoch == 64
+    assert mine.model.arch == "convae-unet"
+
+
+def _write_photos(root: Path, sizes) -> None:
+    g = torch.Generator().manual_seed(0)
+    root.mkdir(parents=True, exist_ok=True)
+    for i, (h, w) in enumerate(sizes):
+        base = torch.rand(3, h // 4 + 1, w // 4 + 1, generator=g)
+        img = torch.nn.functional.interpolate(base[None], size=(h, w), mode="bilinear")[0]
+        Image.fromarray((img.permute(1, 2, 0) * 255).byte().numpy()).save(root / f"p{i}.png")
+
+
+@pytest.fixture(scope="module")
+def photo_run(tmp_path_factory) -> Path:
+    """A tiny blind photo denoiser trained with the preset on crops of photos of mixed sizes."""
+    root = tmp_path_factory.mktemp("photos")
+    _write_photos(root / "train", [(40, 56), (48, 33), (64, 64)])
+    out = root / "run"
+    rc, stdout, err = run_cli("train", "--preset", "denoise", "--data", f"folder:{root / 'train'}",
+                              "--crop", "16", "--val-fraction", "0", "--width", "4", "--depth",
+                              "1", "--epochs", "2", "--crops-per-epoch", "32", "--device", "cpu",
+                              "--out", out, "--json")  # fmt: skip
+    assert rc == 0, err
+    return out
+
+
+def test_photo_preset_trains_a_blind_unet_and_records_cpu_time(photo_run):
+    cfg = json.loads((photo_run / "config.json").read_text())
+    assert cfg["model"]["arch"] == "convae-unet" and cfg["train"]["noise"] == ["blind"]
+    hist = [json.loads(line) for line in (photo_run / "history.jsonl").read_text().splitlines()]
+    assert len(hist) == 2 and all(r["cpu_seconds"] > 0 for r in hist)
+    metrics = json.loads((photo_run / "metrics.json").read_text())
+    assert metrics["train_cpu_seconds"] == pytest.approx(sum(r["cpu_seconds"] for r in hist))
+
+
+def test_denoise_cli_takes_any_size_whole_with_a_fully_convolutional_run(photo_run, tmp_path):
+    src = tmp_path / "in"
+    _write_photos(src, [(30, 45), (7, 50)])
+    for flags in ([], ["--tile"]):  # --tile is accepted: it is what happens anyway
+        out = tmp_path / f"out{len(flags)}"
+        rc, stdout, err = run_cli("denoise", photo_run, src, "--out", out, *flags, "--json")
+        assert rc == 0, err
+        res = last_json(stdout)
+        assert res["mode"] == "whole" and res["megapixels"] == (30 * 45 + 7 * 50) / 1e6
+        assert res["seconds_per_mp"] == pytest.approx(res["seconds"] / res["megapixels"])
+        for name, size in (("p0.png", (45, 30)), ("p1.png", (50, 7))):
+            with Image.open(out / name) as im:
+                assert im.size == size and im.mode == "RGB"
+    rc, stdout, err = run_cli("denoise", photo_run, src, "--out", tmp_path / "r", "--resize",
+                              "--json")  # fmt: skip
+    assert rc == 0 and last_json(stdout)["mode"] == "resize", err
+    model = load(photo_run)
+    with Image.open(src / "p0.png") as im:
+        x = to_float(torch.from_numpy(np.array(im)).permute(2, 0, 1).contiguous())
+    whole = denoise_images(model, [x])[0]
+    with torch.no_grad():
+        direct = model(x[None]).clamp(0, 1)[0]
+    torch.testing.assert_close(whole, direct, atol=1e-6, rtol=0)  # one pass, no seams
 
 
 # ---------------------------------------------------------------------------------------------

@@ -309,7 +309,8 @@ def test_cli_map_on_tiny_images(crop_run, tmp_path):
 
 def test_anomaly_preset_on_a_folder_of_any_size_trains_on_crops(tmp_path):
     from convae.cli import build_parser
-    from convae.cli.train import ANOMALY_CROP, build_run_config
+    from convae.cli.train import build_run_config
+    from convae.config import preset_crop
 
     def config(folder: Path, *extra: str):
         args = build_parser().parse_args(["train", "--data", f"folder:{folder}", *extra])
@@ -319,7 +320,7 @@ def test_anomaly_preset_on_a_folder_of_any_size_trains_on_crops(tmp_path):
         write_png(torch.from_numpy(texture(h, w, i)), tmp_path / "mixed" / f"{i}.png")
         write_png(torch.from_numpy(texture(28, 28, i)), tmp_path / "small" / f"{i}.png")
     cfg = config(tmp_path / "mixed", "--preset", "anomaly")
-    assert cfg.data.crop == ANOMALY_CROP and cfg.model.arch == "convae-map"
+    assert cfg.data.crop == preset_crop("anomaly") == 64 and cfg.model.arch == "convae-map"
     assert cfg.data.channels == 3
     assert config(tmp_path / "mixed", "--preset", "anomaly", "--crop", "32").data.crop == 32
     # one small size: whole images, the fixed-size preset (as for digits)

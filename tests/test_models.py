@@ -44,6 +44,12 @@ def test_forward_backward(arch, channels, size):
     model = build_model(_cfg(arch, channels, size))
     model.train()
     x = torch.rand(2, channels, size, size)
+    if not model.has_code:  # a restoration network: forward only (tested below)
+        with pytest.raises(ValueError, match="no code"):
+            model.encode(x)
+        with pytest.raises(ValueError, match="no code"):
+            model.decode(torch.zeros(2, model.latent_dim))
+        return
     z = model.encode(x)
     assert z.shape == (2, model.latent_dim)
     assert model.latent_dim == default_latent_dim(model.config)
@@ -73,12 +79,18 @@ def test_eval_mode_is_deterministic_and_batch_independent(arch):
         full = model(x)
         one = model(x[1:2])
     torch.testing.assert_close(full[1:2], one, rtol=1e-5, atol=1e-6)
+    if not model.has_code:
+        return
     with torch.no_grad():
         torch.testing.assert_close(model.forward(x), model.decode(model.encode(x)), rtol=0, atol=0)
 
 
 @pytest.mark.parametrize("arch", ARCHS)
 def test_explicit_latent_dim(arch):
+    if not build_model(_cfg(arch)).has_code:
+        with pytest.raises(ValueError, match="no code"):
+            build_model(_cfg(arch, latent_dim=7))
+        return
     # the pool and map archs keep a (s/4)^2 code map, so their latent dim is a multiple of 49 at 28 px
     L = 2 * 49 if arch in ("seed-pool", "seed-upsample", "convae-map") else 7
     L = 2 * 16 if arch == "hyperprior" else L  # a 4x4 code map (28 px padded to 64)
@@ -240,7 +252,8 @@ def test_register_without_description_or_docstring(scratch_registry):
 
 @pytest.mark.parametrize("arch", ARCHS)
 def test_mean_image_is_the_output_when_the_decoder_adds_nothing(arch):
-    if arch == "hyperprior":  # photos of any size: a mean image of one size does not apply
+    # photos of any size (hyperprior), or the noise predicted instead of the image (no code)
+    if arch == "hyperprior" or not build_model(_cfg(arch)).has_code:
         with pytest.raises(ValueError, match="mean-image"):
             build_model(_cfg(arch, mean_image=True))
         return
@@ -361,3 +374,54 @@ def test_a_builder_that_cannot_run_on_meta_is_built_unchecked(scratch_registry):
         return models.AutoEncoder(enc, torch.nn.Identity(), (4, 26, 26), cfg)
 
     assert build_model(ModelConfig(arch="item-init")).encoder.kernel_size == (3, 3)
+
+
+# ---------------------------------------------------------------------------------------------
+# The restoration network: any size, the noise it predicts subtracted, its own noise estimate
+
+
+@pytest.mark.parametrize("hw", [(28, 28), (37, 23), (5, 9), (64, 48), (1, 1)])
+def test_unet_forward_backward_at_any_size(hw):
+    torch.manual_seed(0)
+    model = build_model(_cfg("convae-unet", 3, 32))
+    assert model.fully_conv and model.stride == 16 and not model.has_code
+    x = torch.rand(2, 3, *hw)
+    y = model(x)
+    assert y.shape == x.shape and torch.isfinite(y).all()
+    torch.nn.functional.l1_loss(y, x).backward()
+    for name, p in model.named_parameters():
+        assert p.grad is not None and torch.isfinite(p.grad).all(), name
+
+
+def test_unet_returns_its_input_when_it_predicts_no_noise():
+    model = build_model(_cfg("convae-unet", 3, 32)).eval()
+    with torch.no_grad():
+        model.decoder.tail.weight.zero_()
+        model.decoder.tail.bias.zero_()
+        x = torch.rand(1, 3, 21, 30)
+        assert torch.equal(model(x), x)  # colour and detail kept exactly
+
+
+def test_unet_is_told_the_noise_level_by_its_own_estimate():
+    from convae.models.restore import estimate_noise
+
+    g = torch.Generator().manual_seed(0)
+    flat = torch.full((4, 3, 64, 64), 0.5)
+    sigmas = torch.tensor([0.0, 0.02, 0.1, 0.2])
+    noisy = flat + sigmas.view(4, 1, 1, 1) * torch.randn(flat.shape, generator=g)
+    est = estimate_noise(noisy)
+    assert est[0] == 0
+    torch.testing.assert_close(est[1:], sigmas[1:], rtol=0.08, atol=0)
+    # a smooth gradient is no noise
+    ramp = torch.linspace(0, 1, 64).view(1, 1, 1, 64).expand(1, 3, 64, 64)
+    assert estimate_noise(ramp)[0] < 1e-6
+
+
+def test_unet_width_and_depth_and_summary():
+    s = summary(build_model(ModelConfig(arch="convae-unet", channels=3, image_size=64, width=32)))
+    assert s["params"] == 2_307_180 and s["has_code"] is False
+    assert s["layers"][0]["kind"] == "NoiseLevel" and s["layers"][0]["shape"] == (1, 1, 32, 32)
+    bottom = [r for r in s["layers"] if r["name"] == "bottom"][0]
+    assert bottom["shape"] == (1, 256, 4, 4)  # 8w at 1/16
+    shallow = build_model(ModelConfig(arch="convae-unet", width=4, depth=1))
+    assert shallow.stride == 4 and shallow(torch.rand(1, 1, 9, 7)).shape == (1, 1, 9, 7)

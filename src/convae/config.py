@@ -24,8 +24,8 @@ __all__ = [
     "recipe_for",
     "register_recipe",
     "PRESETS",
-    "CROP_PRESETS",
     "preset_overrides",
+    "preset_crop",
     "apply_preset",
     "read_run_config",
     "OPTIMIZERS",
@@ -78,6 +78,9 @@ class DataConfig:
     split_by: str = "file"  # folders: hold out whole "file"s or whole sub-"folder"s
     crop: int | None = None  # train on random crop x crop crops (+ flips) of images of any size
     crops_per_epoch: int | None = None  # crops in an epoch; None = 64 per training image, >= 2048
+    # Crops only: "flip" (horizontal flips), "dihedral" (the 8 flips and 90-degree rotations),
+    # "dihedral+channels" (and a random order of the colour channels), or "none".
+    augment: str = "flip"
 
 
 @dataclass(frozen=True)
@@ -89,12 +92,13 @@ class TrainConfig:
     weight_decay: float = 1e-4  # decoupled weight decay (adamw, muon; ignored by adam)
     schedule: str = "onecycle"  # "onecycle", "cosine" or "constant"
     warmup: float | None = None  # fraction of steps warming up; None = the arch's default (0.15)
-    loss: str = "mse"  # "mse" or "bce"
+    loss: str = "mse"  # "mse", "l1" or "bce"
     precision: str = "auto"  # "auto", "fp32", "bf16" or "fp16"
     channels_last: bool | None = None  # None = on (measured faster on CPU and CUDA)
     patience: int = 0  # early stop after this many epochs without val improvement; 0 = off
     seed: int = 0  # one seed: init, shuffling, noise
-    noise: tuple[str, ...] = ()  # input corruptions for denoising, e.g. ("gaussian:0.4",)
+    # input corruptions for denoising, e.g. ("gaussian:0.4",) or ("blind",) (convae.noise)
+    noise: tuple[str, ...] = ()
     eval_every: int = 1  # validate every N epochs (always on the last)
     clip: float | None = None  # clip each step's gradient norm to this; None = no clipping
 
@@ -149,6 +153,9 @@ _RECIPES: dict[str, Recipe] = {
     "hyperprior": Recipe(
         epochs=12, batch_size=8, optimizer="adam", lr=5e-4, warmup=0.02, cpu_bf16=False
     ),
+    # The residual U-Net has no normalization: Adam at a moderate rate with a short warm-up, in
+    # small batches (the preset `denoise` on crops pins its measured recipe).
+    "convae-unet": Recipe(batch_size=16, optimizer="adam", lr=2e-3, warmup=0.02),
 }
 
 
@@ -270,10 +277,11 @@ def _check_type(name: str, v: Any, annotation: str) -> None:
 # Each entry maps a section ("model" / "train") to field overrides.
 PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     "default": {},
-    # Denoising (docs/denoise.md): a wide dense bottleneck (the code must carry the whole clean
-    # digit, not a compressed summary of it), a narrow cheap network, and many small steps - each
-    # epoch draws new noise. Pinned in full so the documented numbers do not move with the
-    # defaults. The noise itself comes from --noise.
+    # Denoising (docs/denoise.md). Images of one size (digits): a wide dense bottleneck (the code
+    # must carry the whole clean digit, not a compressed summary of it), a narrow cheap network,
+    # and many small steps - each epoch draws new noise; the noise comes from --noise. Crops of
+    # photos (--crop, or a folder without --image-size: the "crop" entry below): the residual
+    # U-Net trained blind. Pinned in full so the documented numbers do not move with the defaults.
     "denoise": {
         "model": {
             "arch": "convae",
@@ -292,6 +300,34 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
             "schedule": "onecycle",
             "warmup": 0.15,
             "loss": "mse",
+        },
+        # On crops: a blind photo denoiser (any size, any noise level up to ~50/255). Adam with a
+        # short warm-up and L1 (sharper edges than MSE at the same PSNR), small batches of
+        # 64 x 64 crops under all 8 flips/rotations and channel orders (6 photos are little
+        # data), fp32 weights with a bf16 forward where the CPU has it. 50 epochs of 128 steps:
+        # 13-15 minutes on one core of the benchmark's CPU (docs/denoise.md, Photos).
+        "crop": {
+            "model": {
+                "arch": "convae-unet",
+                "width": 32,
+                "depth": 3,
+                "latent_dim": None,
+                "norm": "none",
+                "mean_image": False,
+            },
+            "data": {"crop": 64, "augment": "dihedral+channels", "crops_per_epoch": 2048},
+            "train": {
+                "epochs": 50,
+                "batch_size": 16,
+                "lr": 2e-3,
+                "optimizer": "adam",
+                "weight_decay": 0.0,
+                "schedule": "onecycle",
+                "warmup": 0.02,
+                "loss": "l1",
+                "noise": ("blind",),
+                "channels_last": False,
+            },
         },
     },
     # One-class anomaly detection (docs/anomaly.md): a narrow model (width 16, 16 latent values)
@@ -312,6 +348,34 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
             "optimizer": "adamw",
             "schedule": "onecycle",
             "loss": "mse",
+        },
+        # On crops, for parts of any size (docs/anomaly.md, "Textures"): a fully convolutional
+        # code-map model (8 values per 8 x 8 block of RGB pixels, 1/24 of the input), no mean
+        # image, RGB inputs so that a colour defect on grey parts shows in the residual, and 2,048
+        # AdamW steps of 16 crops of 64 px; the texture benchmark uses it (with --epochs 8).
+        "crop": {
+            "model": {
+                "arch": "convae-map",
+                "width": 32,
+                "depth": 3,
+                "code_channels": 8,
+                "latent_dim": None,
+                "decoder": "upsample",
+                "norm": "batch",
+                "padding": "reflect",
+                "mean_image": False,
+            },
+            "data": {"channels": 3, "crop": 64},
+            "train": {
+                "epochs": 16,
+                "batch_size": 16,
+                "lr": 2e-3,
+                "optimizer": "adamw",
+                "weight_decay": 1e-4,
+                "schedule": "onecycle",
+                "warmup": 0.05,
+                "loss": "mse",
+            },
         },
     },
     # Compression (docs/codec.md): the model `convae bench codec` measures - a [4, 7, 7] code map
@@ -377,54 +441,30 @@ def preset_for_data(name: str | None, spec: str | None) -> str | None:
     return name
 
 
-# A preset's form for a run trained on crops of images of any size (``--crop``), where it
-# differs from the fixed-size one.
-CROP_PRESETS: dict[str, dict[str, dict[str, Any]]] = {
-    # Inspection of parts of any size (docs/anomaly.md, "Textures"): a fully
-    # convolutional code-map model (8 values per 8 x 8 block of RGB pixels, 1/24 of the input),
-    # no mean image, RGB inputs so that a colour defect on grey parts shows in the residual, and
-    # 2,048 AdamW steps of 16 crops; the texture benchmark uses it (with --epochs 8).
-    "anomaly": {
-        "model": {
-            "arch": "convae-map",
-            "width": 32,
-            "depth": 3,
-            "code_channels": 8,
-            "latent_dim": None,
-            "decoder": "upsample",
-            "norm": "batch",
-            "padding": "reflect",
-            "mean_image": False,
-        },
-        "data": {"channels": 3},
-        "train": {
-            "epochs": 16,
-            "batch_size": 16,
-            "lr": 2e-3,
-            "optimizer": "adamw",
-            "weight_decay": 1e-4,
-            "schedule": "onecycle",
-            "warmup": 0.05,
-            "loss": "mse",
-        },
-    },
-}
-
-
 def preset_overrides(name: str, crops: bool = False) -> dict[str, dict[str, Any]]:
-    """The field overrides of preset ``name``: its crop form (:data:`CROP_PRESETS`) when the
-    run trains on crops and the preset has one."""
+    """The preset's overrides by section ("model", "data", "train"); on crops of images of any
+    size (``crops``) its "crop" entry, where it has one, is laid over them."""
     if name not in PRESETS:
         raise ValueError(f"unknown preset {name!r}; choose one of: {', '.join(sorted(PRESETS))}")
-    return CROP_PRESETS[name] if crops and name in CROP_PRESETS else PRESETS[name]
+    p = PRESETS[name]
+    out = {k: dict(v) for k, v in p.items() if k != "crop"}
+    if crops:
+        for section, fields_ in p.get("crop", {}).items():
+            out[section] = {**out.get(section, {}), **fields_}
+    return out
 
 
-def apply_preset(cfg: RunConfig, name: str | None) -> RunConfig:
+def preset_crop(name: str | None) -> int | None:
+    """The crop size of a preset's crop form (None: it has none)."""
+    return PRESETS.get(name or "", {}).get("crop", {}).get("data", {}).get("crop")
+
+
+def apply_preset(cfg: RunConfig, name: str | None, crops: bool | None = None) -> RunConfig:
     """Return ``cfg`` with the preset's overrides applied (the CLI applies user flags afterwards);
-    a run on crops (``cfg.data.crop``) gets the preset's crop form where it has one."""
+    on crops (``crops``; None: whether ``cfg.data.crop`` is set) the preset's crop form."""
     if name is None:
         return cfg
-    p = preset_overrides(name, cfg.data.crop is not None)
+    p = preset_overrides(name, cfg.data.crop is not None if crops is None else crops)
     return replace(
         cfg,
         model=replace(cfg.model, **p.get("model", {})),

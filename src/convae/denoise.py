@@ -29,7 +29,7 @@ from torch import Tensor
 from .checkpoint import read_json, write_json
 from .config import DataConfig, RunConfig, apply_preset
 from .data import load_split
-from .inference import finite_pixels, load, spread_indices, to_float
+from .inference import finite_pixels, load, map_image, spread_indices, to_float
 from .metrics import json_safe, psnr_per_image, ssim_per_image
 from .models import AutoEncoder
 from .noise import corrupt, parse_noise
@@ -44,7 +44,6 @@ __all__ = [
     "MODES",
     "parse_levels",
     "level_name",
-    "read_images",
     "denoise_tensor",
     "denoise_images",
     "mean_psnr",
@@ -56,6 +55,7 @@ __all__ = [
     "level_dir",
     "bench_denoise_outputs",
     "bench_denoise",
+    "train_with_snapshots",
 ]
 
 MODES = ("exact", "tile", "resize")
@@ -83,11 +83,11 @@ def parse_levels(text: str | Sequence[str]) -> list[tuple[str, ...]]:
             continue
         parts = []
         for part in (p.strip() for p in item.split("+")):
-            if ":" not in part and kind is not None:
+            if ":" not in part and kind is not None and part[:1].isdigit() | part.startswith("."):
                 part = f"{kind}:{part}"
-            k, a = parse_noise(part)
-            kind = k
-            parts.append(f"{k}:{a:g}")
+            n = parse_noise(part)
+            kind = n.kind
+            parts.append(str(n))
         levels.append(tuple(parts))
     if not levels:
         raise ValueError("no noise level given; e.g. --noise gaussian:0.2,0.4,0.6")
@@ -101,25 +101,6 @@ def level_name(level: Sequence[str]) -> str:
 
 # ---------------------------------------------------------------------------------------------
 # Applying a model
-
-
-def read_images(
-    inputs: Sequence[str | os.PathLike], channels: int
-) -> tuple[list[Tensor], list[Path]]:
-    """Image files or folders -> (uint8 [C, H, W] each at its own size, paths), converted to
-    ``channels`` as :func:`convae.images.read_image_files` does; an unreadable file is an error."""
-    from .images import decode_image, list_image_files
-
-    paths = list_image_files(inputs)
-    if not paths:
-        raise ValueError("no image files found in the given inputs")
-    images = []
-    for p in paths:
-        try:
-            images.append(torch.from_numpy(decode_image(p, channels).copy()))
-        except (OSError, ValueError, SyntaxError) as e:
-            raise ValueError(f"{p}: cannot read image ({e})") from e
-    return images, paths
 
 
 @torch.inference_mode()
@@ -137,6 +118,10 @@ def denoise_tensor(model: AutoEncoder, x: Tensor, batch_size: int = 512) -> Tens
         for i in range(0, len(x), batch_size)
     ]
     return torch.cat(outs) if outs else torch.zeros(0, *model.input_shape)
+
+
+def _finite(model: AutoEncoder):
+    return lambda x: finite_pixels(model(x), model)
 
 
 def _starts(n: int, s: int) -> list[int]:
@@ -193,10 +178,12 @@ def denoise_images(
 ) -> list[Tensor]:
     """Denoise float images [C, H, W] in [0, 1]; each output has its input's size.
 
-    ``mode``: "exact" - every image must have the model's size; "tile" - any size, denoised in
-    half-overlapping model-sized tiles blended with a smooth window (full resolution, for models
-    trained on patches or textures); "resize" - resized to the model's size and the result back
-    (for whole objects such as digits drawn at another size).
+    ``mode``: "exact" - every image must have the model's size, except for a fully convolutional
+    model, which takes any size whole (convae's whole-image path: padded to its stride, large
+    overlapping tiles above 2 MP); "tile" - any size, denoised in half-overlapping model-sized
+    tiles blended with a smooth window (full resolution, for models tied to their size; a fully
+    convolutional model runs whole as in "exact"); "resize" - resized to the model's size and the
+    result back (for whole objects such as digits drawn at another size).
     """
     if mode not in MODES:
         raise ValueError(f"mode must be one of {', '.join(MODES)}, not {mode!r}")
@@ -206,6 +193,9 @@ def denoise_images(
             raise ValueError(
                 f"images must be [C, H, W] with C = {c} (the model's), not {tuple(img.shape)}"
             )
+    if mode in ("exact", "tile") and model.fully_conv:
+        # any size as it is: the whole image at once (padded to the stride; tiled above 2 MP)
+        return [map_image(model, img.float(), _finite(model), batch_size) for img in images]
     if mode == "tile":
         return [_denoise_tiled(model, img.float(), batch_size) for img in images]
     if mode == "resize":
@@ -349,7 +339,8 @@ def train_denoiser(
     progress=None,
 ) -> Path:
     """Train a ``--preset denoise`` run on ``data`` with input corruption ``level``; its directory."""
-    cfg = apply_preset(RunConfig(data=data), "denoise")
+    # the benchmark scores images of one size: the preset's model for them unless asked for crops
+    cfg = apply_preset(RunConfig(data=data), "denoise", crops=data.crop is not None)
     t = replace(cfg.train, noise=tuple(level), seed=seed)
     if epochs is not None:
         t = replace(t, epochs=epochs)
@@ -594,3 +585,50 @@ def bench_denoise(
     report["seconds"] = time.perf_counter() - t_start
     write_json(out / "results.json", json_safe(report))
     return report
+
+
+# ---------------------------------------------------------------------------------------------
+# Training time against quality: one training run, its weights kept at CPU-time marks
+
+
+def train_with_snapshots(
+    cfg: RunConfig,
+    out: str | os.PathLike,
+    snapshots: str | os.PathLike,
+    cpu_marks: Sequence[float],
+    *,
+    device: str | torch.device = "auto",
+    progress=None,
+) -> list[Path]:
+    """Train ``cfg`` into the run directory ``out`` exactly as :func:`convae.train` does, and at
+    the end of the first epoch whose cumulative training CPU time (this process's, as the run's
+    ``history.jsonl`` counts it) reaches each of ``cpu_marks`` seconds, copy that epoch's weights
+    into ``snapshots/cpu-<seconds>s`` (config.json + model.safetensors: ``convae.load`` reads it).
+    The snapshots are mid-schedule (the learning rate not yet annealed). Returns their folders."""
+    from safetensors.torch import save as st_save
+
+    from .checkpoint import atomic_write, last_weights
+
+    out, root = Path(out), Path(snapshots)
+    marks = sorted(cpu_marks)
+    made: list[Path] = []
+    spent = 0.0
+
+    def on_event(e: dict[str, Any]) -> None:
+        nonlocal spent
+        if progress is not None:
+            progress(e)
+        if e.get("event") != "epoch":
+            return
+        spent += e["cpu_seconds"]
+        while marks and spent >= marks[0]:
+            d = root / f"cpu-{int(marks.pop(0))}s"
+            d.mkdir(parents=True, exist_ok=True)
+            atomic_write(d / "model.safetensors", st_save(last_weights(out)))
+            write_json(d / "config.json", read_json(out / "config.json"))
+            write_json(d / "snapshot.json", {"epoch": e["epoch"], "step": e["step"],
+                                             "cpu_seconds": spent, "run": str(out)})  # fmt: skip
+            made.append(d)
+
+    train(cfg, out, device=device, progress=on_event)
+    return made

@@ -129,10 +129,20 @@ def _plain_layers(model: AutoEncoder) -> AutoEncoder:
     return m.cpu().float().eval()
 
 
+def _check_part(model: AutoEncoder, part: str) -> None:
+    """A restoration network (no code) exports as a whole only."""
+    if part != "autoencoder" and not model.has_code:
+        raise ValueError(
+            f"{model.config.arch} has skip connections and no code: export --part autoencoder "
+            f"(the whole model), not the {part}"
+        )
+
+
 def export_module(model: AutoEncoder, part: str = "autoencoder") -> nn.Module:
     """The module that is exported for ``part``: uint8 images (or codes) in, eval mode, CPU."""
     if part not in PARTS:
         raise ValueError(f"part must be one of {', '.join(PARTS)}, not {part!r}")
+    _check_part(model, part)
     wrap = {"autoencoder": _Autoencoder, "encoder": _Encoder, "decoder": _Decoder}[part]
     return wrap(_plain_layers(model)).eval()
 
@@ -571,6 +581,7 @@ def export_run(
         raise ValueError(f"part must be one of {', '.join(PARTS)}, not {part!r}")
     t0 = time.perf_counter()
     model = load(run, "cpu", which)
+    _check_part(model, part)
     out = Path(out)
     name = f"{part}{FORMATS[format]}"
     targets = [out / name, out / f"{name}.json"]

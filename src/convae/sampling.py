@@ -20,6 +20,7 @@ __all__ = [
     "ImageStore",
     "TensorImages",
     "RandomCrops",
+    "AUGMENTS",
     "fixed_crops",
     "epoch_generator",
     "train_values",
@@ -78,22 +79,36 @@ class TensorImages:
         return (self.x.sum(0, dtype=torch.float64) / (255.0 * len(self.x))).float()
 
 
+AUGMENTS = ("none", "flip", "dihedral", "dihedral+channels")
+# The 6 orders of 3 colour channels ("dihedral+channels").
+_ORDERS = ((0, 1, 2), (0, 2, 1), (1, 0, 2), (1, 2, 0), (2, 0, 1), (2, 1, 0))
+
+
 class RandomCrops:
-    """``per_epoch`` random ``size x size`` crops of ``store``'s images per epoch (horizontal
-    flips with ``flip``), images picked in proportion to the crops they hold; an image smaller
-    than the crop is padded by repeating its edge."""
+    """``per_epoch`` random ``size x size`` crops of ``store``'s images per epoch, images picked in
+    proportion to the crops they hold; an image smaller than the crop is padded by repeating its
+    edge. ``augment`` (see :data:`AUGMENTS`): "flip" mirrors half of the crops left-right,
+    "dihedral" applies one of the 8 flips/90-degree rotations, "dihedral+channels" also shuffles
+    the colour channels, "none" none."""
 
     def __init__(
-        self, store: ImageStore, size: int, per_epoch: int, device: torch.device, flip: bool = True
+        self,
+        store: ImageStore,
+        size: int,
+        per_epoch: int,
+        device: torch.device,
+        augment: str = "flip",
     ) -> None:
         if len(store) == 0:
             raise ValueError("no training images to crop from")
-        self.store, self.size, self.n, self.flip = store, size, per_epoch, flip
+        if augment not in AUGMENTS:
+            raise ValueError(f"--augment must be one of {', '.join(AUGMENTS)}, not {augment!r}")
+        self.store, self.size, self.n, self.augment = store, size, per_epoch, augment
         self.device = device
         self.hw = np.asarray(store.sizes(), dtype=np.int64)  # [N, 2]
         room = np.maximum(self.hw - size + 1, 1)
         self.weights = torch.from_numpy((room[:, 0] * room[:, 1]).astype(np.float64))
-        self.plan = torch.zeros(0, 4, dtype=torch.long)
+        self.plan = torch.zeros(0, 5, dtype=torch.long)
 
     def __len__(self) -> int:
         return self.n
@@ -103,21 +118,31 @@ class RandomCrops:
         return (self.store.channels, self.size, self.size)
 
     def start_epoch(self, seed: int, epoch: int) -> None:
-        """Draw the epoch's crops: [per_epoch, 4] rows of (image, top, left, flip)."""
+        """Draw the epoch's crops: [per_epoch, 5] rows of (image, top, left, transform, channel
+        order); transform t rotates by 90 degrees t % 4 times, then mirrors when t >= 4."""
         g = epoch_generator(seed, epoch, 3, torch.device("cpu"))
         img = torch.multinomial(self.weights, self.n, replacement=True, generator=g)
         room = torch.from_numpy(np.maximum(self.hw - self.size + 1, 1))[img]  # [n, 2]
         pos = (torch.rand(self.n, 2, generator=g, dtype=torch.float64) * room).long()
-        flip = torch.rand(self.n, generator=g) < (0.5 if self.flip else 0.0)
-        self.plan = torch.cat([img[:, None], pos, flip[:, None].long()], 1)
+        if self.augment.startswith("dihedral"):
+            t = torch.randint(0, 8, (self.n,), generator=g)
+        else:  # "flip" draws exactly what it always drew
+            t = 4 * (torch.rand(self.n, generator=g) < (0.5 if self.augment == "flip" else 0.0))
+        shuffle = self.augment.endswith("+channels") and self.store.channels == 3
+        order = torch.randint(0, 6, (self.n,), generator=g) if shuffle else torch.zeros_like(t)
+        self.plan = torch.cat([img[:, None], pos, t[:, None].long(), order[:, None]], 1)
 
-    def _one(self, i: int, top: int, left: int, flip: int) -> np.ndarray:
+    def _one(self, i: int, top: int, left: int, t: int, order: int) -> np.ndarray:
         h, w = self.hw[i]
         s = self.size
         a = self.store.crop(i, top, left, min(s, int(h)), min(s, int(w)))
         if a.shape[1] < s or a.shape[2] < s:
             a = np.pad(a, ((0, 0), (0, s - a.shape[1]), (0, s - a.shape[2])), mode="edge")
-        return a[:, :, ::-1] if flip else a
+        if t % 4:
+            a = np.rot90(a, t % 4, axes=(1, 2))
+        if t >= 4:
+            a = a[:, :, ::-1]
+        return a[list(_ORDERS[order])] if order else a
 
     def batch(self, idx: Tensor) -> Tensor:
         """uint8 [B, C, size, size] on the training device."""
@@ -140,7 +165,7 @@ def fixed_crops(store: ImageStore, size: int, count: int, seed: int = 0) -> Tens
     a fixed validation set for a run trained on crops. uint8 [count, C, size, size]."""
     if len(store) == 0:
         return torch.zeros(0, store.channels, size, size, dtype=torch.uint8)
-    sampler = RandomCrops(store, size, count, torch.device("cpu"), flip=False)
+    sampler = RandomCrops(store, size, count, torch.device("cpu"), augment="none")
     sampler.start_epoch(seed, -7)
     sampler.plan[:, 0] = torch.arange(count) % len(store)  # every image, in turn
     hw = torch.from_numpy(sampler.hw)[sampler.plan[:, 0]]

@@ -16,9 +16,8 @@ from ..denoise import (
     denoise_images,
     mean_psnr,
     parse_levels,
-    read_images,
 )
-from ..images import write_png
+from ..images import read_images, write_png
 from ..inference import load
 from ..noise import corrupt
 from .common import (
@@ -61,19 +60,22 @@ def _add_denoise_parser(sub) -> None:
     g.add_argument(
         "--tile",
         action="store_true",
-        help="images of another size: denoise overlapping model-sized tiles at full resolution",
+        help="images of another size: denoise overlapping model-sized tiles at full resolution "
+        "(a fully convolutional run, e.g. --preset denoise --crop, takes any size whole anyway)",
     )
     g.add_argument(
         "--resize",
         action="store_true",
-        help="images of another size: resize to the model's size, denoise, resize back",
+        help="images of another size: resize to the model's size, denoise, resize back "
+        "(only when asked, also for a fully convolutional run)",
     )
     p.add_argument(
         "--add-noise",
         action="append",
         metavar="KIND:AMOUNT",
-        help="corrupt the (clean) inputs first, e.g. gaussian:0.4; also writes OUT/noisy/ and "
-        "reports PSNR against the inputs",
+        help="corrupt the (clean) inputs first, e.g. gaussian:0.4, gaussian:0.1, "
+        "poisson-gaussian:0.02/0.02, jpeg:30 (see convae train --help); also writes OUT/noisy/ "
+        "and reports PSNR against the inputs",
     )
     p.add_argument("--seed", type=int, default=0, help="seed of --add-noise (default 0)")
     add_device_arg(p)
@@ -98,6 +100,8 @@ def cmd_denoise(args: argparse.Namespace) -> int:
     model = load(args.run, args.device)
     images, paths = read_images(args.inputs, model.config.channels)  # all read before any write
     mode = "tile" if args.tile else "resize" if args.resize else "exact"
+    if model.fully_conv and mode != "resize":
+        mode = "whole"  # any size at full resolution, in one call
     if mode == "exact":
         _check_sizes(images, paths, model.config.image_size)
     specs = tuple(x.strip() for item in args.add_noise or () for x in item.split(",") if x.strip())
@@ -114,11 +118,15 @@ def cmd_denoise(args: argparse.Namespace) -> int:
     clean = [img.float().div_(255.0) for img in images]
     g = torch.Generator().manual_seed(args.seed)
     inputs = [corrupt(x[None], specs, g)[0] for x in clean] if specs else clean
-    outputs = denoise_images(model, inputs, mode)
+    t0 = time.perf_counter()
+    outputs = denoise_images(model, inputs, "exact" if mode == "whole" else mode)
+    seconds = time.perf_counter() - t0  # the model's work alone: no decoding, no PNG writing
+    mp = sum(x.shape[-2] * x.shape[-1] for x in inputs) / 1e6
     for target, img in zip(targets, [*outputs, *(inputs if specs else [])], strict=True):
         write_png(img, target)
     res: dict[str, Any] = {"out": str(out), "images": len(paths), "mode": mode,
-                           "add_noise": list(specs) or None}  # fmt: skip
+                           "add_noise": list(specs) or None, "megapixels": mp,
+                           "seconds": seconds, "seconds_per_mp": seconds / mp if mp else None}  # fmt: skip
     if specs:
         res["psnr_noisy"] = mean_psnr(clean, inputs)
         res["psnr_denoised"] = mean_psnr(clean, outputs)
@@ -129,7 +137,9 @@ def _denoise_text(res: dict[str, Any], specs, seed: int, out: Path) -> str:
     mode = res["mode"]
     lines = [
         f"wrote {res['images']} denoised image(s) to {out}"
-        + (f" ({mode} mode)" if mode != "exact" else "")
+        + (f" ({mode} mode)" if mode not in ("exact", "whole") else ""),
+        f"{res['megapixels']:.2f} MP in {res['seconds']:.2f} s"
+        + (f" ({res['seconds_per_mp']:.2f} s per megapixel)" if res["seconds_per_mp"] else ""),
     ]
     if specs:
         lines.append(f"added {'+'.join(specs)} (seed {seed}); noisy copies in {out / 'noisy'}")

@@ -19,6 +19,7 @@ from ..config import (
     ModelConfig,
     RunConfig,
     apply_preset,
+    preset_crop,
     preset_for_data,
     preset_overrides,
     read_run_config,
@@ -30,6 +31,7 @@ from ..inference import evaluate_store, load, reconstruct
 from ..metrics import json_restore
 from ..models import available, build_model, summary
 from ..runs import default_run_dir
+from ..sampling import AUGMENTS
 from ..training import train
 from .common import (
     ProgressBar,
@@ -96,6 +98,12 @@ def _add_crop_args(p) -> None:
         "size; the model's input is N x N",
     )
     g.add_argument(
+        "--augment",
+        choices=AUGMENTS,
+        help="crop augmentation: flip (left-right, default), dihedral (8 flips/rotations), "
+        "dihedral+channels (and colour channel order), none",
+    )
+    g.add_argument(
         "--crops-per-epoch",
         type=positive_int,
         metavar="K",
@@ -159,7 +167,7 @@ def _add_training_args(p) -> None:
     )
     g.add_argument("--weight-decay", type=float)
     g.add_argument("--schedule", choices=["onecycle", "cosine", "constant"])
-    g.add_argument("--loss", choices=["mse", "bce"])
+    g.add_argument("--loss", choices=["mse", "l1", "bce"])
     g.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"])
     g.add_argument(
         "--patience", type=int, help="early stop after N epochs without val improvement (0 = off)"
@@ -169,8 +177,11 @@ def _add_training_args(p) -> None:
         "--noise",
         action="append",
         metavar="KIND:AMOUNT",
-        help="corrupt inputs (denoising): gaussian:0.4, salt-pepper:P, speckle:S, mask:P; "
-        "repeat or comma-separate to combine",
+        help="corrupt inputs (denoising): gaussian:S, poisson-gaussian:A/B (gain/read noise), "
+        "salt-pepper:P, speckle:S, mask:P, jpeg:Q, or blind (70%% gaussian:0-0.2, 30%% "
+        "poisson-gaussian:0-0.04/0-0.1: one model for every level); an amount LO-HI is drawn "
+        "per image (gaussian:0-0.2); repeat or comma-separate to combine. Default: none, or "
+        "blind with --preset denoise --crop",
     )
 
 
@@ -183,7 +194,7 @@ _MODEL_FLAGS = ("arch", "latent_dim", "width", "decoder", "norm", "depth", "code
 _TRAIN_FLAGS = ("epochs", "batch_size", "lr", "optimizer", "weight_decay", "schedule", "loss",
                 "precision", "patience", "seed")  # fmt: skip
 _DATA_FLAGS = ("data_dir", "classes", "channels", "image_size", "max_side", "split_by", "strict",
-               "max_pixels", "val_fraction", "crop", "crops_per_epoch")  # fmt: skip
+               "max_pixels", "val_fraction", "crop", "crops_per_epoch", "augment")  # fmt: skip
 _FIELDS = {
     "data": ("data", "spec"),
     **{k: ("data", k) for k in _DATA_FLAGS},
@@ -203,11 +214,6 @@ def _given(args: argparse.Namespace) -> dict[str, Any]:
     if args.noise:
         given["noise"] = _noise_specs(args)
     return given
-
-
-# The crop of the anomaly preset on a folder of parts of several sizes, or of large ones, when
-# --crop is not given: its crop form inspects whole images of any size (docs/anomaly.md).
-ANOMALY_CROP = 64
 
 
 def _folder_sizes(spec: str) -> set[tuple[int, int]]:
@@ -230,37 +236,43 @@ def _folder_sizes(spec: str) -> set[tuple[int, int]]:
     return sizes
 
 
-def _crop(args: argparse.Namespace) -> int | None:
-    """``--crop``; else, for ``--preset anomaly`` on a folder (no ``--image-size``) whose images
-    differ in size or are all at least twice the preset's crop, that crop."""
-    spec = getattr(args, "data", None) or ""
-    if args.crop is not None or args.preset != "anomaly" or args.image_size is not None:
-        return args.crop
-    if not spec.startswith("folder:"):
-        return None
+def _on_crops(args: argparse.Namespace, preset: str | None) -> bool:
+    """Whether the preset takes its crop form: ``--crop`` given, or a folder (no
+    ``--image-size``) whose images differ in size or are all at least twice the preset's crop."""
+    if args.crop is not None:
+        return True
+    crop, spec = preset_crop(preset), getattr(args, "data", None) or ""
+    if crop is None or args.image_size is not None or not spec.startswith("folder:"):
+        return False
     sizes = _folder_sizes(spec)
-    if len(sizes) > 1 or (sizes and min(min(s) for s in sizes) >= 2 * ANOMALY_CROP):
-        log.info("--preset anomaly on images of any size: training on %d x %d crops "
-                 "(--crop N to choose)", ANOMALY_CROP, ANOMALY_CROP)  # fmt: skip
-        return ANOMALY_CROP
-    return None
+    if len(sizes) > 1 or (sizes and min(min(s) for s in sizes) >= 2 * crop):
+        log.info("--preset %s on images of any size: training on %d x %d crops (--crop N to "
+                 "choose)", preset, crop, crop)  # fmt: skip
+        return True
+    return False
 
 
 def build_run_config(args: argparse.Namespace) -> RunConfig:
-    """Defaults -> preset -> explicit flags."""
-    args.crop = _crop(args)
-    # the crop decides which form of a preset applies (CROP_PRESETS)
+    """Defaults -> preset (its crop form on crops of images of any size) -> explicit flags."""
     preset = preset_for_data(args.preset, getattr(args, "data", None))
-    cfg = apply_preset(RunConfig(data=DataConfig(crop=args.crop)), preset)
+    base = RunConfig(data=_data_from_args(args, DataConfig()))
+    cfg = apply_preset(base, preset, crops=_on_crops(args, preset))
     given = _given(args)
     m = {k: v for k, v in given.items() if _FIELDS[k][0] == "model"}
     t = {k: v for k, v in given.items() if _FIELDS[k][0] == "train"}
-    data = data_config_from_args(args, cfg.data)
-    if args.val_fraction is not None:
-        data = replace(data, val_fraction=args.val_fraction)
+    data = _data_from_args(args, cfg.data)
     if "arch" in m and m["arch"] != cfg.model.arch and "latent_dim" not in m:
         m["latent_dim"] = None  # the new architecture's own default
     return replace(cfg, model=replace(cfg.model, **m), train=replace(cfg.train, **t), data=data)
+
+
+def _data_from_args(args: argparse.Namespace, base: DataConfig) -> DataConfig:
+    data = data_config_from_args(args, base)
+    if getattr(args, "augment", None) is not None:
+        data = replace(data, augment=args.augment)
+    if args.val_fraction is not None:
+        data = replace(data, val_fraction=args.val_fraction)
+    return data
 
 
 def _show(dest: str, v: Any) -> str:
@@ -402,7 +414,7 @@ def _train_text(out: Path, m: dict[str, Any]) -> str:
         f"run directory: {out}\n"
         f"{m.get('split', 'test')} MSE {m['mse']:.5f}  PSNR {m['psnr']:.2f} dB  "
         f"SSIM {m['ssim']:.4f}  latent {m['latent_dim']} ({m['compression_ratio']:.1f}:1)  "
-        f"trained {m['train_seconds']:.1f} s\n"
+        f"trained {m['train_seconds']:.1f} s ({m.get('train_cpu_seconds', 0.0):.1f} CPU s)\n"
         f"plots: {out / 'loss.png'}, {out / 'reconstructions.png'}"
     )
 

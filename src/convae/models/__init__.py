@@ -1,8 +1,9 @@
 """Architectures: the model contract and registry (:mod:`.core`), shared blocks (:mod:`.layers`),
-the tutorials' models (:mod:`.seeds`), our own (:mod:`.ours`) and the learned photo codec
-(:mod:`.hyperprior`). Importing this package registers every built-in architecture."""
+the tutorials' models (:mod:`.seeds`), our own (:mod:`.ours`), the learned photo codec
+(:mod:`.hyperprior`) and the restoration networks (:mod:`.restore`). Importing this package
+registers every built-in architecture."""
 
-from . import hyperprior, ours, seeds  # noqa: F401 - registers the built-in architectures
+from . import hyperprior, ours, restore, seeds  # noqa: F401 - registers the built-in architectures
 from .core import (
     AutoEncoder,
     LayerRow,

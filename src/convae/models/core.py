@@ -2,7 +2,8 @@
 
 Model contract (every registered architecture): ``encode(x) -> z`` with ``x`` a float batch
 ``[B, C, H, W]`` in [0, 1] and ``z`` a flat code ``[B, L]``; ``decode(z) -> x_hat``;
-``forward(x) = decode(encode(x))``. A fully convolutional model (``fully_conv``) also runs
+``forward(x) = decode(encode(x))``. A restoration network (``has_code`` False) has only
+``forward``: its skip connections bypass any code, so ``encode``/``decode`` raise ValueError. A fully convolutional model (``fully_conv``) also runs
 ``forward`` on any ``H x W`` that is a multiple of its ``stride``. Models know nothing of files,
 optimizers, devices or datasets.
 
@@ -140,8 +141,11 @@ class AutoEncoder(nn.Module):
     ``fully_conv``: every layer is a convolution, pooling or upsampling, so ``forward`` takes any
     ``H x W`` that is a multiple of ``stride`` (whole images, see :mod:`convae.inference`);
     otherwise only the training size. ``run_config`` and ``run_dir`` are set by
-    :func:`convae.load` (None for a model built in code).
+    :func:`convae.load` (None for a model built in code). ``has_code`` is False for a model
+    whose skip connections bypass any code (a restoration network): ``encode``/``decode`` raise.
     """
+
+    has_code = True
 
     def __init__(
         self,
@@ -393,6 +397,7 @@ def summary(model: AutoEncoder, batch: int = 1) -> dict:
         "latent_shape": list(model.latent_shape),
         "latent_dim": model.latent_dim,
         "compression_ratio": n_in / model.latent_dim,
+        "has_code": model.has_code,
         "params": total,
         "encoder_params": enc,
         "decoder_params": dec,

@@ -334,16 +334,7 @@ def _cases(base: Path) -> Iterator[tuple[str, Callable[[Path], None], bool]]:
 
 # Known failures in files outside this test's reach, by (case prefix, command): reported as a
 # warning, so that a new failure stands out. Each names where its fix belongs.
-KNOWN = {
-    # DataConfig.crop is not bounded by the images' size: sampling.fixed_crops allocates it
-    ("config data.crop=2147483648", "resume"): "data.py/sampling.py",
-    ("config data.crop=9223372036854775808", "resume"): "data.py/sampling.py",
-    # DataConfig.image_size is not checked (>= 1, within memory) before PIL/torch resize to it
-    ("config data.image_size=-1", "eval"): "data.py",
-    ("config data.image_size=-1", "resume"): "data.py",
-    ("config data.image_size=2147483648", "eval"): "data.py",
-    ("config data.image_size=2147483648", "resume"): "data.py",
-}
+KNOWN: dict[tuple[str, str], str] = {}
 
 
 class _Reached(KeyboardInterrupt):

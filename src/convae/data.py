@@ -35,6 +35,7 @@ import numpy as np
 import torch
 
 from .config import DataConfig
+from .limits import check_fits
 
 if TYPE_CHECKING:
     from .cache import CachedImages
@@ -587,6 +588,11 @@ def _convert_channels(x: np.ndarray, channels: int) -> np.ndarray:
 
 
 def _resize_batch(x: np.ndarray, size: int) -> np.ndarray:
+    if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+        raise ValueError(f"--image-size must be a positive integer, not {size!r}")
+    n, c = x.shape[:2]
+    check_fits(n * c * (size * size * 5 + x.shape[-2] * x.shape[-1] * 4),  # floats in and out, uint8
+               f"resizing {n} images to {size}x{size}")  # fmt: skip
     t = torch.from_numpy(np.ascontiguousarray(x)).float()
     t = torch.nn.functional.interpolate(
         t, size=(size, size), mode="bilinear", antialias=True, align_corners=False

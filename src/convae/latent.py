@@ -25,8 +25,9 @@ from matplotlib.figure import Figure
 from torch import Tensor
 
 from .checkpoint import atomic_write, read_json, write_json
-from .config import RunConfig, recipe_for
-from .inference import finite_pixels, load, reconstruct, to_float
+from .config import DataConfig, RunConfig, recipe_for
+from .data import load_split
+from .inference import finite_pixels, load, reconstruct, spread_indices, to_float
 from .models import AutoEncoder, build_model
 from .plots import to_display
 from .training import train_or_reuse
@@ -318,38 +319,12 @@ def sweep(
     recons: dict[int, Tensor] = {}
     shown_x: Tensor | None = None
     for L in dims:
-        cfg = replace(base, model=replace(base.model, latent_dim=L))
         run = out / f"latent-{L}"
-        bar = progress(L) if progress is not None else None
-        try:
-            train_or_reuse(cfg, run, device=device, progress=bar)
-        finally:
-            if hasattr(bar, "close"):
-                bar.close()
-        m = read_json(run / "metrics.json")
-        model = load(run, device="cpu")
-        row = {
-            "latent_dim": L,
-            "compression_ratio": m["compression_ratio"],
-            "mse": m["mse"],
-            "psnr": m["psnr"],
-            "ssim": m["ssim"],
-            "train_seconds": m["train_seconds"],
-            "epochs": m["epochs"],
-            "params": sum(p.numel() for p in model.parameters()),
-            "run": str(run),
-        }
+        model, row = _sweep_one(replace(base, model=replace(base.model, latent_dim=L)), run,
+                                device, progress(L) if progress is not None else None)  # fmt: skip
         rows.append(row)
         if shown_x is None:
-            from .data import load_split
-
-            test_x, _ = load_split(model.run_config.data, "test")
-            if len(test_x) == 0:
-                test_x, _ = load_split(model.run_config.data, "val")
-            k = min(shown, len(test_x))
-            shown_x = (
-                test_x[torch.linspace(0, len(test_x) - 1, k).round().long()] if k else test_x[:0]
-            )
+            shown_x = _shown_images(model.run_config.data, shown)
         recons[L] = reconstruct(model, shown_x)
         _save_png(
             rows_figure([to_float(shown_x), recons[L]], ["input", f"latent {L}"]),
@@ -358,6 +333,49 @@ def sweep(
         if on_row is not None:
             on_row(row)
     assert shown_x is not None
+    _write_sweep(out, base, rows)
+    grid = [to_float(shown_x)] + [recons[L] for L in dims]
+    _save_png(
+        rows_figure(grid, ["input"] + [f"latent {L}" for L in dims]),
+        out / "reconstructions.png",
+    )
+    return rows
+
+
+def _sweep_one(cfg: RunConfig, run: Path, device, bar) -> tuple[AutoEncoder, dict[str, Any]]:
+    """Train (or reuse) one sweep model -> (the model on CPU, its table row); ``bar`` is the
+    trainer's progress callback, closed afterwards if it has ``close``."""
+    try:
+        train_or_reuse(cfg, run, device=device, progress=bar)
+    finally:
+        if hasattr(bar, "close"):
+            bar.close()
+    m = read_json(run / "metrics.json")
+    model = load(run, device="cpu")
+    row = {
+        "latent_dim": cfg.model.latent_dim,
+        "compression_ratio": m["compression_ratio"],
+        "mse": m["mse"],
+        "psnr": m["psnr"],
+        "ssim": m["ssim"],
+        "train_seconds": m["train_seconds"],
+        "epochs": m["epochs"],
+        "params": sum(p.numel() for p in model.parameters()),
+        "run": str(run),
+    }
+    return model, row
+
+
+def _shown_images(data: DataConfig, shown: int) -> Tensor:
+    """``shown`` test images (validation ones when there is no test split), spread evenly."""
+    x, _ = load_split(data, "test")
+    if len(x) == 0:
+        x, _ = load_split(data, "val")
+    return x[spread_indices(len(x), shown)]
+
+
+def _write_sweep(out: Path, base: RunConfig, rows: list[dict[str, Any]]) -> None:
+    """sweep.json, sweep.csv, sweep.md and quality.png."""
     meta = {
         "arch": base.model.arch,
         "data": base.data.spec,
@@ -375,12 +393,6 @@ def sweep(
         sweep_quality_figure(rows, title=f"{base.model.arch} on {base.data.spec}"),
         out / "quality.png",
     )
-    grid = [to_float(shown_x)] + [recons[L] for L in dims]
-    _save_png(
-        rows_figure(grid, ["input"] + [f"latent {L}" for L in dims]),
-        out / "reconstructions.png",
-    )
-    return rows
 
 
 def sweep_markdown(rows: Sequence[dict[str, Any]]) -> str:

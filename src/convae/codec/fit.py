@@ -103,26 +103,7 @@ def fit_codec(
     tables are histograms of the training split's quantized codes.
     """
     cfg = cfg or CodecFitConfig()
-    if cfg.quant not in ("noise", "ste"):
-        raise ValueError(f"quant must be noise or ste, not {cfg.quant!r}")
-    if cfg.distortion not in ("mse", "psnr"):
-        raise ValueError(f"distortion must be mse or psnr, not {cfg.distortion!r}")
-    if (
-        not cfg.steps
-        or any(not (s > 0) for s in cfg.steps)
-        or not 0 <= cfg.default_level < len(cfg.steps)
-        or any(a <= b for a, b in zip(cfg.steps, cfg.steps[1:], strict=False))
-    ):
-        raise ValueError(
-            "steps must be positive and decreasing (level 0 = smallest files), "
-            "and default_level one of their indices"
-        )
-    if len(cfg.steps) > 255:
-        raise ValueError("at most 255 quality levels")
-    if cfg.epochs < 1 or cfg.batch_size < 1 or cfg.mixture < 1 or cfg.margin < 1:
-        raise ValueError("epochs, batch_size, mixture and margin must be at least 1")
-    if not (0 < cfg.lr < math.inf and 0 <= cfg.lmbda < math.inf):
-        raise ValueError(f"lr must be a positive number and lmbda >= 0, not {cfg.lr}, {cfg.lmbda}")
+    _check_fit_config(cfg)
     if len(train_x) == 0:
         raise ValueError("no training images to fit the codec on")
     run_config = run_config or model.run_config or RunConfig(model=model.config)
@@ -143,74 +124,97 @@ def fit_codec(
             {"params": list(prior.parameters()), "lr": 10 * cfg.lr},
         ]
     )
+    t0 = time.perf_counter()
+    net.train()
+    for epoch in range(cfg.epochs):
+        d, r = _rd_epoch(net, prior, opt, train_x, cfg, epoch, g)
+        row = {"event": "epoch", "epoch": epoch + 1, "epochs": cfg.epochs, "distortion": d,
+               "bits": r, "seconds": time.perf_counter() - t0}  # fmt: skip
+        if not (math.isfinite(d) and math.isfinite(r)):
+            raise ValueError(
+                f"the codec's rate-distortion fine-tune diverged (NaN/inf loss in epoch "
+                f"{epoch + 1}); lower its lr (now {cfg.lr:g}) or retrain the run's model"
+            )
+        log.info("codec fine-tune epoch %d/%d: distortion %.5f, %.1f bits/image", epoch + 1,
+                 cfg.epochs, d, r)  # fmt: skip
+        if progress is not None:
+            progress(row)
+    net = net.cpu().eval()
+    levels = _fit_levels(net, train_x, cfg, model)
+    info = {
+        "fit": asdict(cfg),
+        "train_images": len(train_x),
+        "seconds": time.perf_counter() - t0,
+        "prior": {k: v.detach().cpu().tolist() for k, v in prior.state_dict().items()},
+    }
+    return Codec(net, levels, cfg.default_level, run_config, info=info)
+
+
+def _check_fit_config(cfg: CodecFitConfig) -> None:
+    if cfg.quant not in ("noise", "ste"):
+        raise ValueError(f"quant must be noise or ste, not {cfg.quant!r}")
+    if cfg.distortion not in ("mse", "psnr"):
+        raise ValueError(f"distortion must be mse or psnr, not {cfg.distortion!r}")
+    if (
+        not cfg.steps
+        or any(not (s > 0) for s in cfg.steps)
+        or not 0 <= cfg.default_level < len(cfg.steps)
+        or any(a <= b for a, b in zip(cfg.steps, cfg.steps[1:], strict=False))
+    ):
+        raise ValueError(
+            "steps must be positive and decreasing (level 0 = smallest files), "
+            "and default_level one of their indices"
+        )
+    if len(cfg.steps) > 255:
+        raise ValueError("at most 255 quality levels")
+    if cfg.epochs < 1 or cfg.batch_size < 1 or cfg.mixture < 1 or cfg.margin < 1:
+        raise ValueError("epochs, batch_size, mixture and margin must be at least 1")
+    if not (0 < cfg.lr < math.inf and 0 <= cfg.lmbda < math.inf):
+        raise ValueError(f"lr must be a positive number and lmbda >= 0, not {cfg.lr}, {cfg.lmbda}")
+
+
+def _rd_epoch(net: AutoEncoder, prior: LogisticMixturePrior, opt: torch.optim.Optimizer,
+              train_x: Tensor, cfg: CodecFitConfig, epoch: int,
+              g: torch.Generator) -> tuple[float, float]:  # fmt: skip
+    """One rate-distortion epoch -> (mean distortion, mean bits per image)."""
+    device = next(net.parameters()).device
     n = len(train_x)
     batch = min(cfg.batch_size, n)
     steps_per_epoch = max(1, n // batch)
     total = steps_per_epoch * cfg.epochs
     pixels = math.prod(net.input_shape)
-    step = 0
-    t0 = time.perf_counter()
-    net.train()
-    for epoch in range(cfg.epochs):
-        perm = torch.randperm(n, generator=g)
-        d_sum = torch.zeros(())
-        r_sum = torch.zeros(())
-        for i in range(steps_per_epoch):
-            x = to_float(train_x[perm[i * batch : (i + 1) * batch]], device)
-            mult = lr_at(step, total, 1.0, "cosine", 0.05)  # multiplier of each group's lr
-            for grp, base in zip(opt.param_groups, (cfg.lr, 10 * cfg.lr), strict=True):
-                grp["lr"] = base * mult
-            y = net.encode(x)  # [B, L]
-            noisy = y + (torch.rand(y.shape, generator=g) - 0.5).to(device)
-            y_dec = noisy if cfg.quant == "noise" else y + (torch.round(y) - y).detach()
-            x_hat = net.decode(y_dec)
-            err = (x_hat.float() - x).pow(2).flatten(1).mean(1)  # [B] per-image MSE
-            # "psnr" weighs each image by 1/MSE: the mean of per-image dB is what the benchmark reports
-            d = err.mean() if cfg.distortion == "mse" else torch.log10(err + 1e-6).mean()
-            r = prior.bits(noisy).mean()  # bits per image
-            loss = d + cfg.lmbda * r / pixels
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            step += 1
-            d_sum += d.detach().cpu()
-            r_sum += r.detach().cpu()
-        row = {
-            "event": "epoch",
-            "epoch": epoch + 1,
-            "epochs": cfg.epochs,
-            "distortion": float(d_sum) / steps_per_epoch,
-            "bits": float(r_sum) / steps_per_epoch,
-            "seconds": time.perf_counter() - t0,
-        }
-        if not (math.isfinite(row["distortion"]) and math.isfinite(row["bits"])):
-            raise ValueError(
-                f"the codec's rate-distortion fine-tune diverged (NaN/inf loss in epoch "
-                f"{epoch + 1}); lower its lr (now {cfg.lr:g}) or retrain the run's model"
-            )
-        log.info(
-            "codec fine-tune epoch %d/%d: distortion %.5f, %.1f bits/image",
-            epoch + 1,
-            cfg.epochs,
-            row["distortion"],
-            row["bits"],
-        )
-        if progress is not None:
-            progress(row)
-    net = net.cpu().eval()
+    perm = torch.randperm(n, generator=g)
+    d_sum, r_sum = torch.zeros(()), torch.zeros(())
+    for i in range(steps_per_epoch):
+        x = to_float(train_x[perm[i * batch : (i + 1) * batch]], device)
+        mult = lr_at(epoch * steps_per_epoch + i, total, 1.0, "cosine", 0.05)  # of each group's lr
+        for grp, base in zip(opt.param_groups, (cfg.lr, 10 * cfg.lr), strict=True):
+            grp["lr"] = base * mult
+        y = net.encode(x)  # [B, L]
+        noisy = y + (torch.rand(y.shape, generator=g) - 0.5).to(device)
+        y_dec = noisy if cfg.quant == "noise" else y + (torch.round(y) - y).detach()
+        err = (net.decode(y_dec).float() - x).pow(2).flatten(1).mean(1)  # [B] per-image MSE
+        # "psnr" weighs each image by 1/MSE: the mean of per-image dB is what the benchmark reports
+        d = err.mean() if cfg.distortion == "mse" else torch.log10(err + 1e-6).mean()
+        r = prior.bits(noisy).mean()  # bits per image
+        loss = d + cfg.lmbda * r / pixels
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        d_sum += d.detach().cpu()
+        r_sum += r.detach().cpu()
+    return float(d_sum) / steps_per_epoch, float(r_sum) / steps_per_epoch
+
+
+def _fit_levels(net: AutoEncoder, train_x: Tensor, cfg: CodecFitConfig,
+                model: AutoEncoder) -> list:  # fmt: skip
+    """Each quality level's quantizer and tables, from the fine-tuned model's training codes."""
     y = latents(inference_copy(net), train_x)  # [N, L] float32, exactly as encode() computes it
     _check_finite(y, "the fine-tuned codec's codes of the training images", model)
     mean, basis = principal_axes(y) if cfg.decorrelate else (None, None)
     z = rotate(y, mean, basis)  # [N, L] float64
     offset = z.median(dim=0).values.float().numpy()  # centre of each component's rounding grid
-    levels = [_fit_level(z, offset, s, cfg.margin, mean, basis) for s in cfg.steps]
-    info = {
-        "fit": asdict(cfg),
-        "train_images": n,
-        "seconds": time.perf_counter() - t0,
-        "prior": {k: v.detach().cpu().tolist() for k, v in prior.state_dict().items()},
-    }
-    return Codec(net, levels, cfg.default_level, run_config, info=info)
+    return [_fit_level(z, offset, s, cfg.margin, mean, basis) for s in cfg.steps]
 
 
 def _check_finite(y: Tensor, what: str, model: AutoEncoder) -> None:

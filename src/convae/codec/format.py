@@ -181,35 +181,8 @@ def unpack(data: bytes) -> tuple[Header, bytes]:
         raise CodecError(f"corrupt file: bad geometry ({count} x {c}x{h}x{w}, latent {lat})")
     if not (math.isfinite(step) and step > 0):
         raise CodecError(f"corrupt file: bad quantizer step {step}")
-    pos = _FIXED.size
-    run = None
-    if flags & _FLAG_RUN:
-        raw, pos = _take(body, pos, 2, "run path length")
-        raw, pos = _take(body, pos, struct.unpack("<H", raw)[0], "run path")
-        try:
-            run = raw.decode("utf-8")
-        except UnicodeDecodeError as e:
-            raise CodecError("corrupt file: run path is not UTF-8") from e
-    names = None
-    if flags & _FLAG_NAMES:
-        raw, pos = _take(body, pos, 4, "names length")
-        blob, pos = _take(body, pos, struct.unpack("<I", raw)[0], "names")
-        # N names ("x.png" at least) take 6N - 1 bytes of text; zlib expands at most ~1032 times
-        if 6 * count - 1 > ZLIB_MAX_RATIO * len(blob) + 64:
-            raise CodecError(
-                f"corrupt file: {count} image names cannot fit in a {len(blob)}-byte names section"
-            )
-        try:
-            d = zlib.decompressobj()
-            text = d.decompress(blob, 256 * count)  # bounded: a name is at most 255 bytes + "\n"
-            if d.unconsumed_tail or not d.eof:
-                raise CodecError("corrupt file: names section too long or cut")
-            names = tuple(text.decode("utf-8").split("\n"))
-        except (zlib.error, UnicodeDecodeError) as e:
-            raise CodecError(f"corrupt file: unreadable names ({e})") from e
-        if len(names) != count:
-            raise CodecError(f"corrupt file: {len(names)} names for {count} images")
-        _check_names(names, reading=True)
+    run, pos = _read_run(body, _FIXED.size) if flags & _FLAG_RUN else (None, _FIXED.size)
+    names, pos = _read_names(body, pos, count) if flags & _FLAG_NAMES else (None, pos)
     if pos + plen != len(body):
         raise CodecError(f"corrupt file: payload length {plen} does not match the file size")
     if plen == 0:  # every coder writes at least one byte (a 32-bit word) for one symbol
@@ -230,6 +203,39 @@ def unpack(data: bytes) -> tuple[Header, bytes]:
         version=version,
     )
     return header, bytes(body[pos:])
+
+
+def _read_run(body: bytes, pos: int) -> tuple[str, int]:
+    """The run path section at ``pos`` -> (path, position after it)."""
+    raw, pos = _take(body, pos, 2, "run path length")
+    raw, pos = _take(body, pos, struct.unpack("<H", raw)[0], "run path")
+    try:
+        return raw.decode("utf-8"), pos
+    except UnicodeDecodeError as e:
+        raise CodecError("corrupt file: run path is not UTF-8") from e
+
+
+def _read_names(body: bytes, pos: int, count: int) -> tuple[tuple[str, ...], int]:
+    """The names section at ``pos`` (``count`` names) -> (names, position after it)."""
+    raw, pos = _take(body, pos, 4, "names length")
+    blob, pos = _take(body, pos, struct.unpack("<I", raw)[0], "names")
+    # N names ("x.png" at least) take 6N - 1 bytes of text; zlib expands at most ~1032 times
+    if 6 * count - 1 > ZLIB_MAX_RATIO * len(blob) + 64:
+        raise CodecError(
+            f"corrupt file: {count} image names cannot fit in a {len(blob)}-byte names section"
+        )
+    try:
+        d = zlib.decompressobj()
+        text = d.decompress(blob, 256 * count)  # bounded: a name is at most 255 bytes + "\n"
+        if d.unconsumed_tail or not d.eof:
+            raise CodecError("corrupt file: names section too long or cut")
+        names = tuple(text.decode("utf-8").split("\n"))
+    except (zlib.error, UnicodeDecodeError) as e:
+        raise CodecError(f"corrupt file: unreadable names ({e})") from e
+    if len(names) != count:
+        raise CodecError(f"corrupt file: {len(names)} names for {count} images")
+    _check_names(names, reading=True)
+    return names, pos
 
 
 def verify(data: bytes) -> Header:

@@ -3,9 +3,7 @@ on a tiny one-class run (digit 0 of mnist-sample, so its validation split holds 
 
 from __future__ import annotations
 
-import contextlib
 import csv
-import io
 import json
 import shutil
 from pathlib import Path
@@ -13,26 +11,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from cli_helpers import last_json, run_cli
 
 import convae
-from convae import anomaly, anomaly_bench, cli
+from convae import anomaly, anomaly_bench
 from convae.data import load_dataset
 from convae.images import write_png
 
 # One-class run: the default architecture at width 8, digit 0 only, a few quick epochs.
 ONE_CLASS = ["--classes", "0", "--arch", "convae", "--width", "8", "--latent-dim", "8", "--epochs", "3",
              "--batch-size", "32", "--seed", "0", "--device", "cpu"]  # fmt: skip
-
-
-def run_cli(*args) -> tuple[int, str, str]:
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        rc = cli.main([str(a) for a in args])
-    return rc, out.getvalue(), err.getvalue()
-
-
-def last_json(stdout: str):
-    return json.loads(stdout.strip().splitlines()[-1])
 
 
 def with_square(x: torch.Tensor, side: int = 8) -> torch.Tensor:

@@ -3,9 +3,7 @@ reconstruct, summary, --help, resume, NaN, and user mistakes (one line on stderr
 
 from __future__ import annotations
 
-import contextlib
 import importlib
-import io
 import json
 import shlex
 import subprocess
@@ -15,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from cli_helpers import last_json, run_cli
 from PIL import Image
 from safetensors.torch import load_file
 
@@ -26,21 +25,6 @@ train_mod = importlib.import_module("convae.training")
 # A tiny but real run: two digits, the default architecture at width 4, one epoch.
 TINY = ["--classes", "1,7", "--arch", "convae", "--width", "4", "--latent-dim", "8", "--epochs", "1",
         "--batch-size", "32", "--seed", "0"]  # fmt: skip
-
-
-def run_cli(*args) -> tuple[int, str, str]:
-    """``main(args)`` -> (exit code, stdout, stderr); ``--help`` exits through SystemExit(0)."""
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        try:
-            rc = cli.main([str(a) for a in args])
-        except SystemExit as e:  # argparse's --help / --version
-            rc = e.code if isinstance(e.code, int) else 1
-    return rc, out.getvalue(), err.getvalue()
-
-
-def last_json(stdout: str):
-    return json.loads(stdout.strip().splitlines()[-1])
 
 
 def assert_one_line_error(rc: int, out: str, err: str) -> str:

@@ -7,8 +7,6 @@ One private tiny run (trained with --noise, with a fitted codec) serves the whol
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 import os
 import shutil
@@ -16,19 +14,11 @@ import sys
 from pathlib import Path
 
 import pytest
+from cli_helpers import run_cli
 
-from convae import cli
 from convae.checkpoint import atomic_write
 from convae.data import load_dataset
 from convae.images import write_png
-
-
-def run_cli(*args) -> tuple[int, str, str]:
-    """``main(args)`` -> (exit code, stdout, stderr)."""
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        rc = cli.main([str(a) for a in args])
-    return rc, out.getvalue(), err.getvalue()
 
 
 def one_line_error(rc: int, out: str, err: str) -> str:

@@ -6,10 +6,8 @@ from __future__ import annotations
 
 import argparse
 import ast
-import contextlib
 import errno
 import importlib
-import io
 import json
 import math
 import os
@@ -24,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from cli_helpers import run_cli
 from PIL import Image
 from safetensors.torch import load_file, save_file
 
@@ -37,14 +36,6 @@ from convae.runs import resolve_config
 
 train_mod = importlib.import_module("convae.training")
 CLI_DIR = Path(cli.__file__).parent
-
-
-def run_cli(*args) -> tuple[int, str, str]:
-    """``main(args)`` -> (exit code, stdout, stderr)."""
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        rc = cli.main([str(a) for a in args])
-    return rc, out.getvalue(), err.getvalue()
 
 
 def one_line_error(rc: int, out: str, err: str) -> str:

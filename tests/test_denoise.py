@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from cli_helpers import last_json, run_cli
 from PIL import Image
 from torch import nn
 
@@ -27,20 +28,6 @@ from convae.inference import load, to_float
 from convae.metrics import psnr_per_image
 from convae.models import AutoEncoder
 from convae.noise import corrupt
-
-
-def run_cli(*args) -> tuple[int, str, str]:
-    import contextlib
-    import io
-
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        rc = cli.main([str(a) for a in args])
-    return rc, out.getvalue(), err.getvalue()
-
-
-def last_json(stdout: str):
-    return json.loads(stdout.strip().splitlines()[-1])
 
 
 @pytest.fixture(scope="module")

@@ -4,8 +4,6 @@ with torch and convae blocked."""
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 import re
 import shutil
@@ -18,9 +16,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from cli_helpers import run_cli
 
 import convae
-from convae import anomaly, cli, export
+from convae import anomaly, export
 from convae.checkpoint import save_weights, write_json
 from convae.config import DataConfig, ModelConfig, RunConfig
 from convae.data import load_split
@@ -31,13 +30,6 @@ from convae.models import available, build_model, resolve_model_config
 DOC = Path(__file__).resolve().parents[1] / "docs" / "export.md"
 FULLY_CONV = {"seed-pool", "seed-upsample", "convae-map", "hyperprior"}
 NO_CODE = {"convae-unet"}  # fully convolutional too, without a code
-
-
-def run_cli(*args) -> tuple[int, str, str]:
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        rc = cli.main([str(a) for a in args])
-    return rc, out.getvalue(), err.getvalue()
 
 
 def make_run(root: Path, arch: str, seed: int = 0, **model_kw) -> Path:

@@ -4,30 +4,18 @@ normal images, the map files, the synthetic defects and their metrics, and ``con
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from cli_helpers import last_json, run_cli
 from PIL import Image
 
-from convae import anomaly, anomaly_maps, cli, defects
+from convae import anomaly, anomaly_maps, defects
 from convae.images import write_png
 from convae.inference import load
-
-
-def run_cli(*args) -> tuple[int, str, str]:
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        rc = cli.main([str(a) for a in args])
-    return rc, out.getvalue(), err.getvalue()
-
-
-def last_json(stdout: str):
-    return json.loads(stdout.strip().splitlines()[-1])
 
 
 def texture(h: int, w: int, seed: int) -> np.ndarray:

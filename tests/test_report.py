@@ -5,7 +5,6 @@ with every image loaded and no console error."""
 from __future__ import annotations
 
 import base64
-import contextlib
 import io
 import json
 import os
@@ -17,23 +16,16 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from cli_helpers import run_cli
 from PIL import Image
 
 import convae
-from convae import cli
 from convae import codec as C
 from convae.checkpoint import read_json, write_json
 from convae.data import load_split
 from convae.report import REPORT_FILE, build_report, write_report
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-
-
-def run_cli(*args) -> tuple[int, str, str]:
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        rc = cli.main([str(a) for a in args])
-    return rc, out.getvalue(), err.getvalue()
 
 
 def images_of(page: str) -> list[bytes]:

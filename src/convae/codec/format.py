@@ -28,7 +28,7 @@ _FLAG_RUN = 0x02
 # Fixed part of the v1 header, little-endian: magic, version, coder, level, flags, model
 # fingerprint, tables hash, channels, height, width, latent dim, step, count, payload length.
 _FIXED = struct.Struct("<4sBBBB16s8sBHHHfII")
-_CRC = struct.Struct("<I")
+CRC = struct.Struct("<I")
 
 
 class CodecError(ValueError):
@@ -74,7 +74,7 @@ def _name_problem(name: str) -> str | None:
     return "longer than 255 bytes" if size > 255 else None
 
 
-def _check_names(names: tuple[str, ...], reading: bool) -> None:
+def check_names(names: tuple[str, ...], reading: bool) -> None:
     """Every name valid and none twice; a file that breaks this is corrupt, an input is refused."""
     for n in names:
         problem = _name_problem(n)
@@ -100,15 +100,12 @@ def pack(header: Header, payload: bytes) -> bytes:
     flags = 0
     extra = b""
     if header.run is not None:
-        run = header.run.encode("utf-8")
-        if len(run) > 0xFFFF:
-            raise ValueError("run path too long to record")
         flags |= _FLAG_RUN
-        extra += struct.pack("<H", len(run)) + run
+        extra += run_section(header.run)
     if header.names is not None:
         if len(header.names) != header.count:
             raise ValueError(f"{len(header.names)} names for {header.count} images")
-        _check_names(tuple(header.names), reading=False)
+        check_names(tuple(header.names), reading=False)
         blob = zlib.compress("\n".join(header.names).encode("utf-8"), 9)
         flags |= _FLAG_NAMES
         extra += struct.pack("<I", len(blob)) + blob
@@ -129,10 +126,10 @@ def pack(header: Header, payload: bytes) -> bytes:
         len(payload),
     )
     body = fixed + extra + payload
-    return body + _CRC.pack(zlib.crc32(body))
+    return body + CRC.pack(zlib.crc32(body))
 
 
-def _take(data: bytes, pos: int, n: int, what: str) -> tuple[bytes, int]:
+def take(data: bytes, pos: int, n: int, what: str) -> tuple[bytes, int]:
     if pos + n > len(data):
         raise CodecError(f"truncated file: {what} runs past the end")
     return data[pos : pos + n], pos + n
@@ -154,9 +151,9 @@ def unpack(data: bytes) -> tuple[Header, bytes]:
             "a version-2 file (learned photo codec): decode it with `convae decode` or "
             "convae.codec.decode_photo"
         )
-    if len(data) < _FIXED.size + _CRC.size:
+    if len(data) < _FIXED.size + CRC.size:
         raise CodecError(
-            f"truncated file ({len(data)} bytes, a header alone is {_FIXED.size + _CRC.size})"
+            f"truncated file ({len(data)} bytes, a header alone is {_FIXED.size + CRC.size})"
         )
     (magic, version, coder, level, flags, fp, th, c, h, w, lat, step, count, plen) = (
         _FIXED.unpack_from(data)
@@ -169,7 +166,7 @@ def unpack(data: bytes) -> tuple[Header, bytes]:
             f"(up to {PHOTO_VERSION}); upgrade convae"
         )
 
-    body, crc = data[: -_CRC.size], _CRC.unpack_from(data, len(data) - _CRC.size)[0]
+    body, crc = data[: -CRC.size], CRC.unpack_from(data, len(data) - CRC.size)[0]
     if zlib.crc32(body) != crc:
         raise CodecError("corrupt or truncated file: checksum mismatch")
     # From here the bytes are what the writer wrote; field checks guard against buggy writers.
@@ -181,7 +178,7 @@ def unpack(data: bytes) -> tuple[Header, bytes]:
         raise CodecError(f"corrupt file: bad geometry ({count} x {c}x{h}x{w}, latent {lat})")
     if not (math.isfinite(step) and step > 0):
         raise CodecError(f"corrupt file: bad quantizer step {step}")
-    run, pos = _read_run(body, _FIXED.size) if flags & _FLAG_RUN else (None, _FIXED.size)
+    run, pos = read_run(body, _FIXED.size) if flags & _FLAG_RUN else (None, _FIXED.size)
     names, pos = _read_names(body, pos, count) if flags & _FLAG_NAMES else (None, pos)
     if pos + plen != len(body):
         raise CodecError(f"corrupt file: payload length {plen} does not match the file size")
@@ -205,10 +202,18 @@ def unpack(data: bytes) -> tuple[Header, bytes]:
     return header, bytes(body[pos:])
 
 
-def _read_run(body: bytes, pos: int) -> tuple[str, int]:
+def run_section(run: str) -> bytes:
+    """The bytes of a run path section: its UTF-8 length (16 bits) and the path."""
+    raw = run.encode("utf-8")
+    if len(raw) > 0xFFFF:
+        raise ValueError("run path too long to record")
+    return struct.pack("<H", len(raw)) + raw
+
+
+def read_run(body: bytes, pos: int) -> tuple[str, int]:
     """The run path section at ``pos`` -> (path, position after it)."""
-    raw, pos = _take(body, pos, 2, "run path length")
-    raw, pos = _take(body, pos, struct.unpack("<H", raw)[0], "run path")
+    raw, pos = take(body, pos, 2, "run path length")
+    raw, pos = take(body, pos, struct.unpack("<H", raw)[0], "run path")
     try:
         return raw.decode("utf-8"), pos
     except UnicodeDecodeError as e:
@@ -217,8 +222,8 @@ def _read_run(body: bytes, pos: int) -> tuple[str, int]:
 
 def _read_names(body: bytes, pos: int, count: int) -> tuple[tuple[str, ...], int]:
     """The names section at ``pos`` (``count`` names) -> (names, position after it)."""
-    raw, pos = _take(body, pos, 4, "names length")
-    blob, pos = _take(body, pos, struct.unpack("<I", raw)[0], "names")
+    raw, pos = take(body, pos, 4, "names length")
+    blob, pos = take(body, pos, struct.unpack("<I", raw)[0], "names")
     # N names ("x.png" at least) take 6N - 1 bytes of text; zlib expands at most ~1032 times
     if 6 * count - 1 > ZLIB_MAX_RATIO * len(blob) + 64:
         raise CodecError(
@@ -234,7 +239,7 @@ def _read_names(body: bytes, pos: int, count: int) -> tuple[tuple[str, ...], int
         raise CodecError(f"corrupt file: unreadable names ({e})") from e
     if len(names) != count:
         raise CodecError(f"corrupt file: {len(names)} names for {count} images")
-    _check_names(names, reading=True)
+    check_names(names, reading=True)
     return names, pos
 
 

@@ -11,7 +11,7 @@ import struct
 import zlib
 from dataclasses import dataclass
 
-from .format import _CRC, MAGIC, CodecError, _check_names, _take
+from .format import CRC, MAGIC, CodecError, check_names, read_run, run_section, take
 from .format import PHOTO_VERSION as VERSION
 
 __all__ = ["PhotoHeader", "pack_photo", "unpack_photo", "file_version", "LEVEL_STEPS", "VERSION"]
@@ -63,29 +63,26 @@ def pack_photo(header: PhotoHeader, payload: bytes) -> bytes:
     q = round(header.level * LEVEL_STEPS)
     flags, extra = 0, b""
     if header.run is not None:
-        run = header.run.encode("utf-8")
-        if len(run) > 0xFFFF:
-            raise ValueError("run path too long to record")
         flags |= _FLAG_RUN
-        extra += struct.pack("<H", len(run)) + run
+        extra += run_section(header.run)
     if header.name is not None:
-        _check_names((header.name,), reading=False)
+        check_names((header.name,), reading=False)
         name = header.name.encode("utf-8")
         flags |= _FLAG_NAME
         extra += struct.pack("<B", len(name)) + name
     fixed = _FIXED.pack(MAGIC, VERSION, flags, header.channels, q, header.height, header.width,
                         header.fingerprint, header.tables_hash)  # fmt: skip
     body = fixed + extra + payload
-    return body + _CRC.pack(zlib.crc32(body))
+    return body + CRC.pack(zlib.crc32(body))
 
 
 def unpack_photo(data: bytes) -> tuple[PhotoHeader, bytes]:
     """Parse and check version-2 .cae bytes -> (header, payload); any defect is a CodecError."""
     if file_version(data) != VERSION:
         raise CodecError(f"not a version-{VERSION} .cae file")
-    if len(data) < _FIXED.size + _CRC.size:
+    if len(data) < _FIXED.size + CRC.size:
         raise CodecError(f"truncated file ({len(data)} bytes, a header alone is {_FIXED.size + 4})")
-    body, crc = data[: -_CRC.size], _CRC.unpack_from(data, len(data) - _CRC.size)[0]
+    body, crc = data[: -CRC.size], CRC.unpack_from(data, len(data) - CRC.size)[0]
     if zlib.crc32(body) != crc:
         raise CodecError("corrupt or truncated file: checksum mismatch")
     _, _, flags, c, q, h, w, fp, th = _FIXED.unpack_from(data)
@@ -96,14 +93,12 @@ def unpack_photo(data: bytes) -> tuple[PhotoHeader, bytes]:
     pos, run, name = _FIXED.size, None, None
     try:
         if flags & _FLAG_RUN:
-            raw, pos = _take(body, pos, 2, "run path length")
-            raw, pos = _take(body, pos, struct.unpack("<H", raw)[0], "run path")
-            run = raw.decode("utf-8")
+            run, pos = read_run(body, pos)
         if flags & _FLAG_NAME:
-            raw, pos = _take(body, pos, 1, "name length")
-            raw, pos = _take(body, pos, raw[0], "name")
+            raw, pos = take(body, pos, 1, "name length")
+            raw, pos = take(body, pos, raw[0], "name")
             name = raw.decode("utf-8")
-            _check_names((name,), reading=True)
+            check_names((name,), reading=True)
     except UnicodeDecodeError:
         raise CodecError("corrupt file: the run path or name is not UTF-8") from None
     if pos >= len(body):  # the range coder writes at least its check word

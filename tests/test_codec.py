@@ -81,6 +81,55 @@ def test_pack_unpack_roundtrip_with_and_without_names():
         assert C.verify(data) == h
 
 
+def test_photo_sizes_roundtrip_and_must_match_the_tiles():
+    # 28 x 28 tiles: 30x60 takes 2 x 3, 28x28 one, 1x57 one row of 3 -> 10 tiles
+    h = _header(count=10, sizes=((30, 60), (28, 28), (1, 57)), names=("a.png", "b.png", "c.png"))
+    h2, payload = C.unpack(C.pack(h, b"PAYL"))
+    assert h2 == h and h2.photos == 3 and payload == b"PAYL"
+    with pytest.raises(ValueError, match="take 10 tiles, not 9"):
+        C.pack(replace(h, count=9), b"P")
+    with pytest.raises(ValueError, match="2 names for 3 images"):
+        C.pack(replace(h, names=("a.png", "b.png")), b"P")
+    # a crafted file (valid CRC) whose sizes do not make its tile count
+    data = bytearray(C.pack(h, b"PAYL"))
+    i = bytes(data).index(struct.pack("<3I", 3, 30, 60))
+    data[i + 4 : i + 8] = struct.pack("<I", 90)  # 90x60: 4 x 3 tiles
+    data = data[:-4] + struct.pack("<I", zlib.crc32(bytes(data[:-4])))
+    with pytest.raises(C.CodecError, match="the photo sizes do not make 10 tiles"):
+        C.unpack(bytes(data))
+
+
+@pytest.mark.parametrize("hw", [(1, 37), (33, 47), (28, 28), (57, 1)])
+def test_tiles_cover_a_photo_and_give_it_back_exactly(hw):
+    from convae.codec.core import tile, untile
+
+    img = torch.randint(0, 256, (3, *hw), dtype=torch.uint8)
+    tiles = tile(img, 28, 28)
+    assert tiles.shape == (-(-hw[0] // 28) * -(-hw[1] // 28), 3, 28, 28)
+    assert torch.equal(untile(tiles, *hw), img)
+    assert torch.equal(tiles[0, :, : min(28, hw[0]), : min(28, hw[1])],
+                       img[:, :28, :28])  # fmt: skip
+    assert (tiles[-1, :, -1, -1] == img[:, -1, -1]).all()  # the edge repeated into the padding
+
+
+def test_photos_of_any_size_encode_in_tiles_and_decode_whole(codec, test_x):
+    x = test_x[:6]
+    photo = torch.cat([torch.cat([x[0], x[1]], 2), torch.cat([x[2], x[3]], 2)], 1)  # 56x56
+    photos = [photo[:, :50, :33], x[4], photo[:, :1, :]]
+    data = C.encode(codec, photos, names=["a.png", "b.png", "c.png"])
+    header = C.verify(data)
+    assert header.sizes == ((50, 33), (28, 28), (1, 56)) and header.count == 4 + 1 + 2
+    out, names = C.decode(codec, data)
+    assert names == ("a.png", "b.png", "c.png")
+    assert [tuple(t.shape) for t in out] == [(1, 50, 33), (1, 28, 28), (1, 1, 56)]
+    # each tile is coded as an image of the model's size: a tile that is a whole digit decodes
+    # to the pixels that digit alone decodes to
+    digits, _ = C.decode(codec, C.encode(codec, x[:1]))
+    assert torch.equal(out[0][:, :28, :28], digits[0])
+    # images all of the model's size stay a plain file, byte for byte
+    assert C.encode(codec, list(x[:3])) == C.encode(codec, x[:3])
+
+
 def test_names_that_cannot_be_stored_are_refused_when_writing_and_corrupt_when_read():
     for names, why in (
         (("a.png", "a.png", "b.png"), "appears twice"),

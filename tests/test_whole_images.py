@@ -111,3 +111,23 @@ def test_max_pixels_is_a_data_flag_kept_in_the_run(photos, tmp_path):
     assert rc == 0, err
     cfg = json.loads((tmp_path / "ok" / "config.json").read_text())
     assert cfg["data"]["max_pixels"] == 2000
+
+
+def test_encode_and_decode_give_each_photo_back_at_its_own_size(map_run, tmp_path):
+    src = tmp_path / "in"
+    src.mkdir()
+    for i, (h, w, grey) in enumerate([(1, 37, False), (33, 47, False), (29, 18, True)]):
+        Image.fromarray(_photo(h, w, 20 + i, grey=grey)).save(src / f"p{i}.png")
+    rc, out, err = run_cli("encode", map_run, src, "--out", tmp_path / "x.cae", "--json")
+    assert rc == 0, err
+    res = json.loads(out.strip().splitlines()[-1])
+    assert res["images"] == 3
+    assert res["bpp"] == pytest.approx(8 * res["bytes"] / (37 + 33 * 47 + 29 * 18))
+    rc, out, err = run_cli("info", tmp_path / "x.cae", "--json")
+    info = json.loads(out.strip().splitlines()[-1])
+    assert info["sizes"] == [[1, 37], [33, 47], [29, 18]] and info["tiles"] == 3 + 9 + 4
+    rc, _, err = run_cli("decode", tmp_path / "x.cae", "--out", tmp_path / "dec", "-q")
+    assert rc == 0, err
+    for i, (h, w) in enumerate([(1, 37), (33, 47), (29, 18)]):
+        with Image.open(tmp_path / "dec" / f"p{i}.png") as im:
+            assert (im.height, im.width, im.mode) == (h, w, "RGB")

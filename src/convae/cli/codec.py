@@ -13,7 +13,7 @@ from ..codec.format2 import VERSION as PHOTO_VERSION
 from ..codec.format2 import file_version
 from ..codec.photo_store import is_photo_run
 from ..codec.store import CODEC_FILE, CODEC_JSON
-from ..images import read_image_files, write_png
+from ..images import read_image_files, read_images, write_png
 from .common import (
     THREADS_HELP,
     ProgressBar,
@@ -82,10 +82,14 @@ def _add_encode_parser(sub) -> None:
 def _encode_images(args: argparse.Namespace, codec, out: Path):
     """(uint8 images, their output names or None, what they are) from the files or --data."""
     c, h, _ = codec.input_shape
-    if args.inputs:
-        x, paths = read_image_files(args.inputs, c, h, resize=args.resize)
+    if args.inputs and args.resize:
+        x, paths = read_image_files(args.inputs, c, h, resize=True)
         check_out_file(out, paths)
         return x, output_names(paths), f"{len(paths)} image file(s)"
+    if args.inputs:  # each at its own size: photos not of the model's size are coded in tiles
+        images, paths = read_images(args.inputs, c)
+        check_out_file(out, paths)
+        return images, output_names(paths), f"{len(paths)} image file(s)"
     data = data_config_from_args(args, codec.run_config.data)
     x, _ = load_data_split(data, args.split)
     if len(x) == 0:
@@ -119,8 +123,7 @@ def cmd_encode(args: argparse.Namespace) -> int:
     blob = cdc.encode(codec, x, quality, names=names, coder=args.coder, run_hint=run_hint)
     atomic_write(out, blob)
     header = cdc.verify(blob)
-    _, h, w = codec.input_shape
-    pixels = len(x) * h * w  # bpp: file bits per image pixel (all channels of a pixel together)
+    pixels = sum(t.shape[-2] * t.shape[-1] for t in x)  # bpp: file bits per image pixel
     res = {"out": str(out), "images": len(x), "bytes": len(blob),
            "bytes_per_image": len(blob) / len(x), "bpp": 8 * len(blob) / pixels,
            "level": header.level, "step": header.step, "coder": header.coder,
@@ -186,7 +189,7 @@ def cmd_decode(args: argparse.Namespace) -> int:
         images, _ = cdc.decode(codec, path.read_bytes())  # everything in memory before any write
     except cdc.CodecError as e:
         raise cdc.CodecError(f"{path}: {e}") from None
-    names = header.names or tuple(f"{i:05d}.png" for i in range(header.count))
+    names = header.names or tuple(f"{i:05d}.png" for i in range(header.photos))
     targets = folder_targets(out, names, [path, *run_inputs(run)], overwrite=args.overwrite)
     for target, img in zip(targets, images, strict=True):
         write_png(img, target)
@@ -221,23 +224,36 @@ def cmd_info(args: argparse.Namespace) -> int:
     if _version(Path(args.file)) == PHOTO_VERSION:
         return cmd_info_photo(args)
     header, payload, size = cdc.read_header(args.file)
-    pixels = header.count * header.height * header.width  # bpp: bits per image pixel
+    sizes = header.sizes or [(header.height, header.width)] * header.count
+    pixels = sum(h * w for h, w in sizes)  # bpp: file bits per image pixel
     info = {"file": str(args.file), "bytes": size, "format_version": header.version,
-            "images": header.count, "channels": header.channels, "height": header.height,
+            "images": header.photos, "tiles": header.count if header.sizes else None,
+            "sizes": [list(hw) for hw in header.sizes] if header.sizes else None,
+            "channels": header.channels, "height": header.height,
             "width": header.width, "latent_dim": header.latent_dim, "level": header.level,
             "step": header.step, "coder": header.coder, "model": header.fingerprint.hex(),
             "tables": header.tables_hash.hex(), "run": header.run,
             "names": list(header.names) if header.names else None, "payload_bytes": payload,
-            "bytes_per_image": size / header.count, "bpp": 8 * size / pixels,
+            "bytes_per_image": size / header.photos, "bpp": 8 * size / pixels,
             "checksum": "ok"}  # fmt: skip
     return finish(args, info, lambda: _info_text(args.file, header, info))
+
+
+def _images_text(header) -> str:
+    c, h, w = header.channels, header.height, header.width
+    if header.sizes is None:
+        return f"{header.count} x {c}x{h}x{w}"
+    shown = ", ".join(f"{pw}x{ph}" for ph, pw in header.sizes[:3])
+    more = ", ..." if len(header.sizes) > 3 else ""
+    tiles = f"{header.count} tiles of {w}x{h}"
+    return f"{header.photos} photo(s) of {shown}{more} ({c} channel(s)) in {tiles}"
 
 
 def _info_text(file: str, header, info: dict[str, Any]) -> str:
     lines = [
         f"{file}: convae .cae format v{header.version}, {info['bytes']:,} bytes, checksum ok",
-        f"  images      {header.count} x {header.channels}x{header.height}x{header.width} "
-        f"({info['bytes_per_image']:.1f} B/image, {info['bpp']:.3f} bpp = file bits per pixel)",
+        f"  images      {_images_text(header)} ({info['bytes_per_image']:.1f} B/image, "
+        f"{info['bpp']:.3f} bpp = file bits per pixel)",
         f"  quantizer   level {header.level}, step {header.step:g}, latent {header.latent_dim} "
         "values/image",
         f"  payload     {info['payload_bytes']:,} bytes, {header.coder} coder",

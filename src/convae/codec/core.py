@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,7 +25,7 @@ from ..inference import apply_batched
 from ..limits import check_fits
 from ..models import AutoEncoder
 from .entropy import Level, decode_symbols, encode_symbols
-from .format import ZLIB_MAX_RATIO, CodecError, Header, pack, unpack
+from .format import ZLIB_MAX_RATIO, CodecError, Header, pack, tiles_of, unpack
 
 log = logging.getLogger(__name__)
 
@@ -140,13 +141,31 @@ def _check_geometry(codec: Codec, shape: tuple[int, ...]) -> None:
 
 def encode(
     codec: Codec,
-    x_u8: Tensor,
+    x_u8: Tensor | Sequence[Tensor],
     level: int | None = None,
     names: Sequence[str] | None = None,
     coder: str = "range",
     run_hint: str | None = None,
 ) -> bytes:
-    """uint8 images [N, C, H, W] -> .cae bytes (deterministic: same input, same bytes)."""
+    """uint8 images [N, C, H, W] of the model's size -> .cae bytes (deterministic: same input,
+    same bytes). A list of uint8 ``[C, H, W]`` images of other sizes is coded as photos: each
+    covered by tiles of the model's size (its edge pixels repeated to fill the last ones), its
+    own size kept in the file, so that :func:`decode` gives it back whole."""
+    sizes = None
+    if not isinstance(x_u8, Tensor):
+        images = list(x_u8)
+        if any(not isinstance(t, Tensor) or t.dtype != torch.uint8 or t.ndim != 3 for t in images):
+            raise ValueError("encode takes uint8 images shaped [C, H, W]")
+        c, h, w = codec.input_shape
+        if images and all(tuple(t.shape) == (c, h, w) for t in images):
+            x_u8 = torch.stack(images)
+        elif images:
+            if any(t.shape[0] != c for t in images):
+                raise ValueError(f"images must have the model's {c} channel(s)")
+            sizes = tuple((int(t.shape[1]), int(t.shape[2])) for t in images)
+            x_u8 = torch.cat([tile(t, h, w) for t in images])
+        else:
+            x_u8 = torch.zeros(0, c, h, w, dtype=torch.uint8)
     if x_u8.dtype != torch.uint8 or x_u8.ndim != 4:
         raise ValueError("encode takes uint8 images shaped [N, C, H, W]")
     if len(x_u8) == 0:
@@ -155,28 +174,32 @@ def encode(
     lv = codec.level(i)
     q, clipped = quantize(codec, x_u8, i)
     if clipped:
-        log.warning(
-            "%d of %d latent values fell outside the codec's tables and were clipped "
-            "(images unlike the training data)",
-            clipped,
-            q.size,
-        )
+        log.warning("%d of %d latent values fell outside the codec's tables and were clipped "
+                    "(images unlike the training data)", clipped, q.size)  # fmt: skip
     c, h, w = codec.input_shape
-    header = Header(
-        fingerprint=codec.fingerprint,
-        tables_hash=lv.hash(),
-        channels=c,
-        height=h,
-        width=w,
-        latent_dim=lv.latent_dim,
-        count=len(x_u8),
-        level=i,
-        step=lv.step,
-        coder=coder,
-        names=tuple(names) if names is not None else None,
-        run=run_hint,
-    )
+    header = Header(fingerprint=codec.fingerprint, tables_hash=lv.hash(), channels=c, height=h,
+                    width=w, latent_dim=lv.latent_dim, count=len(x_u8), level=i, step=lv.step,
+                    coder=coder, names=tuple(names) if names is not None else None, run=run_hint,
+                    sizes=sizes)  # fmt: skip
     return pack(header, encode_symbols(q, lv, coder))
+
+
+def tile(image: Tensor, h: int, w: int) -> Tensor:
+    """uint8 [C, H, W] -> the [k, C, h, w] tiles that cover it, row by row; the last row and
+    column are filled by repeating the image's edge pixels."""
+    c, height, width = image.shape
+    rows, cols = tiles_of(height, width, h, w)
+    pad = (0, cols * w - width, 0, rows * h - height)
+    x = nn.functional.pad(image[None].float(), pad, mode="replicate")[0].to(torch.uint8)
+    return x.reshape(c, rows, h, cols, w).permute(1, 3, 0, 2, 4).reshape(rows * cols, c, h, w)
+
+
+def untile(tiles: Tensor, height: int, width: int) -> Tensor:
+    """The inverse of :func:`tile`: [k, C, h, w] tiles -> the [C, height, width] image."""
+    _, c, h, w = tiles.shape
+    rows, cols = tiles_of(height, width, h, w)
+    x = tiles.reshape(rows, cols, c, h, w).permute(2, 0, 3, 1, 4).reshape(c, rows * h, cols * w)
+    return x[:, :height, :width].contiguous()
 
 
 def check_header(codec: Codec, header: Header) -> Level:
@@ -228,10 +251,19 @@ def check_count(level: Level, header: Header, payload_bytes: int) -> None:
     check_fits(need, f"decoding {n} images of {header.channels}x{header.height}x{header.width}")
 
 
-def decode(codec: Codec, data: bytes) -> tuple[Tensor, tuple[str, ...] | None]:
-    """.cae bytes -> (uint8 images [N, C, H, W], names or None). Everything is checked first."""
+def decode(codec: Codec, data: bytes) -> tuple[Tensor | list[Tensor], tuple[str, ...] | None]:
+    """.cae bytes -> (uint8 images [N, C, H, W], or a list of [C, H, W] photos of their own
+    sizes for a file of photos; names or None). Everything is checked first."""
     header, payload = unpack(data)
     lv = check_header(codec, header)
     check_count(lv, header, len(payload))
     q = decode_symbols(payload, lv, header.count, header.coder)
-    return dequantize(codec, q, header.level), header.names
+    x = dequantize(codec, q, header.level)
+    if header.sizes is None:
+        return x, header.names
+    photos, k = [], 0
+    for height, width in header.sizes:
+        n = math.prod(tiles_of(height, width, header.height, header.width))
+        photos.append(untile(x[k : k + n], height, width))
+        k += n
+    return photos, header.names

@@ -24,6 +24,8 @@ MAX_IMAGES = 1 << 28  # a sanity bound on the count field (268 M images)
 ZLIB_MAX_RATIO = 1032  # zlib's largest expansion (deflate's 258-byte matches in 2 bits)
 _FLAG_NAMES = 0x01
 _FLAG_RUN = 0x02
+_FLAG_MOSAIC = 0x04
+MAX_SIDE = 1 << 20  # a sanity bound on a mosaic photo's height and width
 
 # Fixed part of the v1 header, little-endian: magic, version, coder, level, flags, model
 # fingerprint, tables hash, channels, height, width, latent dim, step, count, payload length.
@@ -52,6 +54,19 @@ class Header:
     names: tuple[str, ...] | None = None  # output file names, when the inputs were files
     run: str | None = None  # where the encoding run lived (a hint for `decode` without --model)
     version: int = FORMAT_VERSION
+    # photos of their own sizes (height, width), each coded as the model-size tiles that cover it
+    # (row by row, photo after photo; count = all tiles); names, if any, are one per photo
+    sizes: tuple[tuple[int, int], ...] | None = None
+
+    @property
+    def photos(self) -> int:
+        """The images a decoder writes: the photos of a mosaic, else every coded image."""
+        return self.count if self.sizes is None else len(self.sizes)
+
+
+def tiles_of(height: int, width: int, tile_h: int, tile_w: int) -> tuple[int, int]:
+    """(rows, columns) of ``tile_h x tile_w`` tiles that cover a ``height x width`` photo."""
+    return -(-height // tile_h), -(-width // tile_w)
 
 
 def _name_problem(name: str) -> str | None:
@@ -102,9 +117,12 @@ def pack(header: Header, payload: bytes) -> bytes:
     if header.run is not None:
         flags |= _FLAG_RUN
         extra += run_section(header.run)
+    if header.sizes is not None:
+        flags |= _FLAG_MOSAIC
+        extra += _mosaic_section(header)
     if header.names is not None:
-        if len(header.names) != header.count:
-            raise ValueError(f"{len(header.names)} names for {header.count} images")
+        if len(header.names) != header.photos:
+            raise ValueError(f"{len(header.names)} names for {header.photos} images")
         check_names(tuple(header.names), reading=False)
         blob = zlib.compress("\n".join(header.names).encode("utf-8"), 9)
         flags |= _FLAG_NAMES
@@ -127,6 +145,32 @@ def pack(header: Header, payload: bytes) -> bytes:
     )
     body = fixed + extra + payload
     return body + CRC.pack(zlib.crc32(body))
+
+
+def _mosaic_section(header: Header) -> bytes:
+    sizes = header.sizes or ()
+    if not sizes or any(not (1 <= h <= MAX_SIDE and 1 <= w <= MAX_SIDE) for h, w in sizes):
+        raise ValueError(f"photo sizes must be 1 to {MAX_SIDE} pixels a side")
+    tiles = sum(math.prod(tiles_of(h, w, header.height, header.width)) for h, w in sizes)
+    if tiles != header.count:
+        raise ValueError(f"{len(sizes)} photos take {tiles} tiles, not {header.count}")
+    return struct.pack(f"<I{2 * len(sizes)}I", len(sizes), *(v for hw in sizes for v in hw))
+
+
+def _read_mosaic(body: bytes, pos: int, count: int, tile: tuple[int, int]) -> tuple[tuple, int]:
+    """The mosaic section at ``pos`` -> (photo sizes, position after it)."""
+    raw, pos = take(body, pos, 4, "photo count")
+    n = struct.unpack("<I", raw)[0]
+    if not 1 <= n <= count:
+        raise CodecError(f"corrupt file: {n} photos in {count} tiles")
+    raw, pos = take(body, pos, 8 * n, "photo sizes")
+    flat = struct.unpack(f"<{2 * n}I", raw)
+    sizes = tuple(zip(flat[::2], flat[1::2], strict=True))
+    if any(not (1 <= h <= MAX_SIDE and 1 <= w <= MAX_SIDE) for h, w in sizes):
+        raise CodecError("corrupt file: a photo size out of range")
+    if sum(math.prod(tiles_of(h, w, *tile)) for h, w in sizes) != count:
+        raise CodecError(f"corrupt file: the photo sizes do not make {count} tiles")
+    return sizes, pos
 
 
 def take(data: bytes, pos: int, n: int, what: str) -> tuple[bytes, int]:
@@ -172,14 +216,16 @@ def unpack(data: bytes) -> tuple[Header, bytes]:
     # From here the bytes are what the writer wrote; field checks guard against buggy writers.
     if coder not in CODERS:
         raise CodecError(f"corrupt file: unknown payload coder {coder}")
-    if flags & ~(_FLAG_NAMES | _FLAG_RUN):
+    if flags & ~(_FLAG_NAMES | _FLAG_RUN | _FLAG_MOSAIC):
         raise CodecError(f"corrupt file: unknown flags 0x{flags:02x}")
     if c not in (1, 3) or h < 1 or w < 1 or lat < 1 or not 1 <= count <= MAX_IMAGES:
         raise CodecError(f"corrupt file: bad geometry ({count} x {c}x{h}x{w}, latent {lat})")
     if not (math.isfinite(step) and step > 0):
         raise CodecError(f"corrupt file: bad quantizer step {step}")
     run, pos = read_run(body, _FIXED.size) if flags & _FLAG_RUN else (None, _FIXED.size)
-    names, pos = _read_names(body, pos, count) if flags & _FLAG_NAMES else (None, pos)
+    sizes, pos = _read_mosaic(body, pos, count, (h, w)) if flags & _FLAG_MOSAIC else (None, pos)
+    photos = count if sizes is None else len(sizes)
+    names, pos = _read_names(body, pos, photos) if flags & _FLAG_NAMES else (None, pos)
     if pos + plen != len(body):
         raise CodecError(f"corrupt file: payload length {plen} does not match the file size")
     if plen == 0:  # every coder writes at least one byte (a 32-bit word) for one symbol
@@ -198,6 +244,7 @@ def unpack(data: bytes) -> tuple[Header, bytes]:
         names=names,
         run=run,
         version=version,
+        sizes=sizes,
     )
     return header, bytes(body[pos:])
 

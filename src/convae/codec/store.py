@@ -24,8 +24,11 @@ from ..checkpoint import (
     write_json,
 )
 from ..config import read_run_config
+from ..data import load_images, load_split
+from ..inference import load
 from ..limits import MemoryLimitError
 from ..models import build_model
+from ..sampling import fixed_crops
 from .core import Codec
 from .entropy import Level
 from .fit import CodecFitConfig, Progress, fit_codec
@@ -178,12 +181,16 @@ def _levels(tensors: dict[str, torch.Tensor], meta: dict[str, str], L: int) -> t
     return levels, default
 
 
-def _fit_and_save(p: Path, cfg: CodecFitConfig | None, progress: Progress | None) -> Codec:
-    from ..data import load_split
-    from ..inference import load
+FIT_CROPS = 2048  # crops of a run trained on crops that the codec is fitted on
 
+
+def _fit_and_save(p: Path, cfg: CodecFitConfig | None, progress: Progress | None) -> Codec:
     model = load(p, "cpu")
-    train_x, _ = load_split(model.run_config.data, "train")
+    data = model.run_config.data
+    if data.crop is not None:  # images of any size: crops of the model's size, drawn once
+        train_x = fixed_crops(load_images(data, "train"), data.crop, FIT_CROPS, data.split_seed)
+    else:
+        train_x, _ = load_split(data, "train")
     log.info(
         "fitting the codec of %s once (rate-distortion fine-tune on %d images)", p, len(train_x)
     )

@@ -8,7 +8,7 @@ The folder is benchmarks/ingest.py's (``--folder``; 20,000 JPEGs of 1024x768), c
 longer side at ``--max-side`` (256: 256x192 RGB, 2.9 GB for 20,000 images) under
 benchmarks/out/cache unless $CONVAE_CACHE says otherwise.
 
-Throughput (``convae.train.fit``, a ``convae-map`` model on 64x64 RGB crops, batch 32, the
+Throughput (``convae.training.fit``, a ``convae-map`` model on 64x64 RGB crops, batch 32, the
 library's default precision, ``--threads`` torch threads): steps per second from the 5th step on, the same
 number of steps from three sources, in turn, ``--repeats`` times:
 

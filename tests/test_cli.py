@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from cli_helpers import last_json, run_cli
+from cli_helpers import last_json, one_line_error, run_cli
 from PIL import Image
 from safetensors.torch import load_file
 
@@ -25,15 +25,6 @@ train_mod = importlib.import_module("convae.training")
 # A tiny but real run: two digits, the default architecture at width 4, one epoch.
 TINY = ["--classes", "1,7", "--arch", "convae", "--width", "4", "--latent-dim", "8", "--epochs", "1",
         "--batch-size", "32", "--seed", "0"]  # fmt: skip
-
-
-def assert_one_line_error(rc: int, out: str, err: str) -> str:
-    assert rc != 0
-    assert "Traceback" not in err and "Traceback" not in out
-    lines = err.strip().splitlines()
-    assert len(lines) == 1, err
-    assert lines[0].startswith("convae: error:"), lines[0]
-    return lines[0]
 
 
 @pytest.fixture(scope="module")
@@ -123,7 +114,7 @@ def test_run_directory_contents(run):
 def test_train_into_an_existing_run_needs_resume(run):
     d, _ = run
     before = (d / "model.safetensors").read_bytes()
-    line = assert_one_line_error(*run_cli("train", *TINY, "--out", d))
+    line = one_line_error(*run_cli("train", *TINY, "--out", d))
     assert "--resume" in line
     assert (d / "model.safetensors").read_bytes() == before
 
@@ -155,7 +146,7 @@ def test_eval_split_and_classes(run):
 def test_eval_on_images_the_model_cannot_take(run, tmp_path, make_images, write_image_folder):
     d, _ = run
     write_image_folder(tmp_path / "rgb", make_images(12, 3, 32), [0] * 12)
-    line = assert_one_line_error(*run_cli("eval", d, "--data", f"folder:{tmp_path / 'rgb'}"))
+    line = one_line_error(*run_cli("eval", d, "--data", f"folder:{tmp_path / 'rgb'}"))
     assert "3-channel images and the model takes 1: add --channels 1" in line
     rc, out, err = run_cli("eval", d, "--data", f"folder:{tmp_path / 'rgb'}", "--channels", "1",
                            "--split", "train", "--json")  # fmt: skip
@@ -353,19 +344,19 @@ def test_python_m_convae_help():
 )
 def test_user_mistakes(tmp_path, args, says):
     rc, out, err = run_cli(*[a.replace("{tmp}", str(tmp_path)) for a in args])
-    line = assert_one_line_error(rc, out, err)
+    line = one_line_error(rc, out, err)
     assert says in line
     assert not (tmp_path / "r").exists() or not any((tmp_path / "r").iterdir())  # no half-made run
 
 
 def test_reconstruct_mistakes(run, tmp_path):
     d, _ = run
-    line = assert_one_line_error(
+    line = one_line_error(
         *run_cli("reconstruct", d, tmp_path / "missing.png", "--out", tmp_path / "o")
     )
     assert "missing.png" in line
     (tmp_path / "broken.png").write_bytes(b"not a png")
-    line = assert_one_line_error(
+    line = one_line_error(
         *run_cli("reconstruct", d, tmp_path / "broken.png", "--out", tmp_path / "o")
     )
     assert "broken.png" in line
@@ -440,9 +431,7 @@ def test_nan_loss_stops_with_a_clear_error(tmp_path, monkeypatch):
     monkeypatch.setattr(train_mod, "commit_epoch", save_then_remember)
     monkeypatch.setattr(train_mod, "_loss_fn", loss_fn)
     out_dir = tmp_path / "run"
-    line = assert_one_line_error(
-        *run_cli("train", *RESUMABLE, "--out", out_dir, "--device", "cpu", "-q")
-    )
+    line = one_line_error(*run_cli("train", *RESUMABLE, "--out", out_dir, "--device", "cpu", "-q"))
     assert "NaN" in line and "epoch 2" in line
     assert (out_dir / "model.safetensors").read_bytes() == saved["model"]
     assert not (out_dir / "metrics.json").exists()
@@ -517,7 +506,7 @@ def test_offline_download_is_one_clear_error(tmp_path, monkeypatch):
     assert line.startswith("convae: error:")
     assert "train-images-idx3-ubyte.gz" in line and "t10k-labels-idx1-ubyte.gz" in line
     assert str(tmp_path / "cache" / "fashion-mnist") in line and "--data-dir" in line
-    assert "Traceback" not in assert_one_line_error(
+    assert "Traceback" not in one_line_error(
         *run_cli("train", "--data", "fashion-mnist", "--out", tmp_path / "r", "-q")
     )  # -q: only the error
     assert not (tmp_path / "r").exists()
@@ -572,17 +561,17 @@ def test_unreadable_images_skipped_and_counted_or_strict(
     rc, out, err = run_cli("eval", d, *data)
     assert rc == 0, err
     assert "skipped 1 unreadable file" in err
-    line = assert_one_line_error(*run_cli("eval", d, *data, "--strict"))
+    line = one_line_error(*run_cli("eval", d, *data, "--strict"))
     assert "broken.jpg" in line
 
 
 def test_flags_that_would_be_ignored_or_mangled_are_errors(run, make_images):
     run_dir, _ = run
     # a run's model is what it was trained as: architecture flags are refused, not ignored
-    msg = assert_one_line_error(*run_cli("summary", str(run_dir), "--latent-dim", "5"))
+    msg = one_line_error(*run_cli("summary", str(run_dir), "--latent-dim", "5"))
     assert "--latent-dim describe an architecture, not a run" in msg
     # an empty item in a label list is a typo, not a shorter list
-    msg = assert_one_line_error(*run_cli("eval", str(run_dir), "--classes", "1,,7"))
+    msg = one_line_error(*run_cli("eval", str(run_dir), "--classes", "1,,7"))
     assert "empty item" in msg
     from convae.denoise import denoise_tensor
 
@@ -604,12 +593,12 @@ def test_a_folder_too_small_for_a_test_split_says_which_split_it_reports(
 
 def test_latent_and_generate_refuse_an_output_format_they_cannot_write(run, tmp_path):
     run_dir, _ = run
-    msg = assert_one_line_error(*run_cli("latent", str(run_dir), "--out", str(tmp_path / "m.txt"),
+    msg = one_line_error(*run_cli("latent", str(run_dir), "--out", str(tmp_path / "m.txt"),
                                          "--csv", str(tmp_path / "c.csv")))  # fmt: skip
     assert "a figure is written as .png, .pdf, .svg, not .txt" in msg
     assert not (tmp_path / "m.txt").exists() and not (tmp_path / "c.csv").exists()
     z = ",".join(["0"] * 8)
-    msg = assert_one_line_error(
+    msg = one_line_error(
         *run_cli("generate", str(run_dir), "--z", z, "--out", str(tmp_path / "g.pdf"))
     )
     assert "the decoded image is written as .png" in msg

@@ -14,29 +14,11 @@ import sys
 from pathlib import Path
 
 import pytest
-from cli_helpers import run_cli
+from cli_helpers import one_line_error, run_cli, snapshot
 
 from convae.checkpoint import atomic_write
 from convae.data import load_dataset
 from convae.images import write_png
-
-
-def one_line_error(rc: int, out: str, err: str) -> str:
-    assert rc != 0, out
-    assert "Traceback" not in err + out
-    lines = err.strip().splitlines()
-    assert len(lines) == 1, err
-    assert lines[0].startswith("convae: error:"), lines[0]
-    assert "Errno" not in lines[0], lines[0]  # said in words, not a raw OSError
-    return lines[0]
-
-
-def snapshot(root: Path) -> dict[str, bytes | None]:
-    """Every path under ``root`` -> its bytes (None for a folder): to prove nothing changed."""
-    return {
-        str(p.relative_to(root)): (None if p.is_dir() else p.read_bytes())
-        for p in sorted(root.rglob("*"))
-    }
 
 
 @pytest.fixture(scope="module")

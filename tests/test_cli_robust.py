@@ -22,7 +22,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from cli_helpers import run_cli
+from cli_helpers import one_line_error as _one_line_error
+from cli_helpers import run_cli, snapshot
 from PIL import Image
 from safetensors.torch import load_file, save_file
 
@@ -39,13 +40,7 @@ CLI_DIR = Path(cli.__file__).parent
 
 
 def one_line_error(rc: int, out: str, err: str) -> str:
-    assert rc == 1, (rc, out, err)
-    assert "Traceback" not in err + out
-    lines = err.strip().splitlines()
-    assert len(lines) == 1, err
-    assert lines[0].startswith("convae: error:"), lines[0]
-    assert "Errno" not in lines[0], lines[0]  # said in words, not a raw OSError
-    return lines[0]
+    return _one_line_error(rc, out, err, code=1)  # every failure here is an error, exit 1
 
 
 def strict_json(line: str):
@@ -55,13 +50,6 @@ def strict_json(line: str):
         raise ValueError(f"{token} is not JSON")
 
     return json.loads(line, parse_constant=refuse)
-
-
-def snapshot(root: Path) -> dict[str, bytes | None]:
-    return {
-        str(p.relative_to(root)): (None if p.is_dir() or p.is_symlink() else p.read_bytes())
-        for p in sorted(root.rglob("*"))
-    }
 
 
 @pytest.fixture

@@ -131,3 +131,20 @@ def test_encode_and_decode_give_each_photo_back_at_its_own_size(map_run, tmp_pat
     for i, (h, w) in enumerate([(1, 37), (33, 47), (29, 18)]):
         with Image.open(tmp_path / "dec" / f"p{i}.png") as im:
             assert (im.height, im.width, im.mode) == (h, w, "RGB")
+
+
+def test_the_report_of_a_crop_run_shows_its_anomaly_detector(photos, tmp_path):
+    run = tmp_path / "run"
+    rc, _, err = run_cli("train", "--data", f"folder:{photos}", "--crop", "16", "--crops-per-epoch",
+                         "32", "--width", "4", "--epochs", "1", "--val-fraction", "0.34", "--out",
+                         run, "--device", "cpu", "-q")  # fmt: skip
+    assert rc == 0, err
+    Image.fromarray(_photo(40, 52, 30)).save(tmp_path / "part.png")
+    rc, _, err = run_cli("anomaly", run, tmp_path / "part.png", "--calibrate", "-q")
+    assert rc == 0, err
+    rc, _, err = run_cli("report", run, "-q")
+    assert rc == 0, err
+    page = (run / "report.html").read_text()
+    anomaly = page[page.index('<section id="anomaly">') :]
+    anomaly = anomaly[: anomaly.index("</section>")]
+    assert "not shown" not in anomaly and "per-pixel threshold (map units)" in anomaly

@@ -315,23 +315,48 @@ def _codec(r: _Run) -> Section | None:
 
 
 def _anomaly_classes(r: _Run, det) -> str:
-    """Mean score and share flagged per class of the whole test split (every class)."""
-    from .anomaly import score_images
+    """Mean score and share flagged per class of the whole test split (every class); images of
+    any size for a run trained on crops, flagged where their size has a threshold."""
+    from .anomaly import MAP_SCORE, score_images
+    from .anomaly_maps import size_key
 
-    x, y = load_split(replace(r.cfg.data, classes=None), "test")
-    if len(x) == 0 or tuple(x.shape[1:]) != tuple(r.model.input_shape):
+    data = replace(r.cfg.data, classes=None)
+    names = None
+    if data.crop is not None:
+        store = load_images(data, "test")
+        images, y, names = list(store), np.asarray(store.labels), list(store.classes)
+    else:
+        x, labels = load_split(data, "test")
+        if tuple(x.shape[1:]) != tuple(r.model.input_shape):
+            return ""
+        images, y = x, labels.numpy()
+    if len(images) == 0:
         return ""
-    scores = score_images(r.model, x, det)
-    flags = det.flag(scores)
+    scores = score_images(r.model, images, det)
+    sizes = {tuple(t.shape[-2:]) for t in images}
+    known = det.score != MAP_SCORE or all(size_key(*hw) in det.thresholds for hw in sizes)
+    flags = (np.array([det.flag(s[None], tuple(t.shape[-2:]))[0] for s, t in zip(scores, images,
+             strict=True)]) if known else None)  # fmt: skip
     normal = set(r.cfg.data.classes or ())
     rows = []
-    for c in np.unique(y.numpy()):
-        sel = y.numpy() == c
-        rows.append([f"{c}{' (normal)' if c in normal else ''}", int(sel.sum()),
-                     float(np.mean(scores[sel])), f"{100 * flags[sel].mean():.1f} %"])  # fmt: skip
+    for c in np.unique(y):
+        sel = y == c
+        name = names[c] if names is not None and 0 <= c < len(names) else c
+        rows.append([f"{name}{' (normal)' if c in normal else ''}", int(sel.sum()),
+                     float(np.mean(scores[sel])),
+                     f"{100 * flags[sel].mean():.1f} %" if flags is not None else "-"])  # fmt: skip
     return "<h3>Scores per class (test split)</h3>" + _table(
         ["class", "images", f"mean {det.score}", "flagged"], rows
     )
+
+
+def _pixel_rows(pixel: dict | None) -> list[tuple[str, Any]]:
+    """The per-pixel map's threshold and calibration, for a detector that has one."""
+    if pixel is None:
+        return []
+    return [("per-pixel threshold (map units)", pixel.get("pixel_threshold")),
+            ("per-pixel target false-positive rate", pixel.get("pixel_fpr")),
+            ("calibration pixels", pixel.get("n_pixels"))]  # fmt: skip
 
 
 def _anomaly(r: _Run) -> Section | None:
@@ -349,7 +374,7 @@ def _anomaly(r: _Run) -> Section | None:
             ("target false-positive rate", det.fpr), ("calibration images", det.n_calibration),
             ("calibration data", det.calibration_data), ("scales", det.scales),
             ("calibration quantiles", det.calibration_quantiles),
-            ("fitted to these weights", current)])  # fmt: skip
+            *_pixel_rows(det.pixel), ("fitted to these weights", current)])  # fmt: skip
         if current:
             body += _anomaly_classes(r, det)
     captions = {

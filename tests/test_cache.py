@@ -467,5 +467,10 @@ def test_cache_train_benchmark(tmp_path, capsys):
             "--repeats", "1", "--rss-steps", "6", "--limit-mib", "2048", "--json"]  # fmt: skip
     assert _bench("cache_train").main(args) == 0
     res = json.loads(capsys.readouterr().out.splitlines()[-1])
-    assert set(res["throughput"]["median"]) == {"tensors", "memory_crops", "cache_crops", "disk_crops"}
+    assert set(res["throughput"]["median"]) == {
+        "tensors",
+        "memory_crops",
+        "cache_crops",
+        "disk_crops",
+    }
     assert res["rss"]["images"] == 12 and 0 < res["rss"]["peak_rss"] < 2048 << 20

@@ -278,6 +278,12 @@ def decode_array(
     whose decoding memory exceeds what is available a ``MemoryLimitError``; an unreadable file
     raises whatever its decoder raises (``OSError``, ``ValueError``, ``SyntaxError``...).
     """
+    return _decode(src, channels, size, max_side, max_pixels)[0]
+
+
+def _decode(src: Path | bytes, channels: int | None, size: int | None, max_side: int | None,
+            max_pixels: int | None) -> tuple[np.ndarray, int]:  # fmt: skip
+    """:func:`decode_array` and the file's own pixel count (its size before any resize)."""
     from PIL import ImageOps
 
     with _open_checked(src, max_pixels) as im:
@@ -298,7 +304,7 @@ def decode_array(
             img = im
         img = _resized(_to_mode(img, channels), size, max_side)
         arr = np.array(img, dtype=np.uint8)  # a writable copy (Pillow's buffer is read-only)
-    return np.ascontiguousarray(arr[:, :, None] if arr.ndim == 2 else arr)
+    return np.ascontiguousarray(arr[:, :, None] if arr.ndim == 2 else arr), w * h
 
 
 def decode_image(
@@ -421,9 +427,7 @@ def decode_stored(path: Path, channels: int | None, size: int | None, max_side: 
     refuses it); ("error", message) for an unreadable file; ("large", pixels, message) above
     ``max_pixels``. A ``MemoryLimitError`` is raised: no file is to blame."""
     try:
-        with _open_checked(path, max_pixels) as im:
-            pixels = im.size[0] * im.size[1]
-        a = decode_array(path, channels, size, max_side=max_side, max_pixels=max_pixels)
+        a, pixels = _decode(path, channels, size, max_side, max_pixels)
     except ImageTooLarge as e:
         return ("large", e.pixels, str(e))
     except MemoryLimitError:

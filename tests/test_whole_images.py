@@ -148,3 +148,14 @@ def test_the_report_of_a_crop_run_shows_its_anomaly_detector(photos, tmp_path):
     anomaly = page[page.index('<section id="anomaly">') :]
     anomaly = anomaly[: anomaly.index("</section>")]
     assert "not shown" not in anomaly and "per-pixel threshold (map units)" in anomaly
+
+
+def test_images_of_a_size_no_model_takes_say_what_to_pass(tmp_path):
+    for i in range(3):
+        Image.fromarray(_photo(25, 25, 40 + i)).save(tmp_path / f"f{i}.png")
+    rc, _, err = run_cli("train", "--data", f"folder:{tmp_path}", "--out", tmp_path / "r")
+    assert rc == 1
+    assert err.strip().endswith("the images are 25x25; a model takes sizes that are multiples of "
+                                "4 (at least 8): pass --image-size 24 to resize them, or --crop 24 "
+                                "to train on crops")  # fmt: skip
+    assert not (tmp_path / "r").exists()

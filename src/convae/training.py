@@ -462,6 +462,18 @@ def training_data(data: DataConfig, device: torch.device) -> tuple[Source, Tenso
     return crops, val_x, (store.channels, data.crop)
 
 
+def _check_data_size(data: DataConfig, size: int) -> None:
+    """Images of a size no model takes (a multiple of 4, at least 8): one line saying what to pass."""
+    if data.crop is not None or data.image_size is not None or (size >= 8 and size % 4 == 0):
+        return
+    near = max(8, size // 4 * 4)
+    raise ValueError(
+        f"{data.spec}: the images are {size}x{size}; a model takes sizes that are multiples of 4 "
+        f"(at least 8): pass --image-size {near} to resize them, or --crop {near} to train on "
+        "crops"
+    )
+
+
 def train(
     cfg: RunConfig | None = None,
     out: str | os.PathLike | None = None,
@@ -484,6 +496,7 @@ def train(
     out = Path(distributed.broadcast_object(str(out)))
     train_src, val_x, (channels, size) = training_data(cfg.data, dev)
     if not resume:
+        _check_data_size(cfg.data, size)
         cfg = resolve_config(cfg, channels, size, len(train_src))
     # Every mistake in the config surfaces before anything is written; sizes against memory too.
     model = build_model(cfg.model)

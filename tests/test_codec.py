@@ -261,6 +261,29 @@ def test_corrupted_files_always_raise_codec_error(codec, test_x):
     assert n > 500
 
 
+def test_forged_photo_sizes_are_corrupt_or_decode_whole(codec, test_x):
+    x = test_x[:4]
+    photos = [torch.cat([x[0], x[1]], 2)[:, :20, :50], x[2], x[3][:, :5, :9]]
+    data = C.encode(codec, photos, names=["a.png", "b.png", "c.png"])
+    start = data.index(struct.pack("<I", 3))  # the photo count, then the sizes
+    rng = np.random.default_rng(7)
+    decoded = 0
+    for _ in range(300):
+        b = bytearray(data)
+        pos = start + int(rng.integers(0, 28))
+        b[pos : pos + int(rng.integers(1, 5))] = rng.bytes(4)[: len(b[pos : pos + 4])]
+        b[-4:] = struct.pack("<I", zlib.crc32(bytes(b[:-4])))  # a forger recomputes the CRC
+        try:
+            out, names = C.decode(codec, bytes(b))
+        except C.CodecError as e:
+            assert "\n" not in str(e)
+            continue
+        header = C.verify(bytes(b))  # accepted: every photo whole, at the size its header says
+        assert [tuple(t.shape[1:]) for t in out] == list(header.sizes) and len(names) == len(out)
+        decoded += 1
+    assert decoded < 300
+
+
 def test_newer_version_says_upgrade():
     data = bytearray(C.pack(_header(), b"x"))
     data[4] = 3

@@ -45,6 +45,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .checkpoint import atomic_write
 from .inference import finite_pixels, map_images
 
 log = logging.getLogger(__name__)
@@ -433,7 +434,6 @@ def write_map_files(
     """Write the heat map over ``image`` (uint8 [C, H, W]), the map as 16-bit PNG and float32
     .npy, and the mask of pixels above ``pixel_threshold`` (0/255 PNG), each atomically, as
     ``OUT/{stem}_heat.png``, ``_map.png``, ``_map.npy``, ``_mask.png``. Returns kind -> path."""
-    from .checkpoint import atomic_write
 
     out = Path(out_dir)
     names = map_file_names(stem)

@@ -51,6 +51,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .checkpoint import atomic_write
 from .images import (
     IMAGE_SUFFIXES,
     PARALLEL_FROM,
@@ -431,7 +432,6 @@ def _build(keydir: Path, listing: _Listing, opts: CacheOptions, old: _Generation
         _write_index(tmp, listing, opts, index, offset)
         os.rename(tmp, keydir / f"g-{token}")
         _fsync_dir(keydir)
-        from .checkpoint import atomic_write
 
         atomic_write(keydir / "current", f"g-{token}\n")
     except OSError as e:

@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
+from .checkpoint import atomic_write
 from .config import DataConfig
 from .limits import check_fits
 
@@ -289,8 +290,6 @@ def _mnist_sample() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         with gzip.open(_sample_path(), "rb") as f:
             arr = np.loadtxt(f, delimiter=",", dtype=np.uint8)
         try:
-            from .checkpoint import atomic_write
-
             b = io.BytesIO()
             np.save(b, arr, allow_pickle=False)
             atomic_write(cached, b.getvalue())

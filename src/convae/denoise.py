@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .checkpoint import read_json, write_json
+from .checkpoint import atomic_write, last_weights, read_json, write_json
 from .config import DataConfig, RunConfig, apply_preset
 from .data import load_split
 from .inference import finite_pixels, load, map_image, spread_indices, to_float
@@ -606,8 +606,6 @@ def train_with_snapshots(
     into ``snapshots/cpu-<seconds>s`` (config.json + model.safetensors: ``convae.load`` reads it).
     The snapshots are mid-schedule (the learning rate not yet annealed). Returns their folders."""
     from safetensors.torch import save as st_save
-
-    from .checkpoint import atomic_write, last_weights
 
     out, root = Path(out), Path(snapshots)
     marks = sorted(cpu_marks)

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import logging
 import os
 import shutil
 import tempfile
@@ -43,11 +44,13 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from .checkpoint import write_json
+from .anomaly import load_detector, model_fingerprint, score_images
+from .checkpoint import fingerprint, write_json
 from .config import DataConfig
 from .data import load_images, load_split
 from .inference import WHOLE_PIXELS, apply_batched, load, reconstruct, spread_indices
 from .models import AutoEncoder, CodeConv2d, CodeConvTranspose2d
+from .version import __version__
 
 __all__ = [
     "FORMATS",
@@ -380,7 +383,6 @@ def anomaly_spec(det) -> dict[str, Any]:
 def _anomaly_parity(run: Callable, model: AutoEncoder, det, data: DataConfig) -> dict:
     """Scores and flags of the exported autoencoder (numpy, as the sidecar defines them) against
     :func:`convae.anomaly.score_images` on the whole test split, every class."""
-    from .anomaly import score_images
 
     x, _ = load_split(replace(data, classes=None), "test")
     if len(x) == 0 or x.shape[-2] * x.shape[-1] > WHOLE_PIXELS:
@@ -441,8 +443,6 @@ def _runtime(fmt: str) -> str:
 
 
 def _sidecar(model: AutoEncoder, part: str, fmt: str, file: Path, which: str) -> dict[str, Any]:
-    from .checkpoint import fingerprint
-    from .version import __version__
 
     io = _io(model, part)
     cfg = model.run_config
@@ -507,19 +507,14 @@ def _check_targets(out: Path, targets: list[Path], overwrite: bool) -> None:
 
 def _current_detector(model: AutoEncoder):
     """The run's anomaly detector when it was fitted to these weights (else None, with a note)."""
-    from .anomaly import load_detector, model_fingerprint
 
     det = load_detector(model.run_dir)  # type: ignore[arg-type]
     if det is not None and det.fingerprint != model_fingerprint(model):
-        import logging
-
         logging.getLogger(__name__).warning(
             "%s/anomaly.json was fitted to other weights; the export carries no anomaly "
             "threshold (run `convae anomaly RUN --calibrate` first)", model.run_dir)  # fmt: skip
         return None
     if det is not None and det.score not in EXPORT_SCORES:
-        import logging
-
         logging.getLogger(__name__).warning(
             "the %s score of %s/anomaly.json (per-pixel maps) is not part of an export; the "
             "export carries no anomaly threshold", det.score, model.run_dir)  # fmt: skip

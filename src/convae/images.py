@@ -15,7 +15,10 @@ from __future__ import annotations
 
 import contextlib
 import io
+import multiprocessing
 import os
+import signal
+import sys
 import threading
 import warnings
 from collections.abc import Iterable, Iterator
@@ -24,6 +27,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .checkpoint import atomic_write
 from .limits import MemoryLimitError, check_fits, human_bytes
 
 __all__ = [
@@ -400,8 +404,6 @@ def write_png(img: np.ndarray | torch.Tensor, path: str | os.PathLike) -> None:
     """Write one image (uint8 or float in [0, 1]; [C, H, W] or [H, W]) as PNG, atomically."""
     from PIL import Image
 
-    from .checkpoint import atomic_write
-
     a = img.detach().cpu().numpy() if isinstance(img, torch.Tensor) else np.asarray(img)
     if a.dtype != np.uint8:
         a = (np.clip(a, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
@@ -447,7 +449,6 @@ def _decode_chunk(job: tuple) -> list[tuple[int, tuple]]:
 
 
 def _worker_init() -> None:
-    import signal
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
 
@@ -462,8 +463,6 @@ def decode_files(
 ) -> Iterator[list[tuple[int, tuple]]]:
     """:func:`decode_stored` of every (index, path) of ``items``, by ``workers`` processes, in
     order, a chunk of results at a time."""
-    import multiprocessing
-    import sys
 
     args = (channels, size, max_side, max_pixels)
     jobs = [(items[k : k + _CHUNK], args) for k in range(0, len(items), _CHUNK)]

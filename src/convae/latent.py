@@ -29,7 +29,7 @@ from .config import DataConfig, RunConfig, recipe_for
 from .data import load_split
 from .inference import finite_pixels, load, reconstruct, spread_indices, to_float
 from .models import AutoEncoder, build_model
-from .plots import to_display
+from .plots import save_figure, to_display
 from .training import train_or_reuse
 
 log = logging.getLogger(__name__)
@@ -410,7 +410,6 @@ def sweep_markdown(rows: Sequence[dict[str, Any]]) -> str:
 
 
 def _save_png(fig: Figure, path: Path) -> None:
-    from .plots import save_figure
 
     save_figure(fig, path)
 

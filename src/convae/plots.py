@@ -12,6 +12,8 @@ import numpy as np
 import torch
 from matplotlib.figure import Figure
 
+from .checkpoint import atomic_write
+
 __all__ = [
     "loss_figure",
     "reconstruction_figure",
@@ -55,7 +57,6 @@ def figure_format(path: str | os.PathLike) -> str:
 def save_figure(fig: Figure, path: str | os.PathLike, dpi: int = 100) -> None:
     """Render in the format of ``path``'s suffix (PNG, PDF or SVG) and write atomically (a crash
     never leaves half a file)."""
-    from .checkpoint import atomic_write
 
     buf = io.BytesIO()
     fig.savefig(buf, format=figure_format(path), dpi=dpi, bbox_inches="tight")

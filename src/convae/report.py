@@ -14,6 +14,7 @@ from __future__ import annotations
 import base64
 import html
 import io
+import json
 import logging
 import os
 import time
@@ -26,11 +27,20 @@ import numpy as np
 import torch
 from matplotlib.figure import Figure
 
+from .anomaly import MAP_SCORE, load_detector, model_fingerprint, score_images
+from .anomaly_maps import size_key
 from .checkpoint import atomic_write, read_json
+from .codec import load_codec, rd_figure
+from .codec.bench import BASELINES, baseline_rd, codec_rd
 from .config import RunConfig
 from .data import load_images, load_split
 from .inference import evaluate, load, reconstruct, spread_indices, to_float
+from .latent import encode_images, latent_map_figure
+from .metrics import psnr_per_image, ssim_per_image
 from .models import AutoEncoder
+from .noise import corrupt
+from .plots import loss_figure, reconstruction_figure
+from .version import __version__
 
 log = logging.getLogger(__name__)
 
@@ -186,7 +196,6 @@ def _metrics(r: _Run) -> Section | None:
 
 
 def _history(run: Path) -> list[dict[str, Any]]:
-    import json
 
     path = run / "history.jsonl"
     if not path.is_file():
@@ -203,7 +212,6 @@ def _history(run: Path) -> list[dict[str, Any]]:
 
 
 def _training(r: _Run) -> Section | None:
-    from .plots import loss_figure
 
     hist = _history(r.dir)
     if not hist:
@@ -218,7 +226,6 @@ def _training(r: _Run) -> Section | None:
 
 
 def _reconstructions(r: _Run) -> Section | None:
-    from .plots import reconstruction_figure
 
     png = _file_png(r.dir / "reconstructions.png")
     if png is None and r.images:
@@ -246,7 +253,6 @@ def _plane(codes: np.ndarray) -> tuple[np.ndarray, tuple[str, str], str]:
 
 
 def _latent(r: _Run) -> Section | None:
-    from .latent import encode_images, latent_map_figure
 
     x, labels, note = r.stacked(), r.labels, ""
     if r.cfg.data.classes and x is not None:
@@ -265,8 +271,6 @@ def _latent(r: _Run) -> Section | None:
 
 
 def _denoise(r: _Run) -> Section | None:
-    from .metrics import psnr_per_image, ssim_per_image
-    from .noise import corrupt
 
     noise = r.cfg.train.noise
     x = r.stacked()
@@ -284,8 +288,6 @@ def _denoise(r: _Run) -> Section | None:
 
 
 def _codec(r: _Run) -> Section | None:
-    from .codec import load_codec, rd_figure
-    from .codec.bench import BASELINES, baseline_rd, codec_rd
 
     if not (r.dir / "codec.safetensors").is_file():
         return None
@@ -317,8 +319,6 @@ def _codec(r: _Run) -> Section | None:
 def _anomaly_classes(r: _Run, det) -> str:
     """Mean score and share flagged per class of the whole test split (every class); images of
     any size for a run trained on crops, flagged where their size has a threshold."""
-    from .anomaly import MAP_SCORE, score_images
-    from .anomaly_maps import size_key
 
     data = replace(r.cfg.data, classes=None)
     names = None
@@ -360,7 +360,6 @@ def _pixel_rows(pixel: dict | None) -> list[tuple[str, Any]]:
 
 
 def _anomaly(r: _Run) -> Section | None:
-    from .anomaly import load_detector, model_fingerprint
 
     det = load_detector(r.dir)
     figs = [(n, _file_png(r.dir / "anomaly" / f"{n}.png")) for n in ("roc", "heatmaps")]
@@ -437,7 +436,6 @@ def build_report(
     run: str | os.PathLike, *, device: str | torch.device = "cpu"
 ) -> tuple[str, list[str]]:
     """The report of a run as one HTML page -> (html, anchors of the sections it has)."""
-    from .version import __version__
 
     model = load(run, device)
     r = _collect(model)

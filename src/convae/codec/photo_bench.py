@@ -20,6 +20,7 @@ import torch
 from PIL import Image, features
 
 from ..checkpoint import atomic_write, write_json
+from ..plots import save_figure
 from .photo import PhotoCodec, decode_photo, encode_photo
 from .photo_store import load_photo_codec
 from .rd import bd_rate, ms_ssim, psnr
@@ -153,7 +154,6 @@ def bench_photos(
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "rd.json", report)
     atomic_write(out / "rd.md", photo_rd_markdown(report))
-    from ..plots import save_figure
 
     save_figure(photo_rd_figure(report), out / "rd.png")
     return report

@@ -12,6 +12,7 @@ from torch import Tensor
 
 from ..checkpoint import atomic_write, check_run_dir, fingerprint, read_safetensors
 from ..config import read_run_config
+from ..inference import load
 from ..models.hyperprior import HyperpriorCodec
 from .photo import PhotoCodec
 from .tables import factorized_tables, gaussian_tables, scale_table
@@ -48,7 +49,6 @@ def build_tables(model: HyperpriorCodec) -> dict[str, Tensor]:
 def load_photo_codec(run_dir: str | os.PathLike, create_if_missing: bool = True) -> PhotoCodec:
     """The photo codec of a run: its model and ``codec.safetensors`` (built and saved once when
     missing and ``create_if_missing``). A tables file of another model is a one-line error."""
-    from ..inference import load
 
     p = check_run_dir(run_dir)
     model = load(p, "cpu")

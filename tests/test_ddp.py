@@ -7,7 +7,9 @@ CLI with every rank's final state and history dumped to disk:
 * ``plain``: ``seed-strided`` (no normalization, its default Muon), to compare with one process;
 * ``resumed``: ``bn`` again, crashed on purpose after epoch 1, then continued with ``--resume``;
 * ``frozen``: a learning rate too small to move a float32 weight, so the validation loss cannot
-  improve and ``--patience 1`` must stop every rank after epoch 2 of 3.
+  improve and ``--patience 1`` must stop every rank after epoch 2 of 3;
+* ``crops``: random crops of a folder of photos of several sizes, read from its cache by both
+  ranks.
 
 The single-process references (one process x 32 images: the same global batches) run in-process.
 """
@@ -23,6 +25,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from PIL import Image
 from safetensors.torch import load_file
 
 import convae
@@ -50,7 +53,9 @@ FROZEN = [
     "--epochs",
     "3",
 ]
-JOBS = ("bn", "plain", "resumed", "frozen")
+JOBS = ("bn", "plain", "resumed", "frozen", "crops")
+CROPS = ["--crop", "16", "--crops-per-epoch", "64", "--width", "4", "--epochs", "2",
+         "--batch-size", "8", "--val-fraction", "0.34", "--precision", "fp32", "-q", "--json"]  # fmt: skip
 
 
 def _torchrun() -> list[str]:
@@ -58,6 +63,17 @@ def _torchrun() -> list[str]:
     if exe.exists():
         return [str(exe)]
     return [sys.executable, "-m", "torch.distributed.run"]  # what the torchrun script runs
+
+
+def _photos(root: Path) -> Path:
+    """Six smooth colour images of several sizes (a folder of photos, in miniature)."""
+    g = torch.Generator().manual_seed(0)
+    root.mkdir()
+    for i, (h, w) in enumerate([(30, 41), (27, 36), (40, 29), (33, 47), (25, 25), (44, 31)]):
+        small = torch.rand(1, 3, h // 4 + 1, w // 4 + 1, generator=g)
+        img = torch.nn.functional.interpolate(small, size=(h, w), mode="bilinear")[0]
+        Image.fromarray((img.permute(1, 2, 0) * 255).byte().numpy()).save(root / f"p{i}.png")
+    return root
 
 
 @pytest.fixture(scope="module")
@@ -80,6 +96,9 @@ def ddp(tmp_path_factory) -> Path:
             "dump": str(root / "dump-frozen"),
         },
     ]
+    photos = _photos(root / "photos")
+    jobs.append({"argv": ["train", "--out", str(root / "crops"), "--data", f"folder:{photos}",
+                          *CROPS], "dump": str(root / "dump-crops")})  # fmt: skip
     (root / "jobs.json").write_text(json.dumps(jobs))
     # --standalone: a local rendezvous on a free port, so parallel test runs never collide.
     cmd = [*_torchrun(), "--standalone", "--nproc_per_node=2", str(WORKER), str(root / "jobs.json")]

@@ -47,9 +47,13 @@ def _add_encode_parser(sub) -> None:
     p = add_command(
         sub,
         "encode",
-        "compress images into one .cae file with a trained run's codec",
-        "convae encode runs/codec digits/ --out digits.cae   |   convae encode runs/codec --data mnist-sample "
-        "--split test --out test.cae",
+        "compress images into one .cae file with a trained run's codec (photos of another size "
+        "than the model's: in tiles of its size, decoded whole)",
+        "convae encode runs/codec digits/ --out digits.cae\n"
+        "  convae encode runs/codec --data mnist-sample --split test --out test.cae\n"
+        "  convae encode runs/photos chelsea.jpg --out chelsea.cae   (a run trained with --crop)\n"
+        "  convae encode runs/photo chelsea.jpg --out chelsea.cae --quality 2.5   (a learned photo "
+        "codec run)",
     )
     p.add_argument("run", help="run directory (its codec is fitted once on first use)")
     add_inputs_or_data(p, "to encode")
@@ -68,7 +72,9 @@ def _add_encode_parser(sub) -> None:
         help="payload coder (range: per-channel probability tables, the smallest)",
     )
     p.add_argument(
-        "--resize", action="store_true", help="resize + centre-crop image files to the model's size"
+        "--resize",
+        action="store_true",
+        help="resize + centre-crop image files to the model's size (else each is coded whole, in tiles)",
     )
     p.add_argument(
         "--no-run-path",

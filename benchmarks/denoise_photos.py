@@ -68,13 +68,18 @@ def _shrunk(folder: Path, side: int) -> Path:
     out = folder.with_name(f"{folder.name}-{side}")
     out.mkdir(exist_ok=True)
     for p in sorted(folder.glob("*.png")):
+        target = out / p.name
+        if target.is_file() and target.stat().st_mtime >= p.stat().st_mtime:
+            continue  # made before: rewriting it would change what a running job reads
         with Image.open(p) as im:
             im = im.convert("RGB")
             scale = side / max(im.size)
             if scale < 1:
                 size = (round(im.width * scale), round(im.height * scale))
                 im = im.resize(size, Image.Resampling.LANCZOS)
-            im.save(out / p.name)
+            tmp = out / f".{p.stem}.{os.getpid()}.png"
+            im.save(tmp)
+            os.replace(tmp, target)  # a reader sees the old file or the new one, never half
     return out
 
 

@@ -204,7 +204,7 @@ def test_denoise_preset_exists_and_is_a_plain_override():
     assert "noise" not in p.get("train", {})
     # crops of photos: the blind U-Net
     assert p["crop"]["model"]["arch"] == "convae-unet"
-    assert p["crop"]["train"]["noise"] == ("blind",) and p["crop"]["train"]["loss"] == "l1"
+    assert p["crop"]["train"]["noise"] == ("blind",) and p["crop"]["train"]["loss"] == "mse"
 
 
 def _train_config(*argv):
@@ -219,9 +219,9 @@ def test_denoise_preset_picks_the_photo_denoiser_for_crops_and_flags_still_win(t
     assert digits.train.noise == ("gaussian:0.4",) and digits.train.loss == "mse"
     assert digits.data.augment == "flip"
     photos = _train_config("--preset", "denoise", "--data", "folder:/x", "--crop", "64")
-    assert photos.model.arch == "convae-unet" and photos.model.width == 32
+    assert photos.model.arch == "convae-unet" and photos.model.width == 40
     assert photos.model.latent_dim is None and photos.model.norm == "none"
-    assert photos.train.noise == ("blind",) and photos.train.loss == "l1"
+    assert photos.train.noise == ("blind",) and photos.train.loss == "mse"
     assert photos.train.optimizer == "adam" and photos.train.batch_size == 16
     assert photos.data.augment == "dihedral+channels" and photos.data.crop == 64
     # a folder of photos of several sizes (or all large) without --image-size: crops of 64
@@ -234,10 +234,10 @@ def test_denoise_preset_picks_the_photo_denoiser_for_crops_and_flags_still_win(t
     small = _train_config("--preset", "denoise", "--data", "folder:/x", "--image-size", "28")
     assert small.model.arch == "convae" and small.data.crop is None
     mine = _train_config("--preset", "denoise", "--data", "folder:/x", "--crop", "32",
-                         "--noise", "gaussian:0-0.1", "--augment", "flip", "--loss", "mse",
+                         "--noise", "gaussian:0-0.1", "--augment", "flip", "--loss", "l1",
                          "--crops-per-epoch", "64")  # fmt: skip
     assert mine.train.noise == ("gaussian:0-0.1",) and mine.data.augment == "flip"
-    assert mine.train.loss == "mse" and mine.data.crops_per_epoch == 64
+    assert mine.train.loss == "l1" and mine.data.crops_per_epoch == 64
     assert mine.model.arch == "convae-unet"
 
 

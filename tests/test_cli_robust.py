@@ -529,6 +529,25 @@ def test_lossless_rows_of_the_codec_benchmark_are_valid_json(run_copy, tmp_path)
     assert " inf |" in (out / "rd.md").read_text()
 
 
+def test_a_ctrl_c_that_breaks_a_lazy_import_is_an_interrupt(tiny_run, monkeypatch):
+    def interrupted_import(*a, **k):
+        try:
+            raise KeyboardInterrupt
+        except KeyboardInterrupt as e:  # as a C extension's initialization reports it
+            raise ImportError("initialization failed") from e
+
+    monkeypatch.setattr(cli_train, "evaluate_store", interrupted_import)
+    rc, out, err = run_cli("eval", tiny_run, "--split", "val")
+    assert rc == 130 and out == "" and err.strip() == "convae: interrupted"
+
+    def broken_import(*a, **k):
+        raise ImportError("a real missing module")
+
+    monkeypatch.setattr(cli_train, "evaluate_store", broken_import)
+    with pytest.raises(ImportError, match="a real missing module"):
+        run_cli("eval", tiny_run, "--split", "val")
+
+
 def test_a_nan_result_is_an_error_not_output(tiny_run, monkeypatch):
     def broken(model, store, **k):
         return {"mse": math.nan, "psnr": math.nan, "ssim": math.nan, "images": len(store),

@@ -12,7 +12,10 @@ def main(argv: list[str] | None = None) -> int:
     previous = signal.signal(signal.SIGTERM, _terminated)
     try:
         from .cli import main as cli_main
-    except KeyboardInterrupt as e:
+    except (KeyboardInterrupt, ImportError) as caught:
+        e = interrupt_behind(caught)
+        if e is None:
+            raise
         print(f"convae: {e.args[0] if e.args else 'interrupted'}", file=sys.stderr)
         return 143 if e.args else 130
     finally:
@@ -22,3 +25,15 @@ def main(argv: list[str] | None = None) -> int:
 
 def _terminated(signum, frame) -> None:
     raise KeyboardInterrupt("interrupted by SIGTERM")
+
+
+def interrupt_behind(e: BaseException) -> KeyboardInterrupt | None:
+    """The Ctrl-C (or SIGTERM) behind ``e``: itself, or the one that broke a lazy import (a
+    C extension's initialization turns it into an ``ImportError``); None for a real error."""
+    seen: set[int] = set()
+    while e is not None and id(e) not in seen:
+        if isinstance(e, KeyboardInterrupt):
+            return e
+        seen.add(id(e))
+        e = e.__cause__ or e.__context__
+    return None

@@ -21,6 +21,7 @@ import sys
 import threading
 from collections.abc import Iterator
 
+from ..entry import interrupt_behind
 from ..training import TrainingDiverged
 from ..version import __version__
 from . import anomaly, cache, codec, denoise, export, latent, train
@@ -109,7 +110,10 @@ def main(argv: list[str] | None = None) -> int:
             args.argv = argv  # what an interrupted command prints to continue
             setup_logging(args.verbose, args.quiet or args.json)
             return int(args.func(args) or 0)
-        except KeyboardInterrupt as e:
+        except (KeyboardInterrupt, ImportError) as caught:
+            e = interrupt_behind(caught)
+            if e is None:
+                raise
             how = " by SIGTERM" if isinstance(e, Terminated) else ""
             print(f"convae: interrupted{how}" + (f"; {e}" if str(e) else ""), file=sys.stderr)
             return EXIT_SIGTERM if isinstance(e, Terminated) else EXIT_SIGINT

@@ -103,7 +103,10 @@ def _step(args: list[str], out: Path, delay: float | None, sig: int) -> tuple[st
     text = err.decode("utf-8", "replace")
     if proc.returncode == 0:
         return "finished", text
-    if proc.returncode in (-signal.SIGKILL, 130):
+    # 130: convae's own answer to Ctrl-C; -SIGINT: the same answer, after which CPython ends the
+    # process by the signal (a C extension interrupted while loading reports the interrupt as
+    # unhandled)
+    if proc.returncode in (-signal.SIGKILL, -signal.SIGINT, 130):
         return "killed", text
     return f"failed ({proc.returncode})", text
 

@@ -1,4 +1,4 @@
-"""Issue 3's GPU target: `seed-strided` (latent 12), 30 epochs over 60,000 images resident on the GPU.
+"""The GPU benchmark: `seed-strided` (latent 12), 30 epochs over 60,000 images resident on the GPU.
 
     python benchmarks/gpu.py                                  # cuda, 60,000 images, 30 epochs
     python benchmarks/gpu.py --data mnist --data-dir DIR      # the real MNIST training set

@@ -1,4 +1,4 @@
-"""Do digits 1, 5 and 6 separate in a 2-D latent space? (issue 4's target)
+"""Do digits 1, 5 and 6 separate in a 2-D latent space? (the latent-space separation target)
 
 Trains ``seed-keras2d`` with a 2-D code on digits 1, 5 and 6 of ``mnist-sample`` with the default
 recipe (``convae train --arch seed-keras2d --classes 1,5,6``), encodes the test split and reports
@@ -10,7 +10,7 @@ the silhouette score of the test codes grouped by label. Target: >= 0.4.
 
 Recipe flags (--epochs, --batch-size, --lr, --optimizer, --schedule, --warmup, --precision,
 --weight-decay, --noise) override the default recipe, and --no-mean-image drops the model's mean
-image (the default before session 5); all are printed in the table, so a variant is never mistaken
+image (an ablation of the mean image); all are printed in the table, so a variant is never mistaken
 for the target. Runs and one latent map per run go to --out (git-ignored ``benchmarks/out/`` by
 default); with --json the last stdout line is a JSON list of rows.
 """
@@ -114,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--no-mean-image",
         action="store_true",
-        help="the model without its mean image (the default before session 5)",
+        help="the model without its mean image (an ablation)",
     )
     p.add_argument("--no-baseline", action="store_true", help="skip the PCA-of-pixels baseline row")
     p.add_argument(

@@ -39,7 +39,7 @@ from pathlib import Path
 ARCHS = {  # arch -> (latent, reference epochs, convae epochs; None = the arch's default recipe)
     "seed-strided": (12, 30, None),
     "seed-keras2d": (2, 10, None),
-    "convae": (12, 30, None),  # ours (issue 3: test MSE <= 0.012 within 30 s)
+    "convae": (12, 30, None),  # ours (target: test MSE <= 0.012 within 30 s)
 }
 
 

@@ -32,7 +32,7 @@ def rate(
     latent: int | None = None,
 ) -> float:
     torch.manual_seed(0)
-    if latent is None:  # 12 for the two archs of issue 3's table, else the arch's own default
+    if latent is None:  # 12 for the two archs of the speed table, else the arch's own default
         latent = 12 if arch in ("seed-strided", "convae") else None
     m = build_model(ModelConfig(arch=arch, latent_dim=latent, width=width))
     if channels_last:

@@ -22,7 +22,10 @@ from convae.config import ModelConfig, TrainConfig
 from convae.models import available, build_model
 from convae.optim import build_optimizer
 
-LATENT = {"seed-strided": 12, "convae": 12}  # the speed table's latent sizes; the others use their default
+LATENT = {
+    "seed-strided": 12,
+    "convae": 12,
+}  # the speed table's latent sizes; the others use their default
 
 
 def candidates(arch: str) -> dict[str, torch.optim.Optimizer]:

@@ -319,7 +319,6 @@ def _codec(r: _Run) -> Section | None:
 def _anomaly_classes(r: _Run, det) -> str:
     """Mean score and share flagged per class of the whole test split (every class); images of
     any size for a run trained on crops, flagged where their size has a threshold."""
-
     data = replace(r.cfg.data, classes=None)
     names = None
     if data.crop is not None:
@@ -333,10 +332,10 @@ def _anomaly_classes(r: _Run, det) -> str:
     if len(images) == 0:
         return ""
     scores = score_images(r.model, images, det)
-    sizes = {tuple(t.shape[-2:]) for t in images}
-    known = det.score != MAP_SCORE or all(size_key(*hw) in det.thresholds for hw in sizes)
-    flags = (np.array([det.flag(s[None], tuple(t.shape[-2:]))[0] for s, t in zip(scores, images,
-             strict=True)]) if known else None)  # fmt: skip
+    sizes = [tuple(t.shape[-2:]) for t in images]
+    known = det.score != MAP_SCORE or all(size_key(*hw) in det.thresholds for hw in set(sizes))
+    flags = (np.array([s > det.threshold_for(*hw) for s, hw in zip(scores, sizes, strict=True)])
+             if known else None)  # fmt: skip
     normal = set(r.cfg.data.classes or ())
     rows = []
     for c in np.unique(y):

@@ -230,8 +230,11 @@ def cmd_info(args: argparse.Namespace) -> int:
     if _version(Path(args.file)) == PHOTO_VERSION:
         return cmd_info_photo(args)
     header, payload, size = cdc.read_header(args.file)
-    sizes = header.sizes or [(header.height, header.width)] * header.count
-    pixels = sum(h * w for h, w in sizes)  # bpp: file bits per image pixel
+    pixels = (  # bpp: file bits per image pixel
+        sum(h * w for h, w in header.sizes)
+        if header.sizes
+        else header.count * header.height * header.width
+    )
     info = {"file": str(args.file), "bytes": size, "format_version": header.version,
             "images": header.photos, "tiles": header.count if header.sizes else None,
             "sizes": [list(hw) for hw in header.sizes] if header.sizes else None,
